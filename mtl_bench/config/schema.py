@@ -1,0 +1,145 @@
+"""Structured-config schemas for the config groups.
+
+Importing this module registers every schema in Hydra's ConfigStore under the ``schema/`` group; the
+YAML options extend them explicitly (``defaults: [/schema/<group>@_here_: <name>, _self_]``), so a
+misspelled key (``trainer.epoch=3``) or a wrongly typed value (``trainer.epochs=abc``) is rejected at
+composition time, before anything is built.  Range checks that types cannot express live in
+:mod:`mtl_bench.config.validate`.
+
+Keep the schemas under ``schema/``: the group listings Hydra prints for an unknown choice then show
+only real options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class SelectionConf:
+    rule: str = "best"  # best | last | last_k
+    metric: str = "val/loss"  # a validation key (rule=best)
+    mode: str = "auto"  # auto | min | max
+    k: int = 10  # rule=last_k: average over the last k evaluations
+
+
+@dataclass
+class TrainerConf:
+    epochs: int = 20
+    batch_size: int = 128
+    eval_batch_size: Optional[int] = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:<index>
+    num_workers: int = 0
+    drop_last: bool = False
+    eval_every: int = 1  # epochs between validation passes (the last epoch is always evaluated)
+    log_every_n_steps: int = 20
+    max_steps_per_epoch: Optional[int] = None
+    grad_clip_norm: Optional[float] = None
+    check_finite: bool = True  # stop on a NaN/inf task loss (one host sync per step)
+    deterministic: bool = False
+    num_threads: Optional[int] = None  # torch intra-op threads (None: torch default)
+    progress_bar: Optional[bool] = None  # None: only when stderr is a terminal
+    checkpoint_every: int = 1  # epochs between checkpoints/last.pt writes (0: only at the end)
+    selection: SelectionConf = field(default_factory=SelectionConf)
+
+
+@dataclass
+class MTLModeConf:
+    name: str = "mtl"
+    tasks: Optional[List[str]] = None  # None: every task of the dataset
+
+
+@dataclass
+class STLModeConf:
+    name: str = "stl"
+    task: Optional[str] = None  # required: the single task to train
+
+
+@dataclass
+class WandbLoggerConf:
+    name: str = "wandb"
+    project: str = "mtl_bench"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # None: $WANDB_MODE, else offline
+    group: Optional[str] = None  # None: experiment name (+ sweep timestamp in multirun)
+    run_name: Optional[str] = None  # None: from the overrides
+    tags: List[str] = field(default_factory=list)
+    notes: Optional[str] = None
+    system_stats: bool = True
+
+
+@dataclass
+class NoLoggerConf:
+    name: str = "none"
+
+
+@dataclass
+class SyntheticDatasetConf:
+    _target_: str = "mtl_bench.data.synthetic.build_synthetic"
+    name: str = "synthetic"
+    num_tasks: int = 2
+    input_dim: int = 100
+    correlation: float = 0.5
+    weight_scale: float = 1.0
+    num_sin: int = 10
+    noise_std: float = 0.1
+    label_scales: Optional[List[float]] = None
+    n_train: int = 8192
+    n_val: int = 2048
+    n_test: int = 2048
+    seed: int = 0
+    task_names: Optional[List[str]] = None
+
+
+@dataclass
+class _OptimizerBase:
+    _partial_: bool = True
+    _convert_: str = "all"  # plain lists in param_groups, so optimizer state saves with weights_only
+
+
+@dataclass
+class AdamConf(_OptimizerBase):
+    _target_: str = "torch.optim.Adam"
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    amsgrad: bool = False
+
+
+@dataclass
+class AdamWConf(AdamConf):
+    _target_: str = "torch.optim.AdamW"
+    weight_decay: float = 1e-2
+
+
+@dataclass
+class SGDConf(_OptimizerBase):
+    _target_: str = "torch.optim.SGD"
+    lr: float = 1e-2
+    momentum: float = 0.0
+    dampening: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "schema/trainer": {"default": TrainerConf},
+    "schema/mode": {"mtl": MTLModeConf, "stl": STLModeConf},
+    "schema/logger": {"wandb": WandbLoggerConf, "none": NoLoggerConf},
+    "schema/dataset": {"synthetic": SyntheticDatasetConf},
+    "schema/optimizer": {"adam": AdamConf, "adamw": AdamWConf, "sgd": SGDConf},
+}
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    for group, nodes in SCHEMAS.items():
+        for name, node in nodes.items():
+            cs.store(group=group, name=name, node=node)
+
+
+register_schemas()

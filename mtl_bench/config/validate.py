@@ -1,0 +1,38 @@
+"""Value checks that run before anything is built; each failure is a one-line :class:`ConfigError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mtl_bench.errors import ConfigError
+
+
+def _positive_int(value: Any, key: str, allow_none: bool = False, minimum: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    _positive_int(t.epochs, "trainer.epochs")
+    _positive_int(t.batch_size, "trainer.batch_size")
+    _positive_int(t.eval_batch_size, "trainer.eval_batch_size", allow_none=True)
+    _positive_int(t.eval_every, "trainer.eval_every")
+    _positive_int(t.log_every_n_steps, "trainer.log_every_n_steps")
+    _positive_int(t.max_steps_per_epoch, "trainer.max_steps_per_epoch", allow_none=True)
+    _positive_int(t.num_workers, "trainer.num_workers", minimum=0)
+    _positive_int(t.checkpoint_every, "trainer.checkpoint_every", minimum=0)
+    _positive_int(t.num_threads, "trainer.num_threads", allow_none=True)
+    if t.grad_clip_norm is not None and not t.grad_clip_norm > 0:
+        raise ConfigError(f"trainer.grad_clip_norm must be positive or null, got {t.grad_clip_norm!r}")
+    _positive_int(cfg.seed, "seed", minimum=0)
+    lr = cfg.optimizer.get("lr") if isinstance(cfg.optimizer, DictConfig) else None
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(f"optimizer.lr must be positive, got {lr!r}")
+    if cfg.mode.name not in ("mtl", "stl"):
+        raise ConfigError(f"mode.name='{cfg.mode.name}' is invalid; choose one of ['mtl', 'stl']")

@@ -1,0 +1,32 @@
+"""Exception types that carry user-facing, one-line messages.
+
+``ConfigError`` and ``DatasetError`` describe bad input: the entry point prints them as a single line
+(no traceback) and exits non-zero before training starts.  ``NonFiniteLossError`` stops a run that
+diverged and names the step and the task whose loss went NaN/inf.
+"""
+
+from __future__ import annotations
+
+
+class MTLBenchError(Exception):
+    """Base class of the errors mtl_bench reports to the user without a traceback."""
+
+
+class ConfigError(MTLBenchError, ValueError):
+    """A configuration value is invalid (wrong choice, out of range, inconsistent with the dataset)."""
+
+
+class DatasetError(MTLBenchError, FileNotFoundError):
+    """A dataset root is missing or malformed; the message names the file and the expected layout."""
+
+
+class NonFiniteLossError(MTLBenchError, FloatingPointError):
+    """A task loss became NaN or infinite during training."""
+
+    def __init__(self, step: int, epoch: int, task: str, value: float, checkpoint: str | None):
+        self.step, self.epoch, self.task, self.value, self.checkpoint = step, epoch, task, value, checkpoint
+        kept = f"last good checkpoint kept at {checkpoint}" if checkpoint else "no checkpoint had been written yet"
+        super().__init__(
+            f"non-finite loss {value} for task '{task}' at global step {step} (epoch {epoch}); "
+            f"training stopped, {kept}"
+        )

@@ -1,0 +1,182 @@
+"""Run logging: ``metrics.jsonl`` always, W&B optionally — and W&B can never stop training.
+
+Every record goes to the local JSONL file first (one JSON object per line, flushed at once), then to
+W&B.  Any exception raised by W&B (init, log, finish) is logged as a warning and turns the W&B sink off
+for the rest of the run; the local files stay complete.
+
+Record types in ``metrics.jsonl``:
+
+* ``{"type": "step", "global_step", "epoch", "time", "train/<task>/loss", "train/objective",
+  "train/weight/<task>", "train/lr/<group>", ...}`` every ``trainer.log_every_n_steps`` steps;
+* ``{"type": "epoch", "epoch", "global_step", "time", "train_epoch/<task>/loss", "val/<task>/<metric>",
+  "val/loss", "test/...", ...}`` after every evaluation.
+
+W&B step axes: ``train/*`` against ``global_step``; ``train_epoch/*``, ``val/*``, ``test/*`` and
+``time/*`` against ``epoch`` (declared with ``define_metric``, never W&B's implicit ``_step``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mtl_bench.utils import to_jsonable
+
+log = logging.getLogger(__name__)
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def resolve_wandb_mode(configured: str | None) -> str:
+    """The logger config wins when set; otherwise ``WANDB_MODE``; otherwise offline (no server here)."""
+    mode = configured or os.environ.get("WANDB_MODE") or "offline"
+    if mode == "dryrun":
+        mode = "offline"
+    if mode not in WANDB_MODES:
+        raise ValueError(f"W&B mode '{mode}' is invalid; choose one of {list(WANDB_MODES)}")
+    return mode
+
+
+@dataclass
+class WandbSettings:
+    project: str = "mtl_bench"
+    entity: str | None = None
+    mode: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    name: str | None = None
+    tags: Sequence[str] = ()
+    notes: str | None = None
+    system_stats: bool = True
+    summary_directions: dict[str, bool] = field(default_factory=dict)  # metric key -> higher is better
+
+
+class _WandbSink:
+    def __init__(self, settings: WandbSettings, config: Mapping[str, Any], run_dir: Path):
+        self.run = None
+        mode = resolve_wandb_mode(settings.mode)
+        if mode == "disabled":
+            return
+        try:
+            import wandb
+
+            self._wandb = wandb
+            self.run = wandb.init(
+                project=settings.project,
+                entity=settings.entity,
+                mode=mode,
+                group=settings.group,
+                job_type=settings.job_type,
+                name=settings.name,
+                tags=list(settings.tags),
+                notes=settings.notes,
+                config=dict(config),
+                dir=str(run_dir),
+                reinit="finish_previous",
+                settings=wandb.Settings(console="off", quiet=True, x_disable_stats=not settings.system_stats),
+            )
+            self.run.define_metric("global_step")
+            self.run.define_metric("epoch")
+            self.run.define_metric("train/*", step_metric="global_step")
+            for prefix in ("train_epoch", "val", "test", "time", "selected"):
+                self.run.define_metric(f"{prefix}/*", step_metric="epoch")
+            for key, higher in settings.summary_directions.items():
+                self.run.define_metric(key, step_metric="epoch", summary="max" if higher else "min")
+        except Exception as e:  # noqa: BLE001 - W&B failures must never stop training
+            log.warning("W&B disabled for this run (init failed: %s: %s); local logs are unaffected", type(e).__name__, e)
+            self.run = None
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def _guard(self, what: str, fn, *args, **kwargs) -> None:
+        if self.run is None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - W&B failures must never stop training
+            log.warning("W&B %s failed (%s: %s); W&B logging is off for the rest of the run", what, type(e).__name__, e)
+            self._finish_quietly(1)
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        self._guard("log", lambda r: self.run.log(r), dict(record))
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        self._guard("summary", lambda v: self.run.summary.update(v), dict(values))
+
+    def table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self._guard("table", lambda: self.run.log({key: self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])}))
+
+    def info(self) -> dict[str, Any]:
+        if self.run is None:
+            return {}
+        try:
+            return {"id": self.run.id, "dir": str(Path(self.run.dir).parent), "mode": self.run.settings.mode}
+        except Exception:  # noqa: BLE001
+            return {}
+
+    def _finish_quietly(self, exit_code: int) -> None:
+        run, self.run = self.run, None
+        if run is None:
+            return
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as e:  # noqa: BLE001
+            log.warning("W&B finish failed (%s: %s)", type(e).__name__, e)
+
+    def finish(self, exit_code: int) -> None:
+        self._finish_quietly(exit_code)
+
+
+class RunLogger:
+    """Writes ``metrics.jsonl`` in the run directory and mirrors every record to W&B when enabled."""
+
+    def __init__(self, run_dir: str | os.PathLike, config: Mapping[str, Any], wandb: WandbSettings | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._file = open(self.metrics_path, "a", buffering=1, encoding="utf-8")
+        self._t0 = time.monotonic()
+        self._wandb = _WandbSink(wandb, config, self.run_dir) if wandb is not None else None
+        self.wandb_info = self._wandb.info() if self._wandb is not None else {}
+
+    @property
+    def wandb_active(self) -> bool:
+        return self._wandb is not None and self._wandb.active
+
+    def _write(self, kind: str, record: Mapping[str, Any]) -> None:
+        line = {"type": kind, "time": round(time.monotonic() - self._t0, 3), **record}
+        self._file.write(json.dumps(to_jsonable(line)) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(record)
+
+    def log_step(self, metrics: Mapping[str, Any], *, global_step: int, epoch: int) -> None:
+        self._write("step", {"global_step": global_step, "epoch": epoch, **metrics})
+
+    def log_epoch(self, metrics: Mapping[str, Any], *, epoch: int, global_step: int) -> None:
+        self._write("epoch", {"epoch": epoch, "global_step": global_step, **metrics})
+
+    def log_event(self, kind: str, payload: Mapping[str, Any]) -> None:
+        """A non-metric record (e.g. a merge decision or an error) kept in ``metrics.jsonl`` only."""
+        line = {"type": kind, "time": round(time.monotonic() - self._t0, 3), **payload}
+        self._file.write(json.dumps(to_jsonable(line)) + "\n")
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self._wandb is not None:
+            self._wandb.table(key, columns, rows)
+
+    def set_summary(self, values: Mapping[str, Any]) -> None:
+        if self._wandb is not None:
+            self._wandb.summary(to_jsonable(dict(values)))
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self._wandb is not None:
+            self._wandb.finish(exit_code)
+        if not self._file.closed:
+            self._file.close()

@@ -1,0 +1,56 @@
+"""Shared encoders.  Every encoder takes ``input_shape`` (from the dataset) and exposes ``out_dim``."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from mtl_bench.errors import ConfigError
+
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation '{name}'; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class MLPEncoder(nn.Module):
+    """A fully connected shared bottom: ``input -> [Linear -> act (-> dropout)] × len(hidden)``.
+
+    The output of the last hidden layer is the shared representation fed to every task head.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if not hidden or any(h < 1 for h in hidden):
+            raise ConfigError(f"backbone.hidden must be a non-empty list of positive widths, got {list(hidden)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"backbone.dropout must lie in [0, 1), got {dropout}")
+        in_dim = 1
+        for s in input_shape:
+            in_dim *= int(s)
+        layers: list[nn.Module] = [nn.Flatten()] if len(input_shape) > 1 else []
+        for width in hidden:
+            layers += [nn.Linear(in_dim, width), make_activation(activation)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = width
+        self.net = nn.Sequential(*layers)
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def last_shared_module(self) -> nn.Module:
+        """The last layer with parameters (the 'last shared layer' some combiners differentiate)."""
+        return [m for m in self.net if isinstance(m, nn.Linear)][-1]

@@ -1,0 +1,198 @@
+"""Entry point: ``python -m mtl_bench.train [overrides]`` (``-m`` for multiruns).
+
+Composes the config from the groups in ``configs/``, validates it, builds the benchmark, model,
+combiner, optimizer and loggers, trains, and writes ``config_resolved.yaml``, ``metrics.jsonl`` and
+``summary.json`` into the job's output folder.  Bad input (an invalid value, an unknown task, a missing
+dataset) fails before training with a one-line message; a NaN/inf loss stops the run naming the step
+and task.  Both exit non-zero; in a multirun the failing job is reported and the others still run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import mtl_bench.config.schema  # noqa: F401  (registers the structured-config schemas)
+from mtl_bench import __version__
+from mtl_bench.combiners import COMBINERS, Combiner
+from mtl_bench.config.schema import TrainerConf
+from mtl_bench.config.validate import validate_config
+from mtl_bench.data.base import Benchmark
+from mtl_bench.engine import GradientObserver
+from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError
+from mtl_bench.loggers.run_logger import RunLogger, WandbSettings
+from mtl_bench.models.mtl_model import build_model
+from mtl_bench.optim import build_optimizer, build_scheduler
+from mtl_bench.selection import ModelSelector
+from mtl_bench.trainer import Trainer, metric_directions
+from mtl_bench.utils import configure_determinism, resolve_device, seed_everything
+
+log = logging.getLogger("mtl_bench")
+
+
+def instantiate_checked(node: Any, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that turns our own errors back into one-line messages."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, MTLBenchError):
+            raise cause from None
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]} {cause or ''}".strip()) from e
+
+
+def active_task_names(mode: DictConfig, benchmark: Benchmark) -> list[str] | None:
+    if mode.name == "stl":
+        if mode.task is None:
+            raise ConfigError(
+                f"mode=stl needs mode.task=<task>; dataset '{benchmark.name}' has tasks {list(benchmark.tasks)}"
+            )
+        return [mode.task]
+    return list(mode.tasks) if mode.tasks is not None else None
+
+
+def head_factories(heads_cfg: DictConfig, tasks: Sequence[str], all_tasks: Sequence[str]) -> dict[str, Callable]:
+    per_task = heads_cfg.get("per_task") or {}
+    unknown = [t for t in per_task if t not in all_tasks]
+    if unknown:
+        raise ConfigError(f"heads.per_task names unknown task(s) {unknown}; the dataset's tasks are {list(all_tasks)}")
+    return {t: instantiate_checked(per_task.get(t, heads_cfg.default), f"heads[{t}]") for t in tasks}
+
+
+def hydra_identity() -> dict[str, Any]:
+    """Job number, overrides and sweep folder of the current Hydra job (empty outside Hydra)."""
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {
+        "multirun": multirun,
+        "job_num": hc.job.num if multirun else None,
+        "override_dirname": hc.job.override_dirname,
+        "overrides": list(hc.overrides.task),
+        "sweep_dir": hc.sweep.dir if multirun else None,
+        "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith(("hydra/", "schema/"))},
+    }
+
+
+def wandb_settings(cfg: DictConfig, ident: Mapping[str, Any], output_dir: Path, directions: dict[str, bool]) -> WandbSettings | None:
+    lg = cfg.logger
+    if lg.name == "none":
+        return None
+    if ident.get("multirun"):
+        group = f"{cfg.experiment_name}/{Path(ident['sweep_dir']).name}"
+        name = f"{ident['job_num']}_{ident['override_dirname']}".rstrip("_")
+    else:
+        group = cfg.experiment_name
+        name = ident.get("override_dirname") or output_dir.name
+    return WandbSettings(
+        project=lg.project, entity=lg.entity, mode=lg.mode, group=lg.group or group, job_type=cfg.mode.name,
+        name=lg.run_name or name, tags=list(lg.tags) + list(cfg.tags), notes=lg.notes,
+        system_stats=lg.system_stats, summary_directions={k: v for k, v in directions.items() if k.startswith("val/")},
+    )
+
+
+def build_and_train(
+    cfg: DictConfig, output_dir: str | os.PathLike | None = None, observers: Sequence[GradientObserver] = ()
+) -> dict[str, Any]:
+    """Build every component from ``cfg`` and train; returns the run summary (also in summary.json)."""
+    validate_config(cfg)
+    output_dir = Path(output_dir if output_dir is not None else cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings: TrainerConf = OmegaConf.to_object(cfg.trainer)
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    configure_determinism(settings.deterministic)
+    device = resolve_device(settings.device)
+    seed_everything(cfg.seed)
+
+    benchmark: Benchmark = instantiate_checked(cfg.dataset, "dataset")
+    tasks = benchmark.select_tasks(active_task_names(cfg.mode, benchmark))
+    encoder_factory = instantiate_checked(cfg.backbone, "backbone")
+    model = build_model(encoder_factory, head_factories(cfg.heads, list(tasks), list(benchmark.tasks)), tasks, benchmark.input_shape)
+    model.to(device)
+    combiner: Combiner = instantiate_checked(cfg.combiner, "combiner")
+    if not isinstance(combiner, Combiner):
+        raise ConfigError(f"combiner._target_ must build a Combiner; registered combiners: {sorted(COMBINERS)}")
+    combiner.setup(list(tasks))
+    combiner.to(device)
+    optimizer = build_optimizer(instantiate_checked(cfg.optimizer, "optimizer"), model, combiner)
+    sched_target = cfg.scheduler.get("_target_") if cfg.scheduler is not None else None
+    scheduler = build_scheduler(instantiate_checked(cfg.scheduler, "scheduler") if sched_target else None, optimizer)
+    directions = metric_directions(tasks)
+    sel = settings.selection
+    selector = ModelSelector(sel.rule, sel.metric, sel.mode, sel.k, directions)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
+    ident = hydra_identity()
+    choices = ident.get("choices", {})
+    run_info = {
+        "experiment": cfg.experiment_name,
+        "mode": cfg.mode.name,
+        "tasks": list(tasks),
+        "dataset": {"name": benchmark.name, **benchmark.info},
+        "combiner": combiner.describe(),
+        "optimizer": {"choice": choices.get("optimizer"), "class": type(optimizer).__name__,
+                      **{k: v for k, v in resolved["optimizer"].items() if not k.startswith("_")}},
+        "scheduler": choices.get("scheduler", type(scheduler).__name__ if scheduler else None),
+        "seed": cfg.seed,
+        "device": str(device),
+        "parameters": model.parameter_counts(),
+        "output_dir": str(output_dir),
+        "hydra": {k: v for k, v in ident.items() if k != "choices"},
+        "choices": choices,
+        "mtl_bench_version": __version__,
+        "config": resolved,
+    }
+    logger = RunLogger(output_dir, {**resolved, "hydra_choices": choices}, wandb_settings(cfg, ident, output_dir, directions))
+    run_info["wandb"] = logger.wandb_info
+    log.info(
+        "%s run on %s: tasks=%s combiner=%s optimizer=%s lr=%s seed=%d -> %s",
+        cfg.mode.name.upper(), device, list(tasks), combiner.name, run_info["optimizer"]["class"],
+        resolved["optimizer"].get("lr"), cfg.seed, output_dir,
+    )
+    trainer = Trainer(
+        model=model, benchmark=benchmark, tasks=tasks, combiner=combiner, optimizer=optimizer,
+        scheduler=scheduler, settings=settings, selector=selector, logger=logger, output_dir=output_dir,
+        device=device, seed=cfg.seed, run_info=run_info, observers=observers,
+    )
+    exit_code = 1
+    try:
+        summary = trainer.fit()
+        exit_code = 0
+    finally:
+        logger.finish(exit_code)
+    if logger.wandb_info.get("mode") == "offline":
+        log.info("W&B offline run: %s (upload later with `wandb sync <dir>`)", logger.wandb_info["dir"])
+    log.info("results of %s\n%s", output_dir, trainer.results_table(summary))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        summary = build_and_train(cfg)
+    except MTLBenchError as e:
+        log.error("%s", e)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the launcher records this job as failed and runs the others
+        sys.exit(1 if isinstance(e, NonFiniteLossError) else 2)
+    if cfg.get("optimized_metric"):
+        return summary["selected"].get(cfg.optimized_metric)
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""The training loop: epochs of ``batch → encode → heads → per-task losses → engine → optimizer``.
+
+The trainer is independent of Hydra: it receives built components (model, tasks, combiner, optimizer,
+scheduler, selector, logger) and a :class:`~mtl_bench.config.schema.TrainerConf`.  It evaluates on the
+validation split every ``eval_every`` epochs (and always after the last), keeps ``checkpoints/last.pt``
+(full training state) and ``checkpoints/best.pt`` (the model chosen by the selection rule), stops with a
+:class:`~mtl_bench.errors.NonFiniteLossError` naming the step and task when a loss becomes NaN/inf (the
+last good checkpoint is left untouched), and writes ``summary.json`` at the end — also when it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from mtl_bench import __version__
+from mtl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from mtl_bench.combiners.base import Combiner
+from mtl_bench.config.schema import TrainerConf
+from mtl_bench.data.base import Benchmark, make_loader
+from mtl_bench.engine import GradientEngine, GradientObserver
+from mtl_bench.errors import NonFiniteLossError
+from mtl_bench.loggers.run_logger import RunLogger
+from mtl_bench.models.mtl_model import MultiTaskModel
+from mtl_bench.optim import group_lrs
+from mtl_bench.selection import ModelSelector
+from mtl_bench.tasks import Task
+from mtl_bench.utils import format_table, to_jsonable
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+def metric_directions(tasks: Mapping[str, Task], splits: Sequence[str] = ("val", "test")) -> dict[str, bool]:
+    """``{"<split>/<task>/<metric>": higher_is_better}`` for every logged evaluation key."""
+    out: dict[str, bool] = {}
+    for split in splits:
+        out[f"{split}/loss"] = False
+        for name, task in tasks.items():
+            out[f"{split}/{name}/loss"] = False
+            for metric, higher in task.higher_is_better.items():
+                out[f"{split}/{name}/{metric}"] = higher
+    return out
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        model: MultiTaskModel,
+        benchmark: Benchmark,
+        tasks: Mapping[str, Task],
+        combiner: Combiner,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any | None,
+        settings: TrainerConf,
+        selector: ModelSelector,
+        logger: RunLogger,
+        output_dir: str | os.PathLike,
+        device: torch.device,
+        seed: int,
+        run_info: Mapping[str, Any] | None = None,
+        observers: Sequence[GradientObserver] = (),
+    ):
+        self.model = model.to(device)
+        self.tasks = dict(tasks)
+        self.task_names = list(self.tasks)
+        self.combiner = combiner.to(device)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.settings = settings
+        self.selector = selector
+        self.logger = logger
+        self.output_dir = Path(output_dir)
+        self.ckpt_dir = self.output_dir / "checkpoints"
+        self.device = device
+        self.run_info = dict(run_info or {})
+        self.engine = GradientEngine(self.model, self.combiner, self.task_names, observers)
+        self.global_step = 0
+        self.epoch = 0
+        self.last_checkpoint: Path | None = None
+        self.best_val: dict[str, float] = {}
+        self.data_generator = torch.Generator().manual_seed(seed)
+        pin = device.type == "cuda"
+        self.train_loader = make_loader(
+            benchmark.splits["train"], settings.batch_size, shuffle=True, generator=self.data_generator,
+            num_workers=settings.num_workers, drop_last=settings.drop_last, pin_memory=pin,
+        )
+        eval_bs = settings.eval_batch_size or settings.batch_size
+        self.eval_loaders = {
+            split: make_loader(benchmark.splits[split], eval_bs, shuffle=False, num_workers=settings.num_workers, pin_memory=pin)
+            for split in ("val", "test")
+        }
+        self.directions = metric_directions(self.tasks)
+        self._t0 = time.monotonic()
+
+    # ------------------------------------------------------------------ steps
+    def _to_device(self, batch: Batch) -> Batch:
+        x, targets = batch
+        nb = self.device.type == "cuda"
+        return x.to(self.device, non_blocking=nb), {k: v.to(self.device, non_blocking=nb) for k, v in targets.items()}
+
+    def _check_finite(self, stacked: torch.Tensor) -> None:
+        if bool(torch.isfinite(stacked).all()):
+            return
+        k = int((~torch.isfinite(stacked)).nonzero()[0])
+        raise NonFiniteLossError(
+            step=self.global_step + 1, epoch=self.epoch, task=self.task_names[k], value=float(stacked[k]),
+            checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
+        )
+
+    def train_step(self, x: torch.Tensor, targets: Mapping[str, torch.Tensor]):
+        """One optimizer step; returns the detached K-vector of task losses and the engine's result."""
+        self.optimizer.zero_grad(set_to_none=True)
+        rep = self.model.encode(x)
+        outputs = self.model.decode(rep, self.task_names)
+        losses = {t: self.tasks[t].loss(outputs[t], targets[t]) for t in self.task_names}  # separate scalars
+        stacked = torch.stack([losses[t].detach() for t in self.task_names])
+        if self.settings.check_finite:
+            self._check_finite(stacked)
+        result = self.engine.backward(losses, self.global_step)
+        if self.settings.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip_norm)
+        self.optimizer.step()
+        self.global_step += 1
+        return stacked, result
+
+    def _steps_per_epoch(self) -> int:
+        n = len(self.train_loader)
+        return min(n, self.settings.max_steps_per_epoch) if self.settings.max_steps_per_epoch else n
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        sums = torch.zeros(len(self.task_names), dtype=torch.float64, device=self.device)
+        count = 0
+        steps = self._steps_per_epoch()
+        bar = tqdm(
+            total=steps, desc=f"epoch {self.epoch}/{self.settings.epochs}", leave=False, dynamic_ncols=True,
+            mininterval=1.0, disable=None if self.settings.progress_bar is None else not self.settings.progress_bar,
+        )
+        for i, batch in enumerate(self.train_loader):
+            if i >= steps:
+                break
+            x, targets = self._to_device(batch)
+            stacked, result = self.train_step(x, targets)
+            n = x.shape[0]
+            sums += stacked.double() * n
+            count += n
+            if self.global_step % self.settings.log_every_n_steps == 0:
+                record = {f"train/{t}/loss": v for t, v in zip(self.task_names, stacked.tolist())}
+                record["train/objective"] = float(result.objective)
+                record.update({f"train/weight/{t}": w for t, w in zip(self.task_names, result.weights.tolist())})
+                record.update({f"train/lr/{g}": lr for g, lr in group_lrs(self.optimizer).items()})
+                self.logger.log_step(record, global_step=self.global_step, epoch=self.epoch)
+                bar.set_postfix(loss=f"{record['train/objective']:.4g}")
+            bar.update(1)
+        bar.close()
+        return dict(zip(self.task_names, (sums / max(count, 1)).tolist()))
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        self.model.eval()
+        meters = {t: self.tasks[t].metrics() for t in self.task_names}
+        loss_sums = torch.zeros(len(self.task_names), dtype=torch.float64, device=self.device)
+        n = 0
+        for batch in self.eval_loaders[split]:
+            x, targets = self._to_device(batch)
+            outputs = self.model(x, self.task_names)
+            for k, t in enumerate(self.task_names):
+                meters[t].update(outputs[t], targets[t])
+                loss_sums[k] += self.tasks[t].loss(outputs[t], targets[t]).double() * x.shape[0]
+            n += x.shape[0]
+        self.model.train()
+        out: dict[str, float] = {}
+        for k, (t, value) in enumerate(zip(self.task_names, (loss_sums / max(n, 1)).tolist())):
+            out[f"{split}/{t}/loss"] = value
+            out.update({f"{split}/{t}/{m}": v for m, v in meters[t].compute().items()})
+        out[f"{split}/loss"] = sum(out[f"{split}/{t}/loss"] for t in self.task_names)
+        return out
+
+    def _brief(self, val: Mapping[str, float]) -> str:
+        keys = ["val/loss"]
+        if len(self.task_names) <= 5:
+            keys += [k for k in val if k.count("/") == 2 and not k.endswith("/loss")]
+        return "  ".join(f"{k}={val[k]:.4g}" for k in keys)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "combiner": self.combiner.state_dict(),
+            "selector": self.selector.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "rng": rng_state(),
+            "data_generator": self.data_generator.get_state(),
+            "task_names": self.task_names,
+            "mtl_bench_version": __version__,
+            "config": self.run_info.get("config"),
+        }
+
+    def _save_last(self) -> None:
+        self.last_checkpoint = save_checkpoint(self.state_dict(), self.ckpt_dir / "last.pt")
+
+    def _save_best(self, val: Mapping[str, float]) -> None:
+        state = {"model": self.model.state_dict(), "combiner": self.combiner.state_dict(), "epoch": self.epoch,
+                 "val": dict(val), "selection": self.selector.describe()}
+        save_checkpoint(state, self.ckpt_dir / "best.pt")
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        s = self.settings
+        try:
+            with logging_redirect_tqdm():
+                for epoch in range(self.epoch + 1, s.epochs + 1):
+                    self.epoch = epoch
+                    t_epoch = time.monotonic()
+                    train_losses = self.train_epoch()
+                    train_time = time.monotonic() - t_epoch
+                    self.combiner.on_epoch_end(epoch, train_losses)
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                    record: dict[str, float] = {f"train_epoch/{t}/loss": v for t, v in train_losses.items()}
+                    if epoch % s.eval_every == 0 or epoch == s.epochs:
+                        val = self.evaluate("val")
+                        record.update(val)
+                        if self.selector.needs_test_each_eval:
+                            record.update(self.evaluate("test"))
+                        if self.selector.update(epoch, {k: v for k, v in record.items() if k.startswith(("val/", "test/"))}):
+                            self.best_val = val
+                            self._save_best(val)
+                        log.info("epoch %d/%d  %s  (train %.1fs)", epoch, s.epochs, self._brief(val), train_time)
+                    record["time/train_epoch_s"] = train_time
+                    record["time/epoch_s"] = time.monotonic() - t_epoch
+                    self.logger.log_epoch(record, epoch=epoch, global_step=self.global_step)
+                    if s.checkpoint_every and epoch % s.checkpoint_every == 0:
+                        self._save_last()
+            if s.checkpoint_every == 0 or s.epochs % s.checkpoint_every != 0:
+                self._save_last()
+            results = self._final_results()
+        except NonFiniteLossError as e:
+            self.logger.log_event("error", {"error": str(e), "global_step": e.step, "epoch": e.epoch, "task": e.task})
+            self.write_summary("diverged", error=str(e), failed_step=e.step, failed_task=e.task)
+            raise
+        summary = self.write_summary("completed", **results)
+        self.logger.set_summary({f"selected/{k}": v for k, v in results["selected"].items()})
+        rows = self.results_rows(results)
+        self.logger.log_table("results", ["task", "metric", "higher_is_better", "selected_val", "selected_test", "final_test"], rows)
+        return summary
+
+    def _final_results(self) -> dict[str, Any]:
+        final_val = self.evaluate("val")
+        final_test = self.evaluate("test")
+        final = {**final_val, **final_test}
+        rule = self.selector.rule
+        if rule == "last":
+            selected = dict(final)
+        elif rule == "last_k":
+            selected = self.selector.last_k_average()
+        else:
+            best_path = self.ckpt_dir / "best.pt"
+            if best_path.exists():
+                best = load_checkpoint(best_path, map_location=self.device)
+                final_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+                self.model.load_state_dict(best["model"])
+                selected = {**best["val"], **self.evaluate("test")}
+                self.model.load_state_dict(final_state)
+            else:  # no finite validation value was ever seen
+                selected = dict(final)
+        return {"final": final, "selected": selected, "selection": self.selector.describe()}
+
+    def results_rows(self, results: Mapping[str, Any]) -> list[list[Any]]:
+        rows = []
+        sel, fin = results["selected"], results["final"]
+        for t in self.task_names:
+            for metric, higher in [("loss", False), *self.tasks[t].higher_is_better.items()]:
+                rows.append([t, metric, higher, sel.get(f"val/{t}/{metric}"), sel.get(f"test/{t}/{metric}"), fin.get(f"test/{t}/{metric}")])
+        return rows
+
+    def results_table(self, results: Mapping[str, Any]) -> str:
+        """The per-task results table printed at the end of a run, headed by the selection rule."""
+        rows = [[t, f"{m} {'↑' if hib else '↓'}", *vals] for t, m, hib, *vals in self.results_rows(results)]
+        sel = results["selection"]
+        if sel["rule"] == "best":
+            head = f"selected: best {sel['metric']} ({sel['mode']}) at epoch {sel['selected_epoch']}"
+        elif sel["rule"] == "last_k":
+            head = f"selected: mean of the last {len(sel['epochs'])} evaluations (epochs {sel['epochs']})"
+        else:
+            head = "selected: last epoch"
+        return head + "\n" + format_table(["task", "metric", "val (selected)", "test (selected)", "test (final)"], rows)
+
+    def write_summary(self, status: str, **results: Any) -> dict[str, Any]:
+        summary = {
+            **{k: v for k, v in self.run_info.items() if k != "config"},
+            "status": status,
+            "epochs_completed": self.epoch if status == "completed" else self.epoch - 1,
+            "global_steps": self.global_step,
+            "wall_time_s": time.monotonic() - self._t0,
+            "metric_directions": {k.split("/", 1)[1]: v for k, v in self.directions.items() if k.startswith("test/")},
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            **results,
+        }
+        summary = to_jsonable(summary)
+        path = self.output_dir / "summary.json"
+        tmp = path.with_name("summary.json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+        return summary

@@ -1,0 +1,83 @@
+"""Small helpers: seeding, device resolution, JSON sanitising and plain-text tables."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from mtl_bench.errors import ConfigError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA).  Called at the start of every job, because the
+    basic and joblib launchers run several jobs in one process."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def resolve_device(spec: str) -> torch.device:
+    if not _DEVICE_RE.match(spec):
+        raise ConfigError(f"trainer.device='{spec}' is invalid; choose one of auto, cpu, cuda, cuda:<index>")
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={spec} but no CUDA device is available; use trainer.device=cpu or auto")
+        if ":" in spec and int(spec.split(":")[1]) >= torch.cuda.device_count():
+            raise ConfigError(f"trainer.device={spec} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if spec == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device=mps but MPS is not available; use trainer.device=cpu or auto")
+    return torch.device(spec)
+
+
+def configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Recursively convert tensors/numpy scalars to Python numbers and non-finite floats to ``None``."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return to_jsonable(value.detach().cpu().tolist())
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], floatfmt: str = ".4g") -> str:
+    """A fixed-width plain-text table (numbers right-aligned)."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else format(v, floatfmt)
+        return "-" if v is None else str(v)
+
+    body = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep, *(line(r) for r in body)])
