@@ -117,7 +117,9 @@ class _WandbSink:
         if self.run is None:
             return {}
         try:
-            return {"id": self.run.id, "dir": str(Path(self.run.dir).parent), "mode": self.run.settings.mode}
+            return {"id": self.run.id, "dir": str(Path(self.run.dir).parent), "mode": self.run.settings.mode,
+                    "group": self.run.group, "name": self.run.name, "job_type": self.run.job_type,
+                    "project": self.run.project}
         except Exception:  # noqa: BLE001
             return {}
 

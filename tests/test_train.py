@@ -1,0 +1,159 @@
+"""End-to-end runs in-process on the tiny synthetic config: outputs, learning, STL, determinism,
+selection rules, checkpoints, NaN handling and W&B robustness."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import pytest
+import torch
+import yaml
+
+from mtl_bench.checkpoint import load_checkpoint
+from mtl_bench.errors import NonFiniteLossError
+from mtl_bench.train import build_and_train
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_mtl_run_writes_config_metrics_and_summary_and_learns(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.epochs=4")
+    summary = build_and_train(cfg)
+    run = tmp_path / "run"
+    assert yaml.safe_load((run / "config_resolved.yaml").read_text())["trainer"]["epochs"] == 4
+    records = read_jsonl(run / "metrics.jsonl")
+    steps = [r for r in records if r["type"] == "step"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
+    assert all(f"train/{t}/loss" in r and f"train/weight/{t}" in r for r in steps for t in ("t0", "t1"))
+    assert all(f"val/{t}/{m}" in r for r in epochs for t in ("t0", "t1") for m in ("mse", "mae", "r2", "loss"))
+    # global steps strictly increase: 256 samples / batch 32 = 8 steps per epoch, logged every 2
+    assert [r["global_step"] for r in steps] == list(range(2, 33, 2))
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["status"] == "completed" and on_disk["tasks"] == ["t0", "t1"]
+    assert on_disk["selection"]["rule"] == "best" and on_disk["selection"]["metric"] == "val/loss"
+    assert on_disk["metric_directions"]["t0/r2"] is True and on_disk["metric_directions"]["t1/mse"] is False
+    for key in ("val/t0/mse", "test/t0/mse", "test/t1/r2"):
+        assert key in on_disk["selected"]
+    assert epochs[-1]["val/loss"] < epochs[0]["val/loss"]  # it actually trains
+    # the selected epoch has the lowest val/loss of all evaluations
+    best = min(epochs, key=lambda r: r["val/loss"])
+    assert on_disk["selection"]["selected_epoch"] == best["epoch"]
+    assert on_disk["selected"]["val/loss"] == pytest.approx(best["val/loss"])
+
+
+def test_stl_run_trains_only_the_chosen_task(make_cfg, tmp_path):
+    summary = build_and_train(make_cfg("mode=stl", "mode.task=t1"))
+    assert summary["mode"] == "stl" and summary["tasks"] == ["t1"]
+    assert set(summary["parameters"]) == {"shared", "head/t1"}
+    assert not any(k.startswith(("test/t0", "val/t0")) for k in summary["selected"])
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert not any(k.startswith("heads.t0") for k in state["model"])
+
+
+def test_same_seed_same_result_other_seed_other_result(make_cfg, tmp_path):
+    a = build_and_train(make_cfg("seed=3"), output_dir=tmp_path / "a")
+    b = build_and_train(make_cfg("seed=3"), output_dir=tmp_path / "b")
+    c = build_and_train(make_cfg("seed=4"), output_dir=tmp_path / "c")
+    assert a["selected"] == b["selected"]
+    assert a["selected"]["test/t0/mse"] != c["selected"]["test/t0/mse"]
+
+
+def test_last_k_rule_reports_the_mean_of_the_last_k_test_evaluations(make_cfg, tmp_path):
+    summary = build_and_train(make_cfg("trainer.epochs=4", "trainer.selection.rule=last_k", "trainer.selection.k=3"))
+    epochs = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["type"] == "epoch"]
+    expected = sum(r["test/t1/mse"] for r in epochs[-3:]) / 3
+    assert summary["selected"]["test/t1/mse"] == pytest.approx(expected)
+    assert summary["selection"] == {"rule": "last_k", "k": 3, "epochs": [2, 3, 4]}
+
+
+def test_checkpoints_load_weights_only_and_restore_the_model(make_cfg, tmp_path):
+    from hydra.utils import instantiate
+
+    from mtl_bench.metrics.regression import RegressionMetrics
+    from mtl_bench.models.mtl_model import build_model
+    from mtl_bench.train import head_factories
+
+    cfg = make_cfg("trainer.selection.rule=last")
+    summary = build_and_train(cfg)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")  # weights_only=True inside
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 16 and ckpt["task_names"] == ["t0", "t1"]
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "combiner", "rng", "data_generator", "selector", "config"}
+    assert ckpt["optimizer"]["state"]  # Adam moments are saved
+    # a fresh model loaded from the checkpoint reproduces the run's final test metrics
+    bench = instantiate(cfg.dataset)
+    model = build_model(instantiate(cfg.backbone), head_factories(cfg.heads, ["t0", "t1"], ["t0", "t1"]),
+                        bench.tasks, bench.input_shape)
+    model.load_state_dict(ckpt["model"])
+    test = bench.splits["test"]
+    with torch.no_grad():
+        out = model(test.inputs)
+    for t in ("t0", "t1"):
+        m = RegressionMetrics()
+        m.update(out[t], test.targets[t])
+        assert m.compute()["mse"] == pytest.approx(summary["final"][f"test/{t}/mse"], rel=1e-6)
+
+
+def test_nan_loss_stops_naming_step_and_task_and_keeps_last_good_checkpoint(make_cfg, tmp_path, monkeypatch):
+    import mtl_bench.train as train_mod
+
+    real = train_mod.Benchmark.select_tasks
+
+    def poisoned(self, names):
+        tasks = real(self, names)
+        calls = {"n": 0}
+        base = tasks["t1"].loss
+
+        def loss(pred, target):
+            if torch.is_grad_enabled():
+                calls["n"] += 1
+                if calls["n"] == 11:  # 8 steps per epoch: the 3rd step of epoch 2
+                    return base(pred, target) * float("nan")
+            return base(pred, target)
+
+        tasks["t1"] = dataclasses.replace(tasks["t1"], loss=loss)
+        return tasks
+
+    monkeypatch.setattr(train_mod.Benchmark, "select_tasks", poisoned)
+    with pytest.raises(NonFiniteLossError) as info:
+        build_and_train(make_cfg("trainer.epochs=3"))
+    err = info.value
+    assert (err.step, err.epoch, err.task) == (11, 2, "t1")
+    assert "task 't1' at global step 11 (epoch 2)" in str(err) and "last good checkpoint kept" in str(err)
+    run = tmp_path / "run"
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 8
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["failed_task"] == "t1" and summary["failed_step"] == 11
+    assert read_jsonl(run / "metrics.jsonl")[-1]["type"] == "error"
+
+
+def test_wandb_failure_never_stops_training(make_cfg, tmp_path, monkeypatch, caplog):
+    import wandb
+
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("W&B server unreachable")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with caplog.at_level(logging.WARNING):
+        summary = build_and_train(make_cfg("logger=wandb"))
+    assert summary["status"] == "completed" and summary["wandb"] == {}
+    assert "W&B disabled for this run" in caplog.text
+    assert len([r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["type"] == "epoch"]) == 2
+
+
+def test_wandb_offline_run_is_written_in_the_run_dir(make_cfg, tmp_path, monkeypatch):
+    """The one W&B smoke test that starts a real (offline) run."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    summary = build_and_train(make_cfg("logger=wandb", "trainer.epochs=1"))
+    assert summary["wandb"]["mode"] == "offline" and summary["wandb"]["id"]
+    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and str(offline[0]) == summary["wandb"]["dir"]
+    assert list(offline[0].glob("run-*.wandb"))
