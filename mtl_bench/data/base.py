@@ -1,0 +1,114 @@
+"""Benchmarks, in-memory datasets and loaders.
+
+A dataset config (``configs/dataset/*.yaml``) instantiates to a :class:`Benchmark`: the task
+definitions plus the ``train``/``val``/``test`` splits.  Every split yields batches
+``(inputs, {task_name: target})``; models and losses see only this structure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from mtl_bench.errors import ConfigError
+from mtl_bench.tasks import Task
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Benchmark:
+    """What a dataset config builds: tasks, splits and the input shape the backbone must accept."""
+
+    name: str
+    tasks: dict[str, Task]
+    splits: dict[str, Dataset]
+    input_shape: tuple[int, ...]
+    info: dict[str, Any] = field(default_factory=dict)  # provenance logged in the run summary
+    extras: dict[str, Any] = field(default_factory=dict)  # objects for analyses/tests, not logged
+
+    def __post_init__(self) -> None:
+        missing = [s for s in SPLITS if s not in self.splits]
+        if missing:
+            raise ValueError(f"benchmark '{self.name}' lacks split(s) {missing}")
+
+    def select_tasks(self, names: Sequence[str] | None) -> dict[str, Task]:
+        """The active tasks, in the order given; ``None`` means all of the dataset's tasks."""
+        if names is None:
+            return dict(self.tasks)
+        unknown = [n for n in names if n not in self.tasks]
+        if unknown:
+            raise ConfigError(
+                f"task(s) {unknown} not in dataset '{self.name}'; its tasks are {list(self.tasks)}"
+            )
+        if len(set(names)) != len(names):
+            raise ConfigError(f"task list {list(names)} names a task twice")
+        if not names:
+            raise ConfigError(f"no task selected; dataset '{self.name}' has tasks {list(self.tasks)}")
+        return {n: self.tasks[n] for n in names}
+
+
+class TensorDictDataset(Dataset):
+    """An in-memory split: an input tensor and one target tensor per task, indexed by batches.
+
+    ``ds[indices]`` with a 1-D index tensor or list returns a whole batch in one gather, which is
+    much faster than collating single samples; :func:`make_loader` uses that path.
+    """
+
+    batch_indexing = True
+
+    def __init__(self, inputs: torch.Tensor, targets: Mapping[str, torch.Tensor]):
+        n = inputs.shape[0]
+        for name, t in targets.items():
+            if t.shape[0] != n:
+                raise ValueError(f"target '{name}' has {t.shape[0]} rows, inputs have {n}")
+        self.inputs = inputs
+        self.targets = dict(targets)
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def __getitem__(self, index: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if isinstance(index, list):
+            index = torch.as_tensor(index, dtype=torch.long)
+        return self.inputs[index], {k: v[index] for k, v in self.targets.items()}
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over ``dataset``; batch-indexable datasets are gathered a whole batch at a time.
+
+    Shuffling draws from ``generator`` only, so the data order is a function of the seed and does not
+    consume the global torch RNG stream.
+    """
+    extra: dict[str, Any] = {}
+    if num_workers > 0:
+        # Safe under Hydra's joblib (loky) launcher, where the default start method breaks workers.
+        extra = {"multiprocessing_context": "fork", "persistent_workers": True}
+    if getattr(dataset, "batch_indexing", False):
+        base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        sampler = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
+        return DataLoader(
+            dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **extra
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        **extra,
+    )
