@@ -109,7 +109,7 @@ class GradientEngine:
             objective.backward()
         elif isinstance(self.combiner, GradientAggregator):
             grads, head_grads = self.task_gradients(loss_list, with_heads=True, keep_graph=False)
-            detached = torch.stack([l.detach() for l in loss_list])
+            detached = torch.stack([loss.detach() for loss in loss_list])
             agg = self.combiner.aggregate(grads, detached)
             write_flat_grad(self.shared, agg.direction)
             weights = agg.weights.detach() if agg.weights is not None else torch.ones_like(detached)
@@ -127,7 +127,7 @@ class GradientEngine:
             raise TypeError(f"unsupported combiner type {type(self.combiner).__name__}")
 
         if watchers:
-            detached = torch.stack([l.detach() for l in loss_list])
+            detached = torch.stack([loss.detach() for loss in loss_list])
             for o in watchers:
                 o.observe(step, grads, self.task_names, detached)
         return StepResult(objective.detach(), weights.detach(), grads)

@@ -181,7 +181,7 @@ class Trainer:
             n += x.shape[0]
         self.model.train()
         out: dict[str, float] = {}
-        for k, (t, value) in enumerate(zip(self.task_names, (loss_sums / max(n, 1)).tolist())):
+        for t, value in zip(self.task_names, (loss_sums / max(n, 1)).tolist()):
             out[f"{split}/{t}/loss"] = value
             out.update({f"{split}/{t}/{m}": v for m, v in meters[t].compute().items()})
         out[f"{split}/loss"] = sum(out[f"{split}/{t}/loss"] for t in self.task_names)
