@@ -1,20 +1,32 @@
 """The gradient engine: from K separate task losses to ``.grad`` on every parameter.
 
 * Loss-weighting combiners: one backward pass of ``combiner.combine(losses)``.
-* Gradient aggregators: K backward passes, one per task loss (kept as **separate scalars**, so the
-  backward of task k walks only head k and the shared encoder), producing the exact K×d matrix ``G`` of
-  per-task gradients over the shared parameters and each head's own gradient in the same pass.  The
-  aggregated direction is written into the shared parameters' ``.grad`` and each head gets its task's
-  gradient times the aggregator's weight, so any torch optimizer can step afterwards.
+* Gradient aggregators, by gradient source (``combiner.grad_source``):
+
+  - ``params``: K backward passes, one per task loss (kept as **separate scalars**, so the backward of
+    task k walks only head k and the encoder), giving the exact K×d matrix ``G`` over the shared
+    parameters and each head's own gradient in the same pass.  With ``per_task_backward="batched"`` the
+    K passes stop at the shared representation and the encoder is traversed once with a batch of K
+    cotangents (``is_grads_batched``, i.e. vmap); if the model does not support that, the engine falls
+    back to sequential passes for the rest of the run (logged once).
+  - ``last_shared``: K short passes to the last shared layer; the aggregator's weights are then applied
+    by one backward of ``Σ w_k L_k`` through the whole model.
+  - ``representation``: K head passes to the shared representation; the aggregated cotangent is pushed
+    through the encoder by one backward (MGDA-UB style).
+
+  The direction is written into the shared parameters' ``.grad`` and each head receives its task's
+  gradient times the aggregator's weight (1 where the method defines none), so any torch optimizer can
+  step afterwards.
 * Observers (diagnostics) that ask for per-task gradients on a step get the ``G`` the engine computed;
-  on steps where the combiner itself does not need ``G`` the engine computes it for them with K extra
-  backward passes *before* the usual single backward, so the training trajectory is unchanged.
+  on steps where the combiner itself does not need ``G`` the engine computes it over the shared
+  parameters for them *before* the usual backward, so the training trajectory is unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -23,37 +35,50 @@ from mtl_bench.combiners.base import Combiner, GradientAggregator, LossWeighting
 from mtl_bench.errors import ConfigError
 from mtl_bench.models.mtl_model import MultiTaskModel
 
+log = logging.getLogger(__name__)
+
+PER_TASK_BACKWARD = ("sequential", "batched", "auto")
+
 
 class GradientObserver(Protocol):
     """A diagnostic that reads the per-task gradient matrix (e.g. conflict or dominance probes)."""
 
     def wants_grads(self, step: int) -> bool: ...
 
-    def observe(self, step: int, grads: torch.Tensor, task_names: Sequence[str], losses: torch.Tensor) -> None: ...
+    def observe(self, step: int, grads: torch.Tensor, task_names: Sequence[str], losses: torch.Tensor, source: str) -> None: ...
 
 
 @dataclass
 class StepResult:
-    objective: torch.Tensor  # detached scalar that was differentiated (Σ_k w_k L_k for aggregators)
+    objective: torch.Tensor  # detached scalar: Σ_k w_k L_k (for loss weightings: what was differentiated)
     weights: torch.Tensor  # detached K-vector of per-task weights (what the heads were scaled by)
-    grads: torch.Tensor | None  # K×d per-task gradients over the shared parameters, if computed
+    grads: torch.Tensor | None  # K×d per-task gradients over ``source``, if computed this step
+    source: str | None  # gradient source of ``grads``
 
 
 def flat_size(params: Sequence[nn.Parameter]) -> int:
     return sum(p.numel() for p in params)
 
 
+def accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
+    """``p.grad += g`` with ``backward`` semantics; ``g`` must be a fresh tensor the caller gives away."""
+    if p.grad is None:
+        p.grad = g
+    else:
+        p.grad.add_(g)
+
+
 def write_flat_grad(params: Sequence[nn.Parameter], flat: torch.Tensor) -> None:
-    """Accumulate a flat d-vector into the ``.grad`` of ``params`` (``backward`` semantics)."""
+    """Accumulate a flat d-vector into the ``.grad`` of ``params``."""
     offset = 0
     for p in params:
         n = p.numel()
-        g = flat[offset : offset + n].view_as(p)
+        accumulate_grad(p, flat[offset : offset + n].view_as(p).clone())
         offset += n
-        if p.grad is None:
-            p.grad = g.clone()
-        else:
-            p.grad.add_(g)
+
+
+def as_tuple(rep: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(rep) if isinstance(rep, (tuple, list)) else (rep,)
 
 
 class GradientEngine:
@@ -63,71 +88,147 @@ class GradientEngine:
         combiner: Combiner,
         task_names: Sequence[str],
         observers: Sequence[GradientObserver] = (),
+        per_task_backward: str = "sequential",
     ):
-        if combiner.needs_grads and combiner.grad_source != "params":
-            # 'last_shared' and 'representation' sources arrive with the combiner library (issue 3).
-            raise ConfigError(
-                f"gradient source '{combiner.grad_source}' is not available in this engine; use grad_source=params"
-            )
+        if per_task_backward not in PER_TASK_BACKWARD:
+            raise ConfigError(f"trainer.per_task_backward='{per_task_backward}' is invalid; choose one of {list(PER_TASK_BACKWARD)}")
         self.model = model
         self.combiner = combiner
         self.task_names = list(task_names)
         self.observers = list(observers)
         self.shared = model.shared_parameters()
+        self.last_shared = model.last_shared_parameters()
         self.heads = {t: model.task_parameters(t) for t in self.task_names}
         self.dim = flat_size(self.shared)
+        if per_task_backward == "auto":
+            device = self.shared[0].device if self.shared else torch.device("cpu")
+            per_task_backward = "batched" if device.type == "cuda" else "sequential"
+        self.batched = per_task_backward == "batched"
 
-    def task_gradients(
-        self, losses: Sequence[torch.Tensor], with_heads: bool, keep_graph: bool
+    # ------------------------------------------------------------------ per-task gradients
+    def _gradient_rows(
+        self, losses: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], with_heads: bool, keep_graph: bool
     ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]]]:
-        """Row k of the returned K×d matrix is ∇_shared L_k; also returns each head's own gradient."""
-        first = self.shared[0]
-        grads = torch.zeros(len(losses), self.dim, device=first.device, dtype=first.dtype)
+        """K×d matrix of ∇_inputs L_k (zeros where an input is unused) and, optionally, head gradients."""
+        dim = sum(t.numel() for t in inputs)
+        ref = inputs[0]
+        rows = torch.zeros(len(losses), dim, device=ref.device, dtype=ref.dtype)
         head_grads: list[list[torch.Tensor | None]] = []
         for k, (task, loss) in enumerate(zip(self.task_names, losses)):
             head = self.heads[task] if with_heads else []
             retain = keep_graph or k < len(losses) - 1
-            g = torch.autograd.grad(loss, self.shared + head, retain_graph=retain, allow_unused=True)
+            g = torch.autograd.grad(loss, [*inputs, *head], retain_graph=retain, allow_unused=True)
             offset = 0
-            for p, gp in zip(self.shared, g[: len(self.shared)]):
-                n = p.numel()
-                if gp is not None:
-                    grads[k, offset : offset + n].copy_(gp.reshape(-1))
+            for x, gx in zip(inputs, g[: len(inputs)]):
+                n = x.numel()
+                if gx is not None:
+                    rows[k, offset : offset + n].copy_(gx.reshape(-1))
                 offset += n
-            head_grads.append(list(g[len(self.shared) :]))
-        return grads, head_grads
+            head_grads.append(list(g[len(inputs) :]))
+        return rows, head_grads
 
-    def backward(self, losses: Mapping[str, torch.Tensor], step: int) -> StepResult:
+    def _batched_param_rows(
+        self, losses: Sequence[torch.Tensor], rep: Any, keep_graph: bool
+    ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]]] | None:
+        """Exact G over the shared parameters with one vmapped encoder backward; ``None`` if unsupported."""
+        reps = as_tuple(rep)
+        rep_rows, head_grads = self._gradient_rows(losses, reps, with_heads=True, keep_graph=True)
+        cotangents, offset = [], 0
+        for r in reps:
+            cotangents.append(rep_rows[:, offset : offset + r.numel()].reshape(len(losses), *r.shape))
+            offset += r.numel()
+        try:
+            g = torch.autograd.grad(
+                reps, self.shared, grad_outputs=cotangents, retain_graph=keep_graph, allow_unused=True, is_grads_batched=True
+            )
+        except RuntimeError as e:  # vmap has no batching rule for an op of this model
+            log.warning("batched per-task backward is not supported by this model (%s); using sequential passes", str(e).splitlines()[0])
+            self.batched = False
+            return None
+        rows = torch.zeros(len(losses), self.dim, device=rep_rows.device, dtype=self.shared[0].dtype)
+        offset = 0
+        for p, gp in zip(self.shared, g):
+            n = p.numel()
+            if gp is not None:
+                rows[:, offset : offset + n].copy_(gp.reshape(len(losses), n))
+            offset += n
+        return rows, head_grads
+
+    def task_gradients(
+        self, losses: Sequence[torch.Tensor], rep: Any = None, with_heads: bool = True, keep_graph: bool = False
+    ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]]]:
+        """Row k of the returned K×d matrix is ∇_shared L_k; also returns each head's own gradient."""
+        if self.batched and rep is not None:
+            out = self._batched_param_rows(losses, rep, keep_graph)
+            if out is not None:
+                return out
+        return self._gradient_rows(losses, self.shared, with_heads=with_heads, keep_graph=keep_graph)
+
+    # ------------------------------------------------------------------ the step
+    def _write_heads(self, head_grads: list[list[torch.Tensor | None]], weights: torch.Tensor) -> None:
+        for k, task in enumerate(self.task_names):
+            for p, g in zip(self.heads[task], head_grads[k]):
+                if g is not None:
+                    accumulate_grad(p, g * weights[k].to(g.dtype))
+
+    def backward(self, losses: Mapping[str, torch.Tensor], step: int, rep: Any = None) -> StepResult:
+        """Differentiate the K task losses and write every parameter's ``.grad``.
+
+        ``rep`` is the shared representation the heads were applied to (needed by the ``representation``
+        source and by batched per-task backward)."""
         loss_list = [losses[t] for t in self.task_names]
+        detached = torch.stack([loss.detach() for loss in loss_list])
         watchers = [o for o in self.observers if o.wants_grads(step)]
         grads: torch.Tensor | None = None
+        source: str | None = None
+        comb = self.combiner
 
-        if isinstance(self.combiner, LossWeighting):
+        if isinstance(comb, LossWeighting):
             if watchers:
-                grads, _ = self.task_gradients(loss_list, with_heads=False, keep_graph=True)
-            objective, weights = self.combiner.combine(torch.stack(loss_list))
+                grads, _ = self.task_gradients(loss_list, rep, with_heads=False, keep_graph=True)
+                source = "params"
+            objective, weights = comb.combine(torch.stack(loss_list))
             objective.backward()
-        elif isinstance(self.combiner, GradientAggregator):
-            grads, head_grads = self.task_gradients(loss_list, with_heads=True, keep_graph=False)
-            detached = torch.stack([loss.detach() for loss in loss_list])
-            agg = self.combiner.aggregate(grads, detached)
-            write_flat_grad(self.shared, agg.direction)
-            weights = agg.weights.detach() if agg.weights is not None else torch.ones_like(detached)
-            for k, task in enumerate(self.task_names):
-                for p, g in zip(self.heads[task], head_grads[k]):
-                    if g is None:
-                        continue
-                    g = g * weights[k]
-                    if p.grad is None:
-                        p.grad = g
-                    else:
-                        p.grad.add_(g)
-            objective = (weights * detached).sum()
+            objective = objective.detach()
+        elif isinstance(comb, GradientAggregator):
+            source = comb.grad_source
+            if source == "params":
+                grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True)
+                agg = comb.aggregate(grads, detached)
+                write_flat_grad(self.shared, agg.direction)
+                weights = self._weights(agg, detached)
+                self._write_heads(head_grads, weights)
+            elif source == "representation":
+                if rep is None:
+                    raise ValueError("grad_source='representation' needs the shared representation (rep=...)")
+                reps = as_tuple(rep)
+                grads, head_grads = self._gradient_rows(loss_list, reps, with_heads=True, keep_graph=True)
+                agg = comb.aggregate(grads, detached)
+                weights = self._weights(agg, detached)
+                cot, offset = [], 0
+                for r in reps:
+                    cot.append(agg.direction[offset : offset + r.numel()].view_as(r).to(r.dtype))
+                    offset += r.numel()
+                torch.autograd.backward(reps, grad_tensors=cot)
+                self._write_heads(head_grads, weights)
+            elif source == "last_shared":
+                grads, _ = self._gradient_rows(loss_list, self.last_shared, with_heads=False, keep_graph=True)
+                agg = comb.aggregate(grads, detached)
+                if agg.weights is None:
+                    raise ConfigError(f"combiner '{comb.name}' returned no weights; it cannot use grad_source=last_shared")
+                weights = agg.weights.detach()
+                sum(w * loss for w, loss in zip(weights.to(detached.dtype), loss_list)).backward()
+            else:  # pragma: no cover - validated by Combiner.__init__
+                raise ConfigError(f"unknown gradient source '{source}'")
+            objective = (weights.to(detached.dtype) * detached).sum()
         else:  # pragma: no cover - guarded by the class hierarchy
-            raise TypeError(f"unsupported combiner type {type(self.combiner).__name__}")
+            raise TypeError(f"unsupported combiner type {type(comb).__name__}")
 
         if watchers:
-            detached = torch.stack([loss.detach() for loss in loss_list])
             for o in watchers:
-                o.observe(step, grads, self.task_names, detached)
-        return StepResult(objective.detach(), weights.detach(), grads)
+                o.observe(step, grads, self.task_names, detached, source)
+        return StepResult(objective, weights.detach(), grads, source)
+
+    @staticmethod
+    def _weights(agg, detached: torch.Tensor) -> torch.Tensor:
+        return agg.weights.detach().to(detached.dtype) if agg.weights is not None else torch.ones_like(detached)

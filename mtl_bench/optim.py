@@ -23,7 +23,7 @@ def param_groups(model: MultiTaskModel, combiner: Combiner | None = None) -> lis
     if combiner is not None:
         extra = [p for p in combiner.parameters() if p.requires_grad]
         if extra:
-            groups.append({"params": extra, "name": "combiner"})
+            groups.append({"params": extra, "name": "combiner", **combiner.optimizer_overrides()})
     return [g for g in groups if g["params"]]
 
 

@@ -84,7 +84,7 @@ class Trainer:
         self.ckpt_dir = self.output_dir / "checkpoints"
         self.device = device
         self.run_info = dict(run_info or {})
-        self.engine = GradientEngine(self.model, self.combiner, self.task_names, observers)
+        self.engine = GradientEngine(self.model, self.combiner, self.task_names, observers, settings.per_task_backward)
         self.global_step = 0
         self.epoch = 0
         self.last_checkpoint: Path | None = None
@@ -123,16 +123,25 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         rep = self.model.encode(x)
         outputs = self.model.decode(rep, self.task_names)
-        losses = {t: self.tasks[t].loss(outputs[t], targets[t]) for t in self.task_names}  # separate scalars
+        losses = self.task_losses(outputs, targets)  # separate scalars
         stacked = torch.stack([losses[t].detach() for t in self.task_names])
         if self.settings.check_finite:
             self._check_finite(stacked)
-        result = self.engine.backward(losses, self.global_step)
+        result = self.engine.backward(losses, self.global_step, rep=rep)
         if self.settings.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip_norm)
         self.optimizer.step()
+        post = None
+        if self.combiner.needs_post_step_losses:  # e.g. FAMO: losses after the step, same batch
+            with torch.no_grad():
+                post_losses = self.task_losses(self.model(x, self.task_names), targets)
+                post = torch.stack([post_losses[t] for t in self.task_names])
+        self.combiner.after_step(post)
         self.global_step += 1
         return stacked, result
+
+    def task_losses(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {t: self.tasks[t].loss(outputs[t], targets[t]) for t in self.task_names}
 
     def _steps_per_epoch(self) -> int:
         n = len(self.train_loader)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mtl_bench.combiners.base import Aggregation, GradientAggregator
+from mtl_bench.combiners.base import Aggregation, GradientAggregator, GramianWeighting
 from mtl_bench.data.synthetic import regression_task
 from mtl_bench.models.backbones import MLPEncoder
 from mtl_bench.models.heads import MLPHead
@@ -20,18 +20,17 @@ class SumOfGradients(GradientAggregator):
         return Aggregation(grads.sum(0), torch.ones_like(losses))
 
 
-class ScaledMean(GradientAggregator):
-    """Test-only aggregator with non-trivial head weights: direction Σ_k a_k g_k, weights a."""
+class ScaledMean(GramianWeighting):
+    """Test-only Gramian weighting with fixed non-trivial weights a: direction Σ_k a_k g_k."""
 
     name = "test_scaled"
 
-    def __init__(self, coeffs):
-        super().__init__()
+    def __init__(self, coeffs, grad_source=None):
+        super().__init__(grad_source)
         self.coeffs = torch.tensor(coeffs, dtype=torch.float64)
 
-    def aggregate(self, grads, losses):
-        a = self.coeffs.to(grads)
-        return Aggregation(a @ grads, a)
+    def weights_from_gramian(self, gramian, losses):
+        return self.coeffs.to(gramian)
 
 
 def tiny_model(tasks=("a", "b", "c"), in_dim=5, seed=0, dtype=torch.float64) -> MultiTaskModel:

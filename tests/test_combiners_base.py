@@ -48,8 +48,10 @@ def test_loss_weighting_rejects_gradient_sources_and_names_alternatives():
 
 def test_aggregator_validates_its_declared_sources():
     assert SumOfGradients().grad_source == "params"
-    with pytest.raises(ConfigError, match=r"supported: \['params'\]"):
-        SumOfGradients(grad_source="representation")
+    assert SumOfGradients(grad_source="representation").grad_source == "representation"
+    # a direction-only aggregator cannot be applied through last-shared-layer weights
+    with pytest.raises(ConfigError, match=r"does not support grad_source='last_shared'; supported: \['params', 'representation'\]"):
+        SumOfGradients(grad_source="last_shared")
 
 
 def test_ew_is_a_loss_weighting_and_needs_no_gradients():

@@ -1,28 +1,43 @@
 """The combiner interface: how K separate task losses (and possibly their gradients) become one update.
 
-Two families share one base class, so the trainer and Hydra treat them alike (``combiner=NAME``):
+Three families share one base class, so the trainer and Hydra treat them alike (``combiner=NAME``):
 
 * :class:`LossWeighting` — the update is the gradient of ``combine(losses)``, a scalar function of the
   K task losses (weights may be constant, random, learnable or depend on loss history).  The engine
-  runs **one** backward pass for these; they never need per-task gradients.
-* :class:`GradientAggregator` — the update of the shared parameters is computed from the K×d matrix
-  ``G`` of per-task gradients (row k = ∇ L_k over the chosen gradient source).  The engine computes
-  ``G`` and writes the aggregated direction into ``.grad``; each head receives its own task's gradient
-  scaled by the aggregator's per-task weight (1 where the method defines none).
+  runs **one** backward pass; these never need per-task gradients.
+* :class:`GradientAggregator` — the update is computed from the K×d matrix ``G`` of per-task gradients
+  (row k = ∇ L_k over the chosen *gradient source*).  ``aggregate(G, losses)`` returns a direction in the
+  source's space (used like a gradient: the optimizer steps along −direction) and optional per-task
+  weights, which scale each head's own gradient (heads get unit weights when a method defines none).
+* :class:`GramianWeighting` — the aggregators whose update is a linear combination ``wᵀG`` with weights
+  that depend on ``G`` only through the Gramian ``G Gᵀ`` (MGDA, IMTL-G, Nash-MTL, UPGrad, CAGrad, …).
+  They implement ``weights_from_gramian`` and work with every gradient source, including
+  ``last_shared`` (weights from the last shared layer, applied by one weighted backward).
 
-Which gradients an aggregator sees is explicit: ``grad_source`` is one of :data:`GRAD_SOURCES` and
-every class declares the sources it supports; an unsupported choice is a :class:`ConfigError` that
-names the supported ones.
+Gradient sources (``grad_source``, validated against the class's ``supported_sources``):
 
-Combiners are ``nn.Module`` s: learnable weights are parameters (the trainer gives them their own
-optimizer group) and history is kept in buffers or ``get_extra_state``, so ``state_dict`` /
-``load_state_dict`` round-trip through checkpoints.
+* ``params`` — exact gradients over all shared parameters (K backward passes);
+* ``last_shared`` — gradients over the last shared layer only (K short backward passes), weights applied
+  with one weighted backward over the whole model (as GradNorm and some MGDA variants do); weight-producing
+  methods only;
+* ``representation`` — gradients w.r.t. the shared representation (K head backward passes plus one encoder
+  backward with the aggregated cotangent; MGDA-UB style).
+
+Hooks the trainer calls: ``setup(task_names)`` once; ``after_step(post_losses)`` after every optimizer
+step (``post_losses`` are the task losses recomputed on the same batch, without gradients, when the class
+sets ``needs_post_step_losses`` — FAMO); ``on_epoch_end(epoch, train_losses)``.
+
+Combiners are ``nn.Module`` s: learnable weights are parameters (the trainer optimises them in their own
+``combiner`` parameter group, with ``optimizer_overrides()`` applied, e.g. a different lr) and history is
+kept in buffers or ``get_extra_state``, so ``state_dict`` / ``load_state_dict`` round-trip through
+checkpoints.  Random methods draw from their own ``torch.Generator`` (saved in the state), never from the
+global RNG, so a combiner never perturbs the data order or initialisation of a run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,8 +50,10 @@ GRAD_SOURCES = ("params", "last_shared", "representation")
 class Combiner(nn.Module):
     name: ClassVar[str] = "base"
     needs_grads: ClassVar[bool] = False
+    needs_post_step_losses: ClassVar[bool] = False
     supported_sources: ClassVar[tuple[str, ...]] = ()
     default_source: ClassVar[str | None] = None
+    scale: ClassVar[str] = "n/a"  # "sum" | "mean" | "normalised" ...: documented in each subclass
 
     def __init__(self, grad_source: str | None = None):
         super().__init__()
@@ -62,12 +79,19 @@ class Combiner(nn.Module):
             raise ConfigError("a combiner needs at least one task")
         self.task_names = list(task_names)
 
+    def after_step(self, post_losses: torch.Tensor | None) -> None:
+        """Called after every optimizer step (``post_losses``: see ``needs_post_step_losses``)."""
+
     def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
         """Hook for methods with epoch-level state (e.g. DWA); ``train_losses`` are epoch means."""
 
-    def describe(self) -> dict:
+    def optimizer_overrides(self) -> dict[str, Any]:
+        """Options for the ``combiner`` parameter group (e.g. ``{"lr": 0.025}``); empty: the model's."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
         """What the run summary records about the method (name, scale convention, gradient source)."""
-        return {"name": self.name, "grad_source": self.grad_source, "needs_grads": self.needs_grads}
+        return {"name": self.name, "grad_source": self.grad_source, "needs_grads": self.needs_grads, "scale": self.scale}
 
 
 class LossWeighting(Combiner):
@@ -77,27 +101,40 @@ class LossWeighting(Combiner):
         raise NotImplementedError
 
     def combine(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``losses``: K-vector of task losses (in ``task_names`` order).  Returns the scalar objective to
-        differentiate and the (detached) per-task weights for logging."""
+        """``losses``: K-vector of task losses (in ``task_names`` order, attached to the graph).  Returns the
+        scalar objective to differentiate and the (detached) per-task weights for logging."""
         w = self.weights(losses)
         return (w * losses).sum(), w.detach()
 
 
 @dataclass
 class Aggregation:
-    """Result of a gradient aggregator: the shared-parameter update direction (a d-vector, to be used as
-    a gradient, i.e. the optimizer steps along −direction) and optional per-task weights that also
-    scale the heads' gradients."""
+    """Result of a gradient aggregator: the update direction in the gradient source's space (used as a
+    gradient: the optimizer steps along −direction; ``None`` is allowed only for weight-producing methods
+    under ``last_shared``) and optional per-task weights that also scale the heads' gradients."""
 
-    direction: torch.Tensor
+    direction: torch.Tensor | None
     weights: torch.Tensor | None = None
 
 
 class GradientAggregator(Combiner):
     needs_grads = True
-    supported_sources = ("params",)
+    supported_sources = ("params", "representation")
     default_source = "params"
 
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> Aggregation:  # pragma: no cover
         """``grads``: K×d matrix of per-task gradients; ``losses``: detached K-vector of task losses."""
         raise NotImplementedError
+
+
+class GramianWeighting(GradientAggregator):
+    """Aggregators of the form ``wᵀG`` with ``w = weights_from_gramian(G Gᵀ, losses)``."""
+
+    supported_sources = ("params", "last_shared", "representation")
+
+    def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> Aggregation:
+        w = self.weights_from_gramian(grads @ grads.T, losses)
+        return Aggregation(w.to(grads) @ grads, w)

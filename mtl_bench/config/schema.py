@@ -39,6 +39,7 @@ class TrainerConf:
     max_steps_per_epoch: Optional[int] = None
     grad_clip_norm: Optional[float] = None
     check_finite: bool = True  # stop on a NaN/inf task loss (one host sync per step)
+    per_task_backward: str = "sequential"  # sequential | batched (one vmapped encoder pass) | auto (batched on CUDA)
     deterministic: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads (None: torch default)
     progress_bar: Optional[bool] = None  # None: only when stderr is a terminal
