@@ -11,7 +11,7 @@ from mtl_bench.errors import ConfigError
 
 @register("ew")
 class EqualWeighting(LossWeighting):
-    """Equal weighting of task losses.
+    """Equal weighting of task losses (the "uniform scaling" baseline of e.g. Kendall et al., CVPR 2018).
 
     Scale convention (explicit, because the anchors disagree): ``reduction="sum"`` optimises
     Σ_k L_k (weights 1; LibMTL ``EW``, Nash-MTL/FAMO ``ls``), ``reduction="mean"`` optimises
@@ -19,11 +19,14 @@ class EqualWeighting(LossWeighting):
     effective learning rate; with Adam they are (up to ε) the same update.
     """
 
+    scale = "sum"  # per instance: "sum" or "mean" (see ``reduction``)
+
     def __init__(self, reduction: str = "sum", grad_source: str | None = None):
         super().__init__(grad_source)
         if reduction not in ("sum", "mean"):
             raise ConfigError(f"combiner.reduction must be 'sum' or 'mean', got '{reduction}'")
         self.reduction = reduction
+        self.scale = reduction
 
     def weights(self, losses: torch.Tensor) -> torch.Tensor:
         value = 1.0 if self.reduction == "sum" else 1.0 / losses.numel()

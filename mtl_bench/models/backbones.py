@@ -54,3 +54,48 @@ class MLPEncoder(nn.Module):
     def last_shared_module(self) -> nn.Module:
         """The last layer with parameters (the 'last shared layer' some combiners differentiate)."""
         return [m for m in self.net if isinstance(m, nn.Linear)][-1]
+
+
+class ConvEncoder(nn.Module):
+    """A small convolutional shared encoder for image inputs (``input_shape = (C, H, W)``).
+
+    ``len(channels)`` blocks of ``conv3x3 -> norm -> ReLU -> maxpool(2)``, then global average pooling and
+    an optional fully connected layer of width ``fc``; the output is a ``out_dim``-vector per image.  With
+    ``channels=(64, 128, 256, 512)`` and ``fc=512`` it has the shape of the CelebA ConvNet used by the FAMO
+    code base (4 conv blocks + FC), which attribute heads then read.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        channels: Sequence[int] = (64, 128, 256, 512),
+        fc: int | None = 512,
+        norm: str = "batch",
+    ):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ConfigError(f"backbone ConvEncoder needs image inputs (C, H, W), the dataset gives {tuple(input_shape)}")
+        if norm not in ("batch", "group", "none"):
+            raise ConfigError(f"backbone.norm='{norm}' is invalid; choose one of ['batch', 'group', 'none']")
+        layers: list[nn.Module] = []
+        in_ch = int(input_shape[0])
+        for ch in channels:
+            layers.append(nn.Conv2d(in_ch, ch, kernel_size=3, padding=1, bias=norm == "none"))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(ch))
+            elif norm == "group":
+                layers.append(nn.GroupNorm(min(32, ch), ch))
+            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            in_ch = ch
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        if fc:
+            layers += [nn.Linear(in_ch, fc), nn.ReLU(inplace=True)]
+            in_ch = fc
+        self.net = nn.Sequential(*layers)
+        self.out_dim = in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def last_shared_module(self) -> nn.Module:
+        return [m for m in self.net if isinstance(m, (nn.Linear, nn.Conv2d))][-1]

@@ -1,0 +1,80 @@
+"""Helpers shared by the direction-based aggregators (PCGrad, GradVac, GradDrop, Aligned-MTL, DiBS-MTL, DB-MTL,
+GradNorm): hyper-parameter checks with one-line ``ConfigError`` s, and the base class of the random methods,
+which own a seeded ``torch.Generator`` whose state is part of ``state_dict``.
+
+Not a method: the package's auto-import skips modules whose name starts with ``_``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from mtl_bench.combiners.base import GradientAggregator
+from mtl_bench.errors import ConfigError
+
+
+def check_real(key: str, value: Any, *, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a float if it is a finite number in the given interval; otherwise a ``ConfigError``
+    naming ``combiner.<key>``, the value and the valid range."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{key} {'>' if low_open else '>='} {low:g}")
+        if high is not None:
+            bounds.append(f"{key} {'<' if high_open else '<='} {high:g}")
+        valid = " and ".join(bounds) if bounds else "a finite number"
+        raise ConfigError(f"combiner.{key}={value!r} is invalid; valid: {valid}")
+    return float(value)
+
+
+def check_int(key: str, value: Any, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"combiner.{key}={value!r} is invalid; valid: an integer >= {low}")
+    return value
+
+
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"combiner.{key}={value!r} is invalid; choose one of {list(choices)}")
+    return value
+
+
+def check_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"combiner.{key}={value!r} is invalid; valid: true or false")
+    return value
+
+
+class SeededAggregator(GradientAggregator):
+    """A gradient aggregator that draws its randomness from its own CPU ``torch.Generator``.
+
+    The generator is seeded from ``seed`` and its state is saved as the module's extra state, so a restored
+    checkpoint continues the same random stream; the global RNG is never touched.  Drawing on the CPU makes
+    the random choices identical on CPU and CUDA runs (values are moved to the gradients' device)."""
+
+    def __init__(self, seed: int = 0, grad_source: str | None = None):
+        super().__init__(grad_source)
+        self.seed = check_int("seed", seed, low=0)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"rng_state": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["rng_state"])
+
+    def permutation(self, n: int) -> list[int]:
+        """A random permutation of ``range(n)`` from the combiner's own generator."""
+        return torch.randperm(n, generator=self.generator).tolist()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "seed": self.seed}
