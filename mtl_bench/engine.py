@@ -37,7 +37,7 @@ from mtl_bench.models.mtl_model import MultiTaskModel
 
 log = logging.getLogger(__name__)
 
-PER_TASK_BACKWARD = ("sequential", "batched", "auto")
+PER_TASK_BACKWARD = ("sequential", "batched")
 
 
 class GradientObserver(Protocol):
@@ -69,12 +69,41 @@ def accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
 
 
 def write_flat_grad(params: Sequence[nn.Parameter], flat: torch.Tensor) -> None:
-    """Accumulate a flat d-vector into the ``.grad`` of ``params``."""
+    """Accumulate a flat d-vector into the ``.grad`` of ``params``.  ``flat`` must be a tensor the caller
+    gives away (the engine copies it first if it aliases the gradient matrix): empty ``.grad`` s become
+    views into it, so writing the update costs no copy."""
+    flat = flat.contiguous()
     offset = 0
     for p in params:
         n = p.numel()
-        accumulate_grad(p, flat[offset : offset + n].view_as(p).clone())
+        accumulate_grad(p, flat[offset : offset + n].view_as(p))
         offset += n
+
+
+def copy_many(dsts: list[torch.Tensor], srcs: list[torch.Tensor]) -> None:
+    """``dst.copy_(src)`` for each pair, in one fused launch where torch offers it (``_foreach_copy_``)."""
+    if not dsts:
+        return
+    if hasattr(torch, "_foreach_copy_"):
+        torch._foreach_copy_(dsts, srcs)
+    else:  # pragma: no cover - torch < 2.1
+        for d, s in zip(dsts, srcs):
+            d.copy_(s)
+
+
+def fill_rows(rows: torch.Tensor, k: int | slice, inputs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
+    """Write the flattened ``grads`` (one per input, ``None`` = unused) into ``rows[k]`` (zeros where unused)."""
+    dsts, srcs, offset = [], [], 0
+    for x, g in zip(inputs, grads):
+        n = x.numel()
+        view = rows[k, offset : offset + n]
+        if g is None:
+            view.zero_()
+        else:
+            dsts.append(view)
+            srcs.append(g.reshape(view.shape))
+        offset += n
+    copy_many(dsts, srcs)
 
 
 def as_tuple(rep: Any) -> tuple[torch.Tensor, ...]:
@@ -100,9 +129,6 @@ class GradientEngine:
         self.last_shared = model.last_shared_parameters()
         self.heads = {t: model.task_parameters(t) for t in self.task_names}
         self.dim = flat_size(self.shared)
-        if per_task_backward == "auto":
-            device = self.shared[0].device if self.shared else torch.device("cpu")
-            per_task_backward = "batched" if device.type == "cuda" else "sequential"
         self.batched = per_task_backward == "batched"
 
     # ------------------------------------------------------------------ per-task gradients
@@ -112,18 +138,13 @@ class GradientEngine:
         """K×d matrix of ∇_inputs L_k (zeros where an input is unused) and, optionally, head gradients."""
         dim = sum(t.numel() for t in inputs)
         ref = inputs[0]
-        rows = torch.zeros(len(losses), dim, device=ref.device, dtype=ref.dtype)
+        rows = torch.empty(len(losses), dim, device=ref.device, dtype=ref.dtype)
         head_grads: list[list[torch.Tensor | None]] = []
         for k, (task, loss) in enumerate(zip(self.task_names, losses)):
             head = self.heads[task] if with_heads else []
             retain = keep_graph or k < len(losses) - 1
             g = torch.autograd.grad(loss, [*inputs, *head], retain_graph=retain, allow_unused=True)
-            offset = 0
-            for x, gx in zip(inputs, g[: len(inputs)]):
-                n = x.numel()
-                if gx is not None:
-                    rows[k, offset : offset + n].copy_(gx.reshape(-1))
-                offset += n
+            fill_rows(rows, k, inputs, g[: len(inputs)])
             head_grads.append(list(g[len(inputs) :]))
         return rows, head_grads
 
@@ -145,13 +166,8 @@ class GradientEngine:
             log.warning("batched per-task backward is not supported by this model (%s); using sequential passes", str(e).splitlines()[0])
             self.batched = False
             return None
-        rows = torch.zeros(len(losses), self.dim, device=rep_rows.device, dtype=self.shared[0].dtype)
-        offset = 0
-        for p, gp in zip(self.shared, g):
-            n = p.numel()
-            if gp is not None:
-                rows[:, offset : offset + n].copy_(gp.reshape(len(losses), n))
-            offset += n
+        rows = torch.empty(len(losses), self.dim, device=rep_rows.device, dtype=self.shared[0].dtype)
+        fill_rows(rows, slice(None), self.shared, g)
         return rows, head_grads
 
     def task_gradients(
@@ -195,7 +211,7 @@ class GradientEngine:
             if source == "params":
                 grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True)
                 agg = comb.aggregate(grads, detached)
-                write_flat_grad(self.shared, agg.direction)
+                write_flat_grad(self.shared, self._owned(agg.direction, grads))
                 weights = self._weights(agg, detached)
                 self._write_heads(head_grads, weights)
             elif source == "representation":
@@ -228,6 +244,13 @@ class GradientEngine:
             for o in watchers:
                 o.observe(step, grads, self.task_names, detached, source)
         return StepResult(objective, weights.detach(), grads, source)
+
+    @staticmethod
+    def _owned(direction: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """``direction`` itself, or a copy if it shares memory with the gradient matrix observers read."""
+        if direction.untyped_storage().data_ptr() == grads.untyped_storage().data_ptr():
+            return direction.clone()
+        return direction
 
     @staticmethod
     def _weights(agg, detached: torch.Tensor) -> torch.Tensor:

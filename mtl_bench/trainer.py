@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from mtl_bench.combiners.base import Combiner
 from mtl_bench.config.schema import TrainerConf
 from mtl_bench.data.base import Benchmark, make_loader
 from mtl_bench.engine import GradientEngine, GradientObserver
-from mtl_bench.errors import NonFiniteLossError
+from mtl_bench.errors import ConfigError, NonFiniteLossError
 from mtl_bench.loggers.run_logger import RunLogger
 from mtl_bench.models.mtl_model import MultiTaskModel
 from mtl_bench.optim import group_lrs
@@ -109,12 +110,26 @@ class Trainer:
         nb = self.device.type == "cuda"
         return x.to(self.device, non_blocking=nb), {k: v.to(self.device, non_blocking=nb) for k, v in targets.items()}
 
-    def _check_finite(self, stacked: torch.Tensor) -> None:
-        if bool(torch.isfinite(stacked).all()):
+    def _check_losses(self, stacked: torch.Tensor) -> None:
+        """One host sync per step: every task loss finite and inside the combiner's domain."""
+        bad = ~torch.isfinite(stacked)
+        bound = self.combiner.loss_lower_bound()
+        if bound is not None:
+            bad = bad | (stacked < torch.as_tensor(bound, dtype=stacked.dtype, device=stacked.device))
+        if not bool(bad.any()):
             return
-        k = int((~torch.isfinite(stacked)).nonzero()[0])
+        k = int(bad.nonzero()[0])
+        value = float(stacked[k])
+        if math.isfinite(value):
+            bounds = torch.as_tensor(bound).reshape(-1)
+            floor = float(bounds[k] if bounds.numel() > 1 else bounds[0])
+            raise ConfigError(
+                f"combiner '{self.combiner.name}' is defined for task losses >= {floor:g} only (log or inverse "
+                f"losses); task '{self.task_names[k]}' has loss {value:.6g} at global step "
+                f"{self.global_step + 1} (epoch {self.epoch}): use another combiner or a non-negative loss"
+            )
         raise NonFiniteLossError(
-            step=self.global_step + 1, epoch=self.epoch, task=self.task_names[k], value=float(stacked[k]),
+            step=self.global_step + 1, epoch=self.epoch, task=self.task_names[k], value=value,
             checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
         )
 
@@ -126,7 +141,7 @@ class Trainer:
         losses = self.task_losses(outputs, targets)  # separate scalars
         stacked = torch.stack([losses[t].detach() for t in self.task_names])
         if self.settings.check_finite:
-            self._check_finite(stacked)
+            self._check_losses(stacked)
         result = self.engine.backward(losses, self.global_step, rep=rep)
         if self.settings.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip_norm)

@@ -49,6 +49,14 @@ def configure_determinism(deterministic: bool) -> None:
         torch.use_deterministic_algorithms(False)
 
 
+def host_to_device(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Copy a host tensor to ``like``'s device and dtype without blocking the host: a pageable host→GPU
+    copy waits for all queued GPU work, which stalls the pipeline once per step."""
+    if like.device.type == "cuda":
+        t = t.pin_memory().to(like.device, non_blocking=True)
+    return t.to(device=like.device, dtype=like.dtype)
+
+
 def to_jsonable(value: Any) -> Any:
     """Recursively convert tensors/numpy scalars to Python numbers and non-finite floats to ``None``."""
     if isinstance(value, dict):

@@ -35,7 +35,8 @@ def model_of(encoder):
 
 
 def step(model, comb, x, y, per_task_backward="sequential"):
-    comb.setup(TASKS)
+    comb.setup(TASKS)  # as the trainer does: set up, then move to the model's device
+    comb.to(device=x.device, dtype=x.dtype)
     engine = GradientEngine(model, comb, TASKS, per_task_backward=per_task_backward)
     rep = model.encode(x)
     out = model.decode(rep)
@@ -59,8 +60,8 @@ def main():
     for name in sorted(COMBINERS):
         cfg = OmegaConf.load(REPO / "configs" / "combiner" / f"{name}.yaml")
         c_cpu, c_gpu = instantiate(cfg), instantiate(cfg)
-        ref, _ = step(copy.deepcopy(base).double(), c_cpu.double(), x.double(), {t: v.double() for t, v in y.items()})
-        got, _ = step(copy.deepcopy(base).to(dev), c_gpu.to(dev), x.to(dev), {t: v.to(dev) for t, v in y.items()})
+        ref, _ = step(copy.deepcopy(base).double(), c_cpu, x.double(), {t: v.double() for t, v in y.items()})
+        got, _ = step(copy.deepcopy(base).to(dev), c_gpu, x.to(dev), {t: v.to(dev) for t, v in y.items()})
         err = ((got.double().cpu() - ref).norm() / ref.norm()).item()
         worst = max(worst, err)
         print(f"{name:<16} {str(c_cpu.grad_source):<15} {err:.2e}")

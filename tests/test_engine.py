@@ -152,5 +152,21 @@ def test_batched_per_task_backward_equals_sequential():
 def test_invalid_per_task_backward_is_a_config_error():
     from mtl_bench.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"choose one of \['sequential', 'batched', 'auto'\]"):
+    with pytest.raises(ConfigError, match=r"choose one of \['sequential', 'batched'\]"):
         GradientEngine(tiny_model(), EqualWeighting(), TASKS, per_task_backward="parallel")
+
+
+def test_batched_backward_falls_back_to_sequential_where_vmap_fails(monkeypatch, caplog):
+    real_grad = torch.autograd.grad
+
+    def no_vmap(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("Batching rule not implemented for aten::some_op")
+        return real_grad(*args, **kwargs)
+
+    _, ref, _ = engine_step(SumOfGradients())
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+    with caplog.at_level("WARNING"):
+        _, got, engine = engine_step(SumOfGradients(), per_task_backward="batched")
+    assert not engine.batched and "using sequential passes" in caplog.text
+    torch.testing.assert_close(got.grads, ref.grads, rtol=0, atol=0)

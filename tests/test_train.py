@@ -134,6 +134,24 @@ def test_nan_loss_stops_naming_step_and_task_and_keeps_last_good_checkpoint(make
     assert read_jsonl(run / "metrics.jsonl")[-1]["type"] == "error"
 
 
+def test_loss_outside_the_combiners_domain_is_reported_at_the_step(make_cfg, monkeypatch):
+    """Log/inverse-loss combiners declare a lower bound; the trainer's per-step check enforces it."""
+    import mtl_bench.train as train_mod
+    from mtl_bench.errors import ConfigError
+
+    real = train_mod.Benchmark.select_tasks
+
+    def shifted(self, names):
+        tasks = real(self, names)
+        base = tasks["t0"].loss
+        tasks["t0"] = dataclasses.replace(tasks["t0"], loss=lambda p, t: base(p, t) - 1e3)  # always negative
+        return tasks
+
+    monkeypatch.setattr(train_mod.Benchmark, "select_tasks", shifted)
+    with pytest.raises(ConfigError, match=r"combiner 'uw_o' is defined for task losses >= 0 only.*task 't0' has loss -.* at global step 1"):
+        build_and_train(make_cfg("combiner=uw_o"))
+
+
 def test_wandb_failure_never_stops_training(make_cfg, tmp_path, monkeypatch, caplog):
     import wandb
 

@@ -85,6 +85,12 @@ class Combiner(nn.Module):
     def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
         """Hook for methods with epoch-level state (e.g. DWA); ``train_losses`` are epoch means."""
 
+    def loss_lower_bound(self) -> torch.Tensor | float | None:
+        """Smallest task loss the method is defined for (e.g. 0 for methods built on log L_k or 1/L_k), or
+        ``None``.  The trainer checks it together with finiteness in the one host sync it makes per step, so
+        combiners need not synchronise with the device to validate their input."""
+        return None
+
     def optimizer_overrides(self) -> dict[str, Any]:
         """Options for the ``combiner`` parameter group (e.g. ``{"lr": 0.025}``); empty: the model's."""
         return {}

@@ -79,7 +79,7 @@ class DBMTL(GradientAggregator):
 
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> Aggregation:
         losses = losses.to(grads)
-        if bool((losses < 0).any()):
+        if losses.device.type == "cpu" and bool((losses < 0).any()):  # on GPUs: the trainer's loss check
             k = int((losses < 0).nonzero()[0])
             raise ConfigError(
                 f"combiner 'db_mtl' needs non-negative task losses (it differentiates log L_k); "
@@ -95,6 +95,9 @@ class DBMTL(GradientAggregator):
         beta_t = self.beta / self.step**self.beta_sigma
         self.ema = beta_t * self.ema.to(log_grads) + (1.0 - beta_t) * log_grads
         return Aggregation(direction=balance_to_max_norm(self.ema).sum(0), weights=inverse)
+
+    def loss_lower_bound(self) -> float:
+        return 0.0
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "beta": self.beta, "beta_sigma": self.beta_sigma}

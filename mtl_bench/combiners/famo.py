@@ -92,6 +92,9 @@ class FAMO(LossWeighting):
             self.adam_steps = torch.zeros((), dtype=torch.long, device=device)
         self._before = None
 
+    def loss_lower_bound(self) -> torch.Tensor:
+        return self.min_losses
+
     # ------------------------------------------------------------------ the objective
     def _gap(self, losses: torch.Tensor, when: str) -> torch.Tensor:
         """L_k − L_k^min + ε, checked positive (the log of it is taken)."""
@@ -99,7 +102,8 @@ class FAMO(LossWeighting):
             raise RuntimeError(f"combiner 'famo' was set up for {self.logits.numel()} tasks, got {losses.numel()} losses")
         gap = losses - self.min_losses.to(losses.dtype) + self.eps
         bad = gap.detach() <= 0
-        if bool(bad.any()):
+        # host tensors only: on a GPU the check would cost a sync; the trainer checks loss_lower_bound() instead
+        if gap.device.type == "cpu" and bool(bad.any()):
             k = int(bad.nonzero()[0])
             raise ConfigError(
                 f"combiner 'famo' needs every task loss above its combiner.min_losses; task '{self.task_names[k]}' has "

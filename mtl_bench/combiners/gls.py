@@ -51,5 +51,8 @@ class GeometricLossStrategy(LossWeighting):
         mean = self._geometric_mean(losses)
         return mean, self._effective(losses, mean)
 
+    def loss_lower_bound(self) -> float:
+        return 0.0
+
     def describe(self) -> dict:
         return {**super().describe(), "eps": self.eps}

@@ -10,6 +10,7 @@ import torch
 from mtl_bench.combiners._grad_utils import SeededAggregator, check_real
 from mtl_bench.combiners.base import Aggregation
 from mtl_bench.combiners.registry import register
+from mtl_bench.utils import host_to_device
 from mtl_bench.errors import ConfigError
 
 
@@ -69,7 +70,7 @@ class GradDrop(SeededAggregator):
         return 0.5 * (1.0 + ratio)
 
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> Aggregation:
-        uniform = torch.rand(grads.shape[1], generator=self.generator, dtype=torch.float64).to(grads)
+        uniform = host_to_device(torch.rand(grads.shape[1], generator=self.generator, dtype=torch.float64), grads)
         keep_positive = uniform < self.purity(grads)
         mask = torch.where(keep_positive, grads > 0, grads < 0).to(grads.dtype)
         leak = torch.as_tensor(self.leak, dtype=grads.dtype, device=grads.device).expand(grads.shape[0]).unsqueeze(1)

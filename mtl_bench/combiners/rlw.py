@@ -8,6 +8,7 @@ import torch
 
 from mtl_bench.combiners.base import LossWeighting
 from mtl_bench.combiners.registry import register
+from mtl_bench.utils import host_to_device
 from mtl_bench.errors import ConfigError
 
 DISTRIBUTIONS = ("normal", "uniform", "dirichlet")
@@ -63,7 +64,7 @@ class RandomLossWeighting(LossWeighting):
         return exponential / exponential.sum()
 
     def weights(self, losses: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self._draw(losses.numel()), dim=0).to(device=losses.device, dtype=losses.dtype)
+        return host_to_device(torch.softmax(self._draw(losses.numel()), dim=0), losses)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

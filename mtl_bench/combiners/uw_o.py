@@ -44,5 +44,8 @@ class OptimalUncertaintyWeighting(LossWeighting):
         check_nonnegative_losses(losses, self.name, self.task_names)
         return 1.0 / losses.detach().clamp(min=self.eps)
 
+    def loss_lower_bound(self) -> float:
+        return 0.0
+
     def describe(self) -> dict:
         return {**super().describe(), "eps": self.eps}

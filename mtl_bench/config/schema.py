@@ -38,8 +38,10 @@ class TrainerConf:
     log_every_n_steps: int = 20
     max_steps_per_epoch: Optional[int] = None
     grad_clip_norm: Optional[float] = None
-    check_finite: bool = True  # stop on a NaN/inf task loss (one host sync per step)
-    per_task_backward: str = "sequential"  # sequential | batched (one vmapped encoder pass) | auto (batched on CUDA)
+    check_finite: bool = True  # stop on a NaN/inf task loss or one outside the combiner's domain (one host sync per step)
+    # sequential: K backward passes | batched: K head passes + one vmapped encoder pass (same G up to rounding;
+    # faster only for some models, see docs/benchmarks.md; falls back to sequential where vmap fails)
+    per_task_backward: str = "sequential"
     deterministic: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads (None: torch default)
     progress_bar: Optional[bool] = None  # None: only when stderr is a terminal
