@@ -42,18 +42,25 @@ def engine_update(combiner: Combiner, tasks=TASKS3, seed: int = 0, steps: int = 
     opt = torch.optim.Adam(list(model.parameters()) + [p for p in combiner.parameters() if p.requires_grad], lr=lr)
     flat = None
     for step in range(steps):
-        x, y = tiny_batch(tasks=tasks, seed=seed + step)
-        opt.zero_grad(set_to_none=True)
-        rep = model.encode(x)
-        out = model.decode(rep)
-        losses = {t: torch.nn.functional.mse_loss(out[t], y[t]) for t in tasks}
-        engine.backward(losses, step, rep=rep)
-        flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-        opt.step()
-        if combiner.needs_post_step_losses:
-            with torch.no_grad():
-                out = model(x)
-                combiner.after_step(torch.stack([torch.nn.functional.mse_loss(out[t], y[t]) for t in tasks]))
-        else:
-            combiner.after_step(None)
+        flat = train_step(engine, opt, step, tasks, batch_seed=seed + step)
+    return flat
+
+
+def train_step(engine: GradientEngine, opt: torch.optim.Optimizer, step: int, tasks=TASKS3, batch_seed: int = 0) -> torch.Tensor:
+    """One step as the trainer takes it (backward, optimizer step, the combiner's post-step hook) on the
+    tiny batch ``batch_seed``; returns the flat vector of all parameter gradients of the step."""
+    model, combiner = engine.model, engine.combiner
+    x, y = tiny_batch(tasks=tasks, seed=batch_seed)
+    opt.zero_grad(set_to_none=True)
+    rep = model.encode(x)
+    out = model.decode(rep)
+    engine.backward({t: torch.nn.functional.mse_loss(out[t], y[t]) for t in tasks}, step, rep=rep)
+    flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    opt.step()
+    post = None
+    if combiner.needs_post_step_losses:
+        with torch.no_grad():
+            out = model(x)
+            post = torch.stack([torch.nn.functional.mse_loss(out[t], y[t]) for t in tasks])
+    combiner.after_step(post)
     return flat

@@ -19,8 +19,8 @@ from mtl_bench.combiners import COMBINERS, LossWeighting
 from mtl_bench.engine import GradientEngine
 from mtl_bench.errors import ConfigError
 from mtl_bench.train import build_and_train
-from tests.combiner_utils import TASKS3, engine_update
-from tests.helpers import tiny_batch, tiny_model
+from tests.combiner_utils import TASKS3, engine_update, train_step
+from tests.helpers import tiny_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "combiner"
 NAMES = sorted(COMBINERS)
@@ -82,35 +82,22 @@ def test_state_dict_round_trip_reproduces_the_next_update(name):
     engine = GradientEngine(model, comb, TASKS3)
     opt = torch.optim.SGD(list(model.parameters()) + [p for p in comb.parameters() if p.requires_grad], lr=1e-2)
 
-    def step(eng, mdl, cmb, optimizer, seed):
-        x, y = tiny_batch(seed=seed)
-        optimizer.zero_grad(set_to_none=True)
-        rep = mdl.encode(x)
-        out = mdl.decode(rep)
-        losses = {t: torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS3}
-        eng.backward(losses, seed, rep=rep)
-        grads = torch.cat([p.grad.reshape(-1) for p in mdl.parameters()])
-        optimizer.step()
-        post = None
-        if cmb.needs_post_step_losses:
-            with torch.no_grad():
-                out = mdl(x)
-                post = torch.stack([torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS3])
-        cmb.after_step(post)
-        if isinstance(cmb, LossWeighting):
-            cmb.on_epoch_end(seed, {t: float(v) for t, v in zip(TASKS3, range(1, 4))})
+    def step(eng, optimizer, seed):
+        grads = train_step(eng, optimizer, seed, batch_seed=seed)
+        if isinstance(eng.combiner, LossWeighting):  # epoch-level state (DWA) must round-trip too
+            eng.combiner.on_epoch_end(seed, {t: float(v) for t, v in zip(TASKS3, range(1, 4))})
         return grads
 
     for s in range(2):
-        step(engine, model, comb, opt, s)
+        step(engine, opt, s)
     model2 = copy.deepcopy(model)
     comb2 = make(name, **DISTINCT.get(name, {}))
     comb2.setup(list(TASKS3))
     comb2.load_state_dict(copy.deepcopy(comb.state_dict()))
     opt2 = torch.optim.SGD(list(model2.parameters()) + [p for p in comb2.parameters() if p.requires_grad], lr=1e-2)
     engine2 = GradientEngine(model2, comb2, TASKS3)
-    a = step(engine, model, comb, opt, 2)
-    b = step(engine2, model2, comb2, opt2, 2)
+    a = step(engine, opt, 2)
+    b = step(engine2, opt2, 2)
     assert torch.equal(a, b), f"{name}: restored state gives a different update"
 
 
