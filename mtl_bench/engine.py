@@ -185,15 +185,21 @@ class GradientEngine:
         for k, task in enumerate(self.task_names):
             for p, g in zip(self.heads[task], head_grads[k]):
                 if g is not None:
-                    accumulate_grad(p, g * weights[k].to(g.dtype))
+                    accumulate_grad(p, g * weights[k].to(g.dtype))  # (scaled, like the shared grads, in fp16)
 
-    def backward(self, losses: Mapping[str, torch.Tensor], step: int, rep: Any = None) -> StepResult:
+    def backward(self, losses: Mapping[str, torch.Tensor], step: int, rep: Any = None, loss_scale: float | None = None) -> StepResult:
         """Differentiate the K task losses and write every parameter's ``.grad``.
 
         ``rep`` is the shared representation the heads were applied to (needed by the ``representation``
-        source and by batched per-task backward)."""
+        source and by batched per-task backward).  ``loss_scale`` (fp16 training): every loss is multiplied
+        by it before differentiation, per-task gradients are divided by it again before a combiner sees
+        them (so scale-sensitive aggregators get true gradients), and the ``.grad`` written is scaled by it
+        like a ``GradScaler``-scaled backward, so ``scaler.step`` unscales and skips non-finite steps.  A
+        non-finite per-task gradient matrix is not aggregated: the shared gradients are set to NaN instead."""
         loss_list = [losses[t] for t in self.task_names]
         detached = torch.stack([loss.detach() for loss in loss_list])
+        if loss_scale is not None:
+            loss_list = [loss * loss_scale for loss in loss_list]
         watchers = [o for o in self.observers if o.wants_grads(step)]
         grads: torch.Tensor | None = None
         source: str | None = None
@@ -202,16 +208,24 @@ class GradientEngine:
         if isinstance(comb, LossWeighting):
             if watchers:
                 grads, _ = self.task_gradients(loss_list, rep, with_heads=False, keep_graph=True)
+                grads = self._unscale(grads, loss_scale)
                 source = "params"
-            objective, weights = comb.combine(torch.stack(loss_list))
-            objective.backward()
+            if loss_scale is None:
+                objective, weights = comb.combine(torch.stack(loss_list))
+                objective.backward()
+            else:  # the combiner sees the true losses; only the backward is scaled
+                objective, weights = comb.combine(torch.stack([loss / loss_scale for loss in loss_list]))
+                (objective * loss_scale).backward()
             objective = objective.detach()
         elif isinstance(comb, GradientAggregator):
             source = comb.grad_source
             if source == "params":
                 grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True)
+                grads = self._unscale(grads, loss_scale)
+                if grads is None:
+                    return self._skip(detached)
                 agg = comb.aggregate(grads, detached)
-                write_flat_grad(self.shared, self._owned(agg.direction, grads))
+                write_flat_grad(self.shared, self._rescale(self._owned(agg.direction, grads), loss_scale))
                 weights = self._weights(agg, detached)
                 self._write_heads(head_grads, weights)
             elif source == "representation":
@@ -219,16 +233,23 @@ class GradientEngine:
                     raise ValueError("grad_source='representation' needs the shared representation (rep=...)")
                 reps = as_tuple(rep)
                 grads, head_grads = self._gradient_rows(loss_list, reps, with_heads=True, keep_graph=True)
+                grads = self._unscale(grads, loss_scale)
+                if grads is None:
+                    return self._skip(detached)
                 agg = comb.aggregate(grads, detached)
                 weights = self._weights(agg, detached)
+                direction = self._rescale(agg.direction, loss_scale)
                 cot, offset = [], 0
                 for r in reps:
-                    cot.append(agg.direction[offset : offset + r.numel()].view_as(r).to(r.dtype))
+                    cot.append(direction[offset : offset + r.numel()].view_as(r).to(r.dtype))
                     offset += r.numel()
                 torch.autograd.backward(reps, grad_tensors=cot)
                 self._write_heads(head_grads, weights)
             elif source == "last_shared":
                 grads, _ = self._gradient_rows(loss_list, self.last_shared, with_heads=False, keep_graph=True)
+                grads = self._unscale(grads, loss_scale)
+                if grads is None:
+                    return self._skip(detached)
                 agg = comb.aggregate(grads, detached)
                 if agg.weights is None:
                     raise ConfigError(f"combiner '{comb.name}' returned no weights; it cannot use grad_source=last_shared")
@@ -244,6 +265,25 @@ class GradientEngine:
             for o in watchers:
                 o.observe(step, grads, self.task_names, detached, source)
         return StepResult(objective, weights.detach(), grads, source)
+
+    @staticmethod
+    def _unscale(grads: torch.Tensor, loss_scale: float | None) -> torch.Tensor | None:
+        """True per-task gradients from those of scaled losses; ``None`` if fp16 overflowed (inf/NaN)."""
+        if loss_scale is None:
+            return grads
+        grads = grads / loss_scale
+        return grads if bool(torch.isfinite(grads).all()) else None
+
+    @staticmethod
+    def _rescale(direction: torch.Tensor, loss_scale: float | None) -> torch.Tensor:
+        return direction if loss_scale is None else direction * loss_scale
+
+    def _skip(self, detached: torch.Tensor) -> StepResult:
+        """fp16 overflow: mark the shared gradients non-finite so the grad scaler skips this step."""
+        for p in self.shared:
+            p.grad = torch.full_like(p, float("nan"))
+        nan = torch.full_like(detached, float("nan"))
+        return StepResult(nan.sum(), nan, None, self.combiner.grad_source)
 
     @staticmethod
     def _owned(direction: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:

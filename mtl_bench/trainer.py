@@ -73,6 +73,13 @@ class Trainer:
         observers: Sequence[GradientObserver] = (),
     ):
         self.model = model.to(device)
+        if settings.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision, "invalid")
+        if self.amp_dtype == "invalid":
+            raise ConfigError(f"trainer.precision='{settings.precision}' is invalid; choose one of ['fp32', 'bf16', 'fp16']")
+        # fp16 needs dynamic loss scaling (bf16 has fp32's exponent range and does not)
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype is torch.float16 else None
         self.tasks = dict(tasks)
         self.task_names = list(self.tasks)
         self.combiner = combiner.to(device)
@@ -108,7 +115,14 @@ class Trainer:
     def _to_device(self, batch: Batch) -> Batch:
         x, targets = batch
         nb = self.device.type == "cuda"
-        return x.to(self.device, non_blocking=nb), {k: v.to(self.device, non_blocking=nb) for k, v in targets.items()}
+        x = x.to(self.device, non_blocking=nb)
+        if self.settings.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, {k: v.to(self.device, non_blocking=nb) for k, v in targets.items()}
+
+    def autocast(self):
+        """Mixed-precision context for forward passes and losses (a no-op in fp32)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def _check_losses(self, stacked: torch.Tensor) -> None:
         """One host sync per step: every task loss finite and inside the combiner's domain."""
@@ -136,21 +150,32 @@ class Trainer:
     def train_step(self, x: torch.Tensor, targets: Mapping[str, torch.Tensor]):
         """One optimizer step; returns the detached K-vector of task losses and the engine's result."""
         self.optimizer.zero_grad(set_to_none=True)
-        rep = self.model.encode(x)
-        outputs = self.model.decode(rep, self.task_names)
-        losses = self.task_losses(outputs, targets)  # separate scalars
-        stacked = torch.stack([losses[t].detach() for t in self.task_names])
+        with self.autocast():
+            rep = self.model.encode(x)
+            outputs = self.model.decode(rep, self.task_names)
+            losses = self.task_losses(outputs, targets)  # separate scalars
+        stacked = torch.stack([losses[t].detach().float() for t in self.task_names])
         if self.settings.check_finite:
             self._check_losses(stacked)
-        result = self.engine.backward(losses, self.global_step, rep=rep)
+        scale = None
+        if self.scaler is not None:
+            self.scaler.scale(stacked)  # initialises the scaler's state on first use (the product is unused)
+            scale = float(self.scaler.get_scale())
+        result = self.engine.backward(losses, self.global_step, rep=rep, loss_scale=scale)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.settings.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip_norm)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         post = None
         if self.combiner.needs_post_step_losses:  # e.g. FAMO: losses after the step, same batch
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 post_losses = self.task_losses(self.model(x, self.task_names), targets)
-                post = torch.stack([post_losses[t] for t in self.task_names])
+                post = torch.stack([post_losses[t].float() for t in self.task_names])
         self.combiner.after_step(post)
         self.global_step += 1
         return stacked, result
@@ -198,10 +223,12 @@ class Trainer:
         n = 0
         for batch in self.eval_loaders[split]:
             x, targets = self._to_device(batch)
-            outputs = self.model(x, self.task_names)
+            with self.autocast():
+                outputs = self.model(x, self.task_names)
             for k, t in enumerate(self.task_names):
-                meters[t].update(outputs[t], targets[t])
-                loss_sums[k] += self.tasks[t].loss(outputs[t], targets[t]).double() * x.shape[0]
+                pred = outputs[t].float()
+                meters[t].update(pred, targets[t])
+                loss_sums[k] += self.tasks[t].loss(pred, targets[t]).double() * x.shape[0]
             n += x.shape[0]
         self.model.train()
         out: dict[str, float] = {}
@@ -229,6 +256,7 @@ class Trainer:
             "global_step": self.global_step,
             "rng": rng_state(),
             "data_generator": self.data_generator.get_state(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "task_names": self.task_names,
             "mtl_bench_version": __version__,
             "config": self.run_info.get("config"),

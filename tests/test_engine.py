@@ -170,3 +170,43 @@ def test_batched_backward_falls_back_to_sequential_where_vmap_fails(monkeypatch,
         _, got, engine = engine_step(SumOfGradients(), per_task_backward="batched")
     assert not engine.batched and "using sequential passes" in caplog.text
     torch.testing.assert_close(got.grads, ref.grads, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make,source",
+    [
+        (lambda: EqualWeighting("mean"), None),
+        (lambda: SumOfGradients(), "params"),
+        (lambda: SumOfGradients(grad_source="representation"), "representation"),
+        (lambda: ScaledMean((0.5, 2.0, 0.25), grad_source="last_shared"), "last_shared"),
+        (lambda: __import__("mtl_bench.combiners.nash_mtl", fromlist=["x"]).NashMTL(max_norm=0.0), "params"),
+    ],
+)
+def test_fp16_loss_scaling_gives_scaled_grads_and_unscaled_combiner_inputs(make, source):
+    """With loss_scale s the written .grad is s × the unscaled one (what GradScaler.step expects), and
+    scale-sensitive aggregators (Nash-MTL: α ∝ 1/s) see the true gradients."""
+    def run(scale):
+        model = tiny_model()
+        comb = make()
+        comb.setup(list(TASKS))
+        engine = GradientEngine(model, comb, TASKS)
+        x, y = tiny_batch()
+        rep = model.encode(x)
+        out = model.decode(rep)
+        engine.backward({t: torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS}, 0, rep=rep, loss_scale=scale)
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+    torch.testing.assert_close(run(1024.0), 1024.0 * run(None), rtol=1e-10, atol=1e-12)
+
+
+def test_fp16_overflow_marks_the_step_for_skipping():
+    model = tiny_model()
+    comb = SumOfGradients()
+    comb.setup(list(TASKS))
+    engine = GradientEngine(model, comb, TASKS)
+    x, y = tiny_batch()
+    rep = model.encode(x)
+    out = model.decode(rep)
+    res = engine.backward({t: torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS}, 0, rep=rep, loss_scale=float("inf"))
+    assert all(torch.isnan(p.grad).all() for p in model.shared_parameters())
+    assert torch.isnan(res.weights).all()

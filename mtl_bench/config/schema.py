@@ -42,6 +42,8 @@ class TrainerConf:
     # sequential: K backward passes | batched: K head passes + one vmapped encoder pass (same G up to rounding;
     # faster only for some models, see docs/benchmarks.md; falls back to sequential where vmap fails)
     per_task_backward: str = "sequential"
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + dynamic loss scaling); GPU options
+    channels_last: bool = False  # NHWC memory format for image models (GPU throughput)
     deterministic: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads (None: torch default)
     progress_bar: Optional[bool] = None  # None: only when stderr is a terminal
