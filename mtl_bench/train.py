@@ -32,6 +32,7 @@ from mtl_bench.data.base import Benchmark
 from mtl_bench.engine import GradientObserver
 from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError
 from mtl_bench.loggers.run_logger import RunLogger, WandbSettings
+from mtl_bench.metrics.delta_tracking import build_delta_m
 from mtl_bench.models.mtl_model import build_model
 from mtl_bench.optim import build_optimizer, build_scheduler
 from mtl_bench.selection import ModelSelector
@@ -131,6 +132,9 @@ def build_and_train(
     sched_target = cfg.scheduler.get("_target_") if cfg.scheduler is not None else None
     scheduler = build_scheduler(instantiate_checked(cfg.scheduler, "scheduler") if sched_target else None, optimizer)
     directions = metric_directions(tasks)
+    delta, delta_info = build_delta_m(cfg.get("delta_m"), benchmark.name, directions)
+    if delta is not None:
+        directions.update({"val/delta_m": False, "test/delta_m": False})
     sel = settings.selection
     selector = ModelSelector(sel.rule, sel.metric, sel.mode, sel.k, directions)
 
@@ -148,6 +152,7 @@ def build_and_train(
                       **{k: v for k, v in resolved["optimizer"].items() if not k.startswith("_")}},
         "scheduler": choices.get("scheduler", type(scheduler).__name__ if scheduler else None),
         "seed": cfg.seed,
+        "delta_m": delta_info,
         "device": str(device),
         "parameters": model.parameter_counts(),
         "output_dir": str(output_dir),
@@ -166,7 +171,7 @@ def build_and_train(
     trainer = Trainer(
         model=model, benchmark=benchmark, tasks=tasks, combiner=combiner, optimizer=optimizer,
         scheduler=scheduler, settings=settings, selector=selector, logger=logger, output_dir=output_dir,
-        device=device, seed=cfg.seed, run_info=run_info, observers=observers,
+        device=device, seed=cfg.seed, run_info=run_info, observers=observers, delta=delta,
     )
     exit_code = 1
     try:

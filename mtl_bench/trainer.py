@@ -30,6 +30,7 @@ from mtl_bench.data.base import Benchmark, make_loader
 from mtl_bench.engine import GradientEngine, GradientObserver
 from mtl_bench.errors import ConfigError, NonFiniteLossError
 from mtl_bench.loggers.run_logger import RunLogger
+from mtl_bench.metrics.delta_tracking import DeltaMSpec
 from mtl_bench.models.mtl_model import MultiTaskModel
 from mtl_bench.optim import group_lrs
 from mtl_bench.selection import ModelSelector
@@ -71,6 +72,7 @@ class Trainer:
         seed: int,
         run_info: Mapping[str, Any] | None = None,
         observers: Sequence[GradientObserver] = (),
+        delta: DeltaMSpec | None = None,
     ):
         self.model = model.to(device)
         if settings.channels_last:
@@ -92,6 +94,7 @@ class Trainer:
         self.ckpt_dir = self.output_dir / "checkpoints"
         self.device = device
         self.run_info = dict(run_info or {})
+        self.delta = delta
         self.engine = GradientEngine(self.model, self.combiner, self.task_names, observers, settings.per_task_backward)
         self.global_step = 0
         self.epoch = 0
@@ -103,12 +106,19 @@ class Trainer:
             benchmark.splits["train"], settings.batch_size, shuffle=True, generator=self.data_generator,
             num_workers=settings.num_workers, drop_last=settings.drop_last, pin_memory=pin,
         )
+        if len(self.train_loader) == 0:
+            raise ConfigError(
+                f"trainer.batch_size={settings.batch_size} exceeds the {len(benchmark.splits['train'])} training samples "
+                f"(trainer.drop_last={settings.drop_last}): no training step would run"
+            )
         eval_bs = settings.eval_batch_size or settings.batch_size
         self.eval_loaders = {
             split: make_loader(benchmark.splits[split], eval_bs, shuffle=False, num_workers=settings.num_workers, pin_memory=pin)
             for split in ("val", "test")
         }
         self.directions = metric_directions(self.tasks)
+        if delta is not None:
+            self.directions.update({"val/delta_m": False, "test/delta_m": False})
         self._t0 = time.monotonic()
 
     # ------------------------------------------------------------------ steps
@@ -236,10 +246,12 @@ class Trainer:
             out[f"{split}/{t}/loss"] = value
             out.update({f"{split}/{t}/{m}": v for m, v in meters[t].compute().items()})
         out[f"{split}/loss"] = sum(out[f"{split}/{t}/loss"] for t in self.task_names)
+        if self.delta is not None:
+            out.update(self.delta.record(split, out))
         return out
 
     def _brief(self, val: Mapping[str, float]) -> str:
-        keys = ["val/loss"]
+        keys = ["val/loss", *(["val/delta_m"] if "val/delta_m" in val else [])]
         if len(self.task_names) <= 5:
             keys += [k for k in val if k.count("/") == 2 and not k.endswith("/loss")]
         return "  ".join(f"{k}={val[k]:.4g}" for k in keys)
@@ -330,7 +342,14 @@ class Trainer:
                 self.model.load_state_dict(final_state)
             else:  # no finite validation value was ever seen
                 selected = dict(final)
-        return {"final": final, "selected": selected, "selection": self.selector.describe()}
+        results = {"final": final, "selected": selected, "selection": self.selector.describe()}
+        if self.delta is not None:
+            if rule == "last_k":  # Δm of the averaged metrics (not the average of per-epoch Δm)
+                for split in ("val", "test"):
+                    selected.update(self.delta.record(split, selected))
+            results["delta_m"] = {**self.run_info.get("delta_m", {}), "selected": self.delta.describe(selected),
+                                  "final": self.delta.describe(final)}
+        return results
 
     def results_rows(self, results: Mapping[str, Any]) -> list[list[Any]]:
         rows = []
@@ -344,6 +363,9 @@ class Trainer:
         """The per-task results table printed at the end of a run, headed by the selection rule."""
         rows = [[t, f"{m} {'↑' if hib else '↓'}", *vals] for t, m, hib, *vals in self.results_rows(results)]
         sel = results["selection"]
+        if "delta_m" in results and results["delta_m"].get("selected"):
+            rows.append(["all", f"Δm% ({results['delta_m']['convention']}) ↓", results["selected"].get("val/delta_m"),
+                         results["selected"].get("test/delta_m"), results["final"].get("test/delta_m")])
         if sel["rule"] == "best":
             head = f"selected: best {sel['metric']} ({sel['mode']}) at epoch {sel['selected_epoch']}"
         elif sel["rule"] == "last_k":

@@ -192,3 +192,41 @@ def test_invalid_precision_is_a_config_error(make_cfg):
 
     with pytest.raises(ConfigError, match=r"trainer.precision='fp8' is invalid; choose one of \['fp32', 'bf16', 'fp16'\]"):
         build_and_train(make_cfg("trainer.precision=fp8"))
+
+
+def test_delta_m_against_stl_runs_is_computed_selected_on_and_reported(make_cfg, tmp_path):
+    from mtl_bench.errors import ConfigError
+
+    stl_dirs = []
+    for task in ("t0", "t1"):
+        for seed in (0, 1):
+            out = tmp_path / f"stl_{task}_{seed}"
+            build_and_train(make_cfg("mode=stl", f"mode.task={task}", f"seed={seed}"), output_dir=out)
+            stl_dirs.append(str(out))
+    summary = build_and_train(make_cfg(f"delta_m.stl_runs=[{','.join(stl_dirs)}]", "trainer.selection.metric=val/delta_m"),
+                              output_dir=tmp_path / "mtl")
+    # hand recomputation of the per-metric Δm from the summaries (baseline = mean over the two seeds)
+    stl = [json.loads((tmp_path / d / "summary.json").read_text()) for d in stl_dirs]
+    terms = []
+    for t in ("t0", "t1"):
+        for metric, hib in (("mse", False), ("mae", False), ("r2", True)):
+            key = f"test/{t}/{metric}"
+            base = sum(s["selected"][key] for s in stl if s["tasks"] == [t]) / 2
+            rel = (summary["selected"][key] - base) / abs(base)
+            terms.append(-rel if hib else rel)
+    assert summary["selected"]["test/delta_m"] == pytest.approx(100 * sum(terms) / len(terms), rel=1e-9)
+    assert summary["delta_m"]["convention"] == "per_metric" and summary["delta_m"]["source"]["runs_per_task"] == {"t0": 2, "t1": 2}
+    assert summary["selection"]["metric"] == "val/delta_m" and summary["selection"]["mode"] == "min"
+    contrib = summary["delta_m"]["selected"]["test"]["contributions"]
+    assert sum(c["contribution"] for c in contrib.values()) == pytest.approx(summary["selected"]["test/delta_m"])
+    epochs = [r for r in read_jsonl(tmp_path / "mtl" / "metrics.jsonl") if r["type"] == "epoch"]
+    assert all("val/delta_m" in r and "val/delta_m_contrib/t0/mse" in r for r in epochs)
+    # a published baseline of another dataset is refused
+    with pytest.raises(ConfigError, match=r"is a nyuv2 baseline, this run uses dataset 'synthetic'"):
+        build_and_train(make_cfg("delta_m.published=cagrad_nyuv2_segnet_stl"), output_dir=tmp_path / "bad")
+
+
+def test_without_baselines_delta_m_is_off_and_says_why(make_cfg):
+    summary = build_and_train(make_cfg())
+    assert summary["delta_m"] == {"enabled": False, "reason": "no baselines configured (delta_m.stl_runs or delta_m.published)"}
+    assert "test/delta_m" not in summary["selected"]

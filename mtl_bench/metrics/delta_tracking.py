@@ -1,0 +1,88 @@
+"""Δm% during and after training: which baselines, which convention, per split.
+
+Configured by the top-level ``delta_m`` node (``configs/train.yaml``)::
+
+    delta_m:
+      stl_runs: []           # STL run / multirun folders: their summaries give the baselines (mean over seeds)
+      published: null        # or an id of mtl_bench/baselines/published.yaml (test-split numbers)
+      convention: per_metric # per_metric (Nash-MTL/FAMO) | per_task (LibMTL)
+      allow_missing: false   # compute over the metrics that have a baseline, listing the others
+
+With STL runs, validation metrics are compared with the STL runs' *validation* metrics and test with test.
+Published baselines are test numbers; they are used for both splits and the summary says so.  Without any
+baseline Δm is not computed (the summary records why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from mtl_bench.baselines import load_published
+from mtl_bench.errors import ConfigError
+from mtl_bench.metrics.delta_m import CONVENTIONS, DeltaM, delta_m, metrics_for_split, stl_baselines_from_runs
+
+
+@dataclass
+class DeltaMSpec:
+    convention: str
+    baselines: dict[str, dict[str, float]]  # split -> "<task>/<metric>" -> value
+    directions: dict[str, bool]  # "<task>/<metric>" -> higher is better
+    source: dict[str, Any] = field(default_factory=dict)
+    allow_missing: bool = False
+
+    def compute(self, split: str, results: Mapping[str, float]) -> DeltaM:
+        metrics = {k: v for k, v in metrics_for_split(results, split).items() if k in self.directions}
+        return delta_m(metrics, self.baselines[split], self.directions, self.convention, self.allow_missing)
+
+    def record(self, split: str, results: Mapping[str, float]) -> dict[str, float]:
+        """``{split}/delta_m`` and the per-metric contributions ``{split}/delta_m_contrib/<task>/<metric>``."""
+        d = self.compute(split, results)
+        out = {f"{split}/delta_m": d.value}
+        out.update({f"{split}/delta_m_contrib/{k}": c.contribution for k, c in d.contributions.items()})
+        return out
+
+    def describe(self, results: Mapping[str, float], splits: Sequence[str] = ("val", "test")) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for split in splits:
+            if any(k.startswith(f"{split}/") for k in results):
+                d = self.compute(split, results)
+                out[split] = {"value": d.value, "included": d.included, "missing_baselines": d.missing_baselines,
+                              "task_totals": d.task_totals(),
+                              "contributions": {k: asdict(c) for k, c in d.contributions.items()}}
+        return out
+
+
+def build_delta_m(cfg: Mapping[str, Any] | None, dataset: str, directions: Mapping[str, bool]) -> tuple[DeltaMSpec | None, dict]:
+    """The Δm spec of a run (or ``None`` and the reason) from the ``delta_m`` config node."""
+    if not cfg:
+        return None, {"enabled": False, "reason": "no delta_m config"}
+    convention = cfg.get("convention", "per_metric")
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"delta_m.convention='{convention}' is invalid; choose one of {list(CONVENTIONS)}")
+    runs = list(cfg.get("stl_runs") or [])
+    published = cfg.get("published")
+    if runs and published:
+        raise ConfigError("delta_m: give either delta_m.stl_runs or delta_m.published, not both")
+    keyed = {k.split("/", 1)[1]: v for k, v in directions.items() if k.startswith("val/") and k.count("/") == 2}
+    keyed = {k: v for k, v in keyed.items() if not k.endswith("/loss")}
+    if runs:
+        per_split = {split: stl_baselines_from_runs(runs, split=split) for split in ("val", "test")}
+        datasets = set(per_split["test"].datasets.values())
+        if datasets and datasets != {dataset}:
+            raise ConfigError(f"delta_m.stl_runs were trained on {sorted(datasets)}, this run uses dataset '{dataset}'")
+        source = {"kind": "stl_runs", "paths": [str(p) for p in runs], "runs_per_task": per_split["test"].runs_per_task,
+                  "seeds": per_split["test"].seeds, "skipped": per_split["test"].skipped}
+        baselines = {s: b.values for s, b in per_split.items()}
+    elif published:
+        entry = load_published(published)
+        if entry["dataset"] != dataset:
+            raise ConfigError(f"delta_m.published='{published}' is a {entry['dataset']} baseline, this run uses dataset '{dataset}'")
+        source = {"kind": "published", "id": published, "backbone": entry["backbone"], "protocol": entry["protocol"],
+                  "evaluation": entry["evaluation"], "source": entry["source"],
+                  "note": "published test-split values, also used for the validation Δm"}
+        baselines = {"val": entry["metrics"], "test": entry["metrics"]}
+    else:
+        return None, {"enabled": False, "reason": "no baselines configured (delta_m.stl_runs or delta_m.published)"}
+    spec = DeltaMSpec(convention, baselines, keyed, source, bool(cfg.get("allow_missing", False)))
+    return spec, {"enabled": True, "convention": convention, "source": source, "allow_missing": spec.allow_missing}
