@@ -1,0 +1,150 @@
+"""Tiny datasets in exactly the on-disk formats the real readers consume, for tests and loader benchmarks.
+
+Content is random but valid under the data contract: labels in ``-1..C-1`` with about 10 % ignore pixels,
+positive depths with about 10 % zeros (invalid), unit normals with about 5 % all-zero (invalid) pixels,
+images in [0, 1]; CelebA gets smooth random JPEGs that decode, the exact 40-name attribute header with
+``1``/``-1`` values formatted like the official file, and a partition covering train, val and test.
+
+Layout written by :func:`write_fixtures` (``CelebADataset(root=<root>/celeba)`` reads the torchvision layout,
+and so does ``torchvision.datasets.CelebA(root=<root>/celeba)`` but for its MD5 check)::
+
+    <root>/nyuv2/{train,val}/{image,label,depth,normal}/<i>.npy
+    <root>/cityscapes/{train,val}/{image,label_7,label_19,label,depth}/<i>.npy
+    <root>/celeba/celeba/{img_align_celeba/<id>.jpg, list_attr_celeba.txt, list_eval_partition.txt}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+# The header of the official list_attr_celeba.txt, in file order.
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
+    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses",
+    "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes",
+    "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling",
+    "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace",
+    "Wearing_Necktie", "Young",
+)
+CELEBA_IMAGE_SIZE = (218, 178)  # height, width of the aligned faces
+
+
+def _labels(rng: np.random.Generator, size: tuple[int, int], num_classes: int, dtype: str) -> np.ndarray:
+    lab = rng.integers(0, num_classes, size=size)
+    lab[rng.random(size) < 0.1] = -1
+    return lab.astype(dtype)
+
+
+def _depth(rng: np.random.Generator, size: tuple[int, int], low: float, high: float, dtype: str) -> np.ndarray:
+    depth = rng.uniform(low, high, size=size + (1,))
+    depth[rng.random(size) < 0.1] = 0.0
+    return depth.astype(dtype)
+
+
+def _normals(rng: np.random.Generator, size: tuple[int, int], dtype: str) -> np.ndarray:
+    n = rng.normal(size=size + (3,))
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    n[rng.random(size) < 0.05] = 0.0
+    return n.astype(dtype)
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, arr)
+
+
+def write_nyuv2_fixture(
+    root: str | os.PathLike, n_train: int = 4, n_test: int = 2, size: Sequence[int] = (288, 384), seed: int = 0,
+    dtype: str = "float32",
+) -> Path:
+    """Write ``<root>/{train,val}/{image,label,depth,normal}/<i>.npy`` (mtan NYUv2 layout); returns ``root``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    hw = (int(size[0]), int(size[1]))
+    for folder, n in (("train", n_train), ("val", n_test)):
+        for i in range(n):
+            _save(root / folder / "image" / f"{i}.npy", rng.random(hw + (3,)).astype(dtype))
+            _save(root / folder / "label" / f"{i}.npy", _labels(rng, hw, 13, dtype))
+            _save(root / folder / "depth" / f"{i}.npy", _depth(rng, hw, 0.5, 10.0, dtype))
+            _save(root / folder / "normal" / f"{i}.npy", _normals(rng, hw, dtype))
+    return root
+
+
+def write_cityscapes_fixture(
+    root: str | os.PathLike, n_train: int = 4, n_test: int = 2, size: Sequence[int] = (128, 256), seed: int = 0,
+    dtype: str = "float32",
+) -> Path:
+    """Write ``<root>/{train,val}/{image,label_7,label_19,label,depth}/<i>.npy``; ``label/`` copies ``label_7/``
+    as in LibMTL's copy of the data; depth is inverse depth in [0.01, 0.49] with zeros.  Returns ``root``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    hw = (int(size[0]), int(size[1]))
+    for folder, n in (("train", n_train), ("val", n_test)):
+        for i in range(n):
+            label_7 = _labels(rng, hw, 7, dtype)
+            _save(root / folder / "image" / f"{i}.npy", rng.random(hw + (3,)).astype(dtype))
+            _save(root / folder / "label_7" / f"{i}.npy", label_7)
+            _save(root / folder / "label" / f"{i}.npy", label_7)
+            _save(root / folder / "label_19" / f"{i}.npy", _labels(rng, hw, 19, dtype))
+            _save(root / folder / "depth" / f"{i}.npy", _depth(rng, hw, 0.01, 0.49, dtype))
+    return root
+
+
+def _face(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    """A smooth random RGB image (JPEG-friendly, unlike white noise)."""
+    coarse = rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((size[1], size[0]), Image.BICUBIC)
+
+
+def write_celeba_fixture(
+    root: str | os.PathLike, n: int = 12, seed: int = 0, image_size: Sequence[int] = CELEBA_IMAGE_SIZE,
+) -> Path:
+    """Write ``<root>/celeba/{img_align_celeba/<id>.jpg, list_attr_celeba.txt, list_eval_partition.txt}``.
+
+    Images ``000001.jpg..`` in order; the first 60 % (at least one) are train, the next 20 % val, the rest
+    test, contiguous like the official partition.  Returns ``root`` (the torchvision-style root).
+    """
+    if n < 3:
+        raise ValueError(f"a CelebA fixture needs n >= 3 images to cover train/val/test, got {n}")
+    base = Path(root) / "celeba"
+    images = base / "img_align_celeba"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    hw = (int(image_size[0]), int(image_size[1]))
+    n_train = max(1, int(0.6 * n))
+    n_val = max(1, int(0.2 * n))
+    attr_lines = [str(n), " ".join(CELEBA_ATTRIBUTES) + " "]
+    part_lines = []
+    for k in range(n):
+        name = f"{k + 1:06d}.jpg"
+        _face(rng, hw).save(images / name, "JPEG", quality=90)
+        values = rng.choice([-1, 1], size=len(CELEBA_ATTRIBUTES))
+        attr_lines.append(name + " " + " ".join(f"{v:2d}" for v in values))
+        part_lines.append(f"{name} {0 if k < n_train else 1 if k < n_train + n_val else 2}")
+    (base / "list_attr_celeba.txt").write_text("\n".join(attr_lines) + "\n", encoding="utf-8")
+    (base / "list_eval_partition.txt").write_text("\n".join(part_lines) + "\n", encoding="utf-8")
+    return Path(root)
+
+
+def write_fixtures(
+    root: str | os.PathLike,
+    n_train: int = 4,
+    n_test: int = 2,
+    nyuv2_size: Sequence[int] = (288, 384),
+    cityscapes_size: Sequence[int] = (128, 256),
+    celeba_n: int = 12,
+    seed: int = 0,
+    dtype: str = "float32",
+) -> dict[str, Path]:
+    """Write all three fixtures under ``root``; returns the dataset roots ``{"nyuv2", "cityscapes", "celeba"}``."""
+    root = Path(root)
+    return {
+        "nyuv2": write_nyuv2_fixture(root / "nyuv2", n_train, n_test, nyuv2_size, seed, dtype),
+        "cityscapes": write_cityscapes_fixture(root / "cityscapes", n_train, n_test, cityscapes_size, seed + 1, dtype),
+        "celeba": write_celeba_fixture(root / "celeba", celeba_n, seed + 2),
+    }
