@@ -131,54 +131,90 @@ class GradientEngine:
         self.dim = flat_size(self.shared)
         self.batched = per_task_backward == "batched"
 
+    # ------------------------------------------------------------------ representation leaves
+    @property
+    def needs_leaves(self) -> bool:
+        """Whether the heads must read detached copies of the representation (see :meth:`leaves`)."""
+        comb = self.combiner
+        if not isinstance(comb, GradientAggregator):
+            return False
+        return comb.grad_source == "representation" or (comb.grad_source == "params" and self.batched)
+
+    def leaves(self, rep: Any) -> Any:
+        """What the heads should be applied to: ``rep`` itself, or — for the representation source and batched
+        per-task backward — detached copies that require grad (same structure).  Differentiating w.r.t. the
+        copies gives each map's *partial* derivative; pushing all of them through the real ``rep`` once then
+        sums every path correctly, also when the maps of a multi-level representation depend on each other
+        (differentiating w.r.t. the attached maps would count the inner paths twice)."""
+        if not self.needs_leaves:
+            return rep
+        copies = tuple(r.detach().requires_grad_(True) for r in as_tuple(rep))
+        return copies if isinstance(rep, (tuple, list)) else copies[0]
+
     # ------------------------------------------------------------------ per-task gradients
     def _gradient_rows(
-        self, losses: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], with_heads: bool, keep_graph: bool
-    ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]]]:
-        """K×d matrix of ∇_inputs L_k (zeros where an input is unused) and, optionally, head gradients."""
+        self, losses: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], with_heads: bool, keep_graph: bool,
+        with_shared: bool = False,
+    ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]], list[list[torch.Tensor | None]]]:
+        """K×d matrix of ∇_inputs L_k (zeros where an input is unused), each head's gradient (if
+        ``with_heads``) and, if ``with_shared``, the gradients of shared parameters reached directly from the
+        loss (shared modules applied after the representation, e.g. MTAN's shared attention convolutions)."""
         dim = sum(t.numel() for t in inputs)
         ref = inputs[0]
         rows = torch.empty(len(losses), dim, device=ref.device, dtype=ref.dtype)
         head_grads: list[list[torch.Tensor | None]] = []
+        shared_grads: list[list[torch.Tensor | None]] = []
+        extra = self.shared if with_shared else []
         for k, (task, loss) in enumerate(zip(self.task_names, losses)):
             head = self.heads[task] if with_heads else []
             retain = keep_graph or k < len(losses) - 1
-            g = torch.autograd.grad(loss, [*inputs, *head], retain_graph=retain, allow_unused=True)
+            g = torch.autograd.grad(loss, [*inputs, *head, *extra], retain_graph=retain, allow_unused=True)
             fill_rows(rows, k, inputs, g[: len(inputs)])
-            head_grads.append(list(g[len(inputs) :]))
-        return rows, head_grads
+            head_grads.append(list(g[len(inputs) : len(inputs) + len(head)]))
+            shared_grads.append(list(g[len(inputs) + len(head) :]))
+        return rows, head_grads, shared_grads
 
-    def _batched_param_rows(
-        self, losses: Sequence[torch.Tensor], rep: Any, keep_graph: bool
-    ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]]] | None:
-        """Exact G over the shared parameters with one vmapped encoder backward; ``None`` if unsupported."""
-        reps = as_tuple(rep)
-        rep_rows, head_grads = self._gradient_rows(losses, reps, with_heads=True, keep_graph=True)
+    def _leaf_param_rows(
+        self, losses: Sequence[torch.Tensor], rep: Any, leaves: Any
+    ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]]]:
+        """Exact G over the shared parameters from representation leaves: K head passes to the leaves, then
+        the encoder traversed with a batch of K cotangents (one vmapped pass; K sequential passes if vmap
+        fails), plus the gradients of shared parameters used after the representation."""
+        reps, leaf_list = as_tuple(rep), list(as_tuple(leaves))
+        rep_rows, head_grads, post = self._gradient_rows(losses, leaf_list, with_heads=True, keep_graph=False, with_shared=True)
         cotangents, offset = [], 0
         for r in reps:
             cotangents.append(rep_rows[:, offset : offset + r.numel()].reshape(len(losses), *r.shape))
             offset += r.numel()
+        rows = torch.empty(len(losses), self.dim, device=rep_rows.device, dtype=self.shared[0].dtype)
         try:
-            g = torch.autograd.grad(
-                reps, self.shared, grad_outputs=cotangents, retain_graph=keep_graph, allow_unused=True, is_grads_batched=True
-            )
+            g = torch.autograd.grad(reps, self.shared, grad_outputs=cotangents, allow_unused=True, is_grads_batched=True,
+                                    retain_graph=True)
+            fill_rows(rows, slice(None), self.shared, g)
         except RuntimeError as e:  # vmap has no batching rule for an op of this model
             log.warning("batched per-task backward is not supported by this model (%s); using sequential passes", str(e).splitlines()[0])
             self.batched = False
-            return None
-        rows = torch.empty(len(losses), self.dim, device=rep_rows.device, dtype=self.shared[0].dtype)
-        fill_rows(rows, slice(None), self.shared, g)
+            for k in range(len(losses)):
+                g = torch.autograd.grad(reps, self.shared, grad_outputs=[c[k] for c in cotangents], allow_unused=True,
+                                        retain_graph=True)
+                fill_rows(rows, k, self.shared, g)
+        for k, grads in enumerate(post):
+            if any(x is not None for x in grads):
+                extra = torch.zeros_like(rows[k])
+                fill_rows(extra.unsqueeze(0), 0, self.shared, grads)
+                rows[k] += extra
         return rows, head_grads
 
     def task_gradients(
-        self, losses: Sequence[torch.Tensor], rep: Any = None, with_heads: bool = True, keep_graph: bool = False
+        self, losses: Sequence[torch.Tensor], rep: Any = None, with_heads: bool = True, keep_graph: bool = False,
+        leaves: Any = None,
     ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]]]:
-        """Row k of the returned K×d matrix is ∇_shared L_k; also returns each head's own gradient."""
-        if self.batched and rep is not None:
-            out = self._batched_param_rows(losses, rep, keep_graph)
-            if out is not None:
-                return out
-        return self._gradient_rows(losses, self.shared, with_heads=with_heads, keep_graph=keep_graph)
+        """Row k of the returned K×d matrix is ∇_shared L_k; also returns each head's own gradient.  With
+        representation ``leaves`` (see :meth:`leaves`) the batched route is used."""
+        if leaves is not None and leaves is not rep:
+            return self._leaf_param_rows(losses, rep, leaves)
+        rows, head_grads, _ = self._gradient_rows(losses, self.shared, with_heads=with_heads, keep_graph=keep_graph)
+        return rows, head_grads
 
     # ------------------------------------------------------------------ the step
     def _write_heads(self, head_grads: list[list[torch.Tensor | None]], weights: torch.Tensor) -> None:
@@ -187,11 +223,13 @@ class GradientEngine:
                 if g is not None:
                     accumulate_grad(p, g * weights[k].to(g.dtype))  # (scaled, like the shared grads, in fp16)
 
-    def backward(self, losses: Mapping[str, torch.Tensor], step: int, rep: Any = None, loss_scale: float | None = None) -> StepResult:
+    def backward(
+        self, losses: Mapping[str, torch.Tensor], step: int, rep: Any = None, loss_scale: float | None = None, leaves: Any = None
+    ) -> StepResult:
         """Differentiate the K task losses and write every parameter's ``.grad``.
 
-        ``rep`` is the shared representation the heads were applied to (needed by the ``representation``
-        source and by batched per-task backward).  ``loss_scale`` (fp16 training): every loss is multiplied
+        ``rep`` is the shared representation and ``leaves`` what the heads were applied to (``engine.leaves(rep)``;
+        required by the ``representation`` source and by batched per-task backward).  ``loss_scale`` (fp16 training): every loss is multiplied
         by it before differentiation, per-task gradients are divided by it again before a combiner sees
         them (so scale-sensitive aggregators get true gradients), and the ``.grad`` written is scaled by it
         like a ``GradScaler``-scaled backward, so ``scaler.step`` unscales and skips non-finite steps.  A
@@ -219,8 +257,10 @@ class GradientEngine:
             objective = objective.detach()
         elif isinstance(comb, GradientAggregator):
             source = comb.grad_source
+            if self.needs_leaves and (leaves is None or leaves is rep):
+                raise ValueError(f"grad_source='{source}' with this engine needs the heads applied to engine.leaves(rep)")
             if source == "params":
-                grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True)
+                grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True, leaves=leaves)
                 grads = self._unscale(grads, loss_scale)
                 if grads is None:
                     return self._skip(detached)
@@ -229,10 +269,9 @@ class GradientEngine:
                 weights = self._weights(agg, detached)
                 self._write_heads(head_grads, weights)
             elif source == "representation":
-                if rep is None:
-                    raise ValueError("grad_source='representation' needs the shared representation (rep=...)")
                 reps = as_tuple(rep)
-                grads, head_grads = self._gradient_rows(loss_list, reps, with_heads=True, keep_graph=True)
+                grads, head_grads, post = self._gradient_rows(loss_list, list(as_tuple(leaves)), with_heads=True,
+                                                              keep_graph=False, with_shared=True)
                 grads = self._unscale(grads, loss_scale)
                 if grads is None:
                     return self._skip(detached)
@@ -245,8 +284,13 @@ class GradientEngine:
                     offset += r.numel()
                 torch.autograd.backward(reps, grad_tensors=cot)
                 self._write_heads(head_grads, weights)
+                # shared parameters applied after the representation (MTAN's shared attention): weighted sum
+                for k in range(len(loss_list)):
+                    for p, g in zip(self.shared, post[k]):
+                        if g is not None:
+                            accumulate_grad(p, g * weights[k].to(g.dtype))
             elif source == "last_shared":
-                grads, _ = self._gradient_rows(loss_list, self.last_shared, with_heads=False, keep_graph=True)
+                grads, _, _ = self._gradient_rows(loss_list, self.last_shared, with_heads=False, keep_graph=True)
                 grads = self._unscale(grads, loss_scale)
                 if grads is None:
                     return self._skip(detached)

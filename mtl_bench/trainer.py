@@ -162,7 +162,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             rep = self.model.encode(x)
-            outputs = self.model.decode(rep, self.task_names)
+            leaves = self.engine.leaves(rep)  # rep itself, or detached copies for representation-space methods
+            outputs = self.model.decode(leaves, self.task_names)
             losses = self.task_losses(outputs, targets)  # separate scalars
         stacked = torch.stack([losses[t].detach().float() for t in self.task_names])
         if self.settings.check_finite:
@@ -171,7 +172,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.scale(stacked)  # initialises the scaler's state on first use (the product is unused)
             scale = float(self.scaler.get_scale())
-        result = self.engine.backward(losses, self.global_step, rep=rep, loss_scale=scale)
+        result = self.engine.backward(losses, self.global_step, rep=rep, loss_scale=scale, leaves=leaves)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.settings.grad_clip_norm:

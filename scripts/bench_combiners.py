@@ -93,7 +93,8 @@ class Runner:
     def step(self):
         self.opt.zero_grad(set_to_none=True)
         rep = self.model.encode(self.x)
-        losses = self.losses(self.model.decode(rep))
+        leaves = self.engine.leaves(rep) if self.comb is not None else rep
+        losses = self.losses(self.model.decode(leaves))
         if self.comb is None:  # the lower bound: K per-task backward passes, then the optimizer step
             loss_list = list(losses.values())
             for k, (t, loss) in enumerate(losses.items()):
@@ -101,7 +102,7 @@ class Runner:
                 for p, g in zip(self.shared + self.model.task_parameters(t), grads):
                     p.grad = g if p.grad is None else p.grad + g
         else:
-            res = self.engine.backward(losses, 0, rep=rep)
+            res = self.engine.backward(losses, 0, rep=rep, leaves=leaves)
             self.last_grads = (res.grads, torch.stack([v.detach() for v in losses.values()]))
         self.opt.step()
         if self.comb is not None:

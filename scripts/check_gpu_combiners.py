@@ -39,9 +39,10 @@ def step(model, comb, x, y, per_task_backward="sequential"):
     comb.to(device=x.device, dtype=x.dtype)
     engine = GradientEngine(model, comb, TASKS, per_task_backward=per_task_backward)
     rep = model.encode(x)
-    out = model.decode(rep)
+    leaves = engine.leaves(rep)
+    out = model.decode(leaves)
     losses = {t: torch.nn.functional.mse_loss(out[t], y[t]) * (3.0 ** k) for k, t in enumerate(TASKS)}
-    res = engine.backward(losses, 0, rep=rep)
+    res = engine.backward(losses, 0, rep=rep, leaves=leaves)
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()]), res
 
 

@@ -53,8 +53,9 @@ def train_step(engine: GradientEngine, opt: torch.optim.Optimizer, step: int, ta
     x, y = tiny_batch(tasks=tasks, seed=batch_seed)
     opt.zero_grad(set_to_none=True)
     rep = model.encode(x)
-    out = model.decode(rep)
-    engine.backward({t: torch.nn.functional.mse_loss(out[t], y[t]) for t in tasks}, step, rep=rep)
+    leaves = engine.leaves(rep)
+    out = model.decode(leaves)
+    engine.backward({t: torch.nn.functional.mse_loss(out[t], y[t]) for t in tasks}, step, rep=rep, leaves=leaves)
     flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     opt.step()
     post = None

@@ -47,11 +47,12 @@ def step_grads(combiner, transforms=None, seed: int = 0) -> torch.Tensor:
     engine = GradientEngine(model, combiner, TASKS3)
     x, y = tiny_batch(seed=seed + 1)
     rep = model.encode(x)
-    out = model.decode(rep)
+    leaves = engine.leaves(rep)
+    out = model.decode(leaves)
     losses = {task: torch.nn.functional.mse_loss(out[task], y[task]) for task in TASKS3}
     if transforms is not None:
         losses = {task: transforms[task](loss) for task, loss in losses.items()}
-    engine.backward(losses, 0, rep=rep)
+    engine.backward(losses, 0, rep=rep, leaves=leaves)
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
 

@@ -200,9 +200,11 @@ def test_mgda_ub_weights_come_from_the_representation_gradients():
     comb = MGDAUB()
     comb.setup(list(TASKS3))
     x, y = tiny_batch(tasks=TASKS3, seed=4)
+    engine = GradientEngine(model, comb, TASKS3)
     rep = model.encode(x)
-    out = model.decode(rep)
-    result = GradientEngine(model, comb, TASKS3).backward({k: torch.nn.functional.mse_loss(out[k], y[k]) for k in TASKS3}, 0, rep=rep)
+    leaves = engine.leaves(rep)
+    out = model.decode(leaves)
+    result = engine.backward({k: torch.nn.functional.mse_loss(out[k], y[k]) for k in TASKS3}, 0, rep=rep, leaves=leaves)
     w = result.weights
     # independent recomputation: representation gradients of a fresh forward pass
     z = model.encode(x).detach().requires_grad_(True)

@@ -23,7 +23,7 @@ def options(group):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes_and_resolves(group, option, tmp_path):
-    cfg = compose_cfg([f"{group}={option}"], tmp_path)
+    cfg = compose_cfg([f"{group}={option}"], tmp_path, tiny=group != "dataset")
     container = OmegaConf.to_container(cfg, resolve=True)
     assert container[group] is not None or option == "none"
 

@@ -117,9 +117,10 @@ def engine_step(combiner, per_task_backward="sequential"):
     engine = GradientEngine(model, combiner, TASKS, per_task_backward=per_task_backward)
     x, y = tiny_batch()
     rep = model.encode(x)
-    out = model.decode(rep)
+    leaves = engine.leaves(rep)
+    out = model.decode(leaves)
     losses = {t: torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS}
-    return model, engine.backward(losses, step=0, rep=rep), engine
+    return model, engine.backward(losses, step=0, rep=rep, leaves=leaves), engine
 
 
 def test_representation_source_sums_to_the_exact_ew_gradient():
@@ -192,8 +193,9 @@ def test_fp16_loss_scaling_gives_scaled_grads_and_unscaled_combiner_inputs(make,
         engine = GradientEngine(model, comb, TASKS)
         x, y = tiny_batch()
         rep = model.encode(x)
-        out = model.decode(rep)
-        engine.backward({t: torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS}, 0, rep=rep, loss_scale=scale)
+        leaves = engine.leaves(rep)
+        out = model.decode(leaves)
+        engine.backward({t: torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS}, 0, rep=rep, loss_scale=scale, leaves=leaves)
         return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
     torch.testing.assert_close(run(1024.0), 1024.0 * run(None), rtol=1e-10, atol=1e-12)
@@ -207,6 +209,53 @@ def test_fp16_overflow_marks_the_step_for_skipping():
     x, y = tiny_batch()
     rep = model.encode(x)
     out = model.decode(rep)
-    res = engine.backward({t: torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS}, 0, rep=rep, loss_scale=float("inf"))
+    res = engine.backward({t: torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS}, 0, rep=rep, loss_scale=float("inf"), leaves=rep)
     assert all(torch.isnan(p.grad).all() for p in model.shared_parameters())
     assert torch.isnan(res.weights).all()
+
+
+def _dense_model(kind):
+    from mtl_bench.models.dense_heads import ConvHead
+    from mtl_bench.models.mtl_model import build_model
+    from mtl_bench.models.segnet import MTANHead, SegNetMTANEncoder
+    from mtl_bench.models.timm_encoder import TimmEncoder
+    from mtl_bench.task_library import depth_task, segmentation_task
+
+    torch.manual_seed(0)
+    tasks = {"seg": segmentation_task("seg", 4), "depth": depth_task("depth")}
+    if kind == "multilevel":  # a tuple of maps computed from one another
+        enc = lambda input_shape: TimmEncoder(input_shape, "test_resnet", output_stride=8, out_indices=(1, 4))  # noqa: E731
+        head = lambda in_dim, task: ConvHead(in_dim, task, hidden=8)  # noqa: E731
+    else:  # SegNet-MTAN: shared attention convolutions are applied inside the heads, after the representation
+        enc = lambda input_shape: SegNetMTANEncoder(input_shape, channels=(4, 8, 8, 16, 16))  # noqa: E731
+        head = MTANHead
+    model = build_model(enc, {t: head for t in tasks}, tasks, (3, 32, 32)).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 32, 32, generator=g, dtype=torch.float64)
+    y = {"seg": torch.randint(-1, 4, (2, 32, 32), generator=g), "depth": torch.rand(2, 1, 32, 32, generator=g, dtype=torch.float64)}
+    return model, tasks, x, y
+
+
+@pytest.mark.parametrize("kind", ["multilevel", "mtan"])
+def test_leaves_make_batched_and_representation_exact_for_structured_representations(kind):
+    """Dependent multi-level maps and shared modules inside heads: batched G equals sequential G, and the
+    representation route with unit weights reproduces the exact EW gradient."""
+    def step(comb, per_task_backward="sequential"):
+        model, tasks, x, y = _dense_model(kind)
+        model.train()
+        comb.setup(list(tasks))
+        engine = GradientEngine(model, comb, list(tasks), per_task_backward=per_task_backward)
+        rep = model.encode(x)
+        leaves = engine.leaves(rep)
+        out = model.decode(leaves)
+        res = engine.backward({t: tasks[t].loss(out[t], y[t]) for t in tasks}, 0, rep=rep, leaves=leaves)
+        return res, torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+    seq, seq_grad = step(SumOfGradients())
+    bat, bat_grad = step(SumOfGradients(), "batched")
+    torch.testing.assert_close(bat.grads, seq.grads, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(bat_grad, seq_grad, rtol=1e-9, atol=1e-12)
+    _, ew_grad = step(EqualWeighting("sum"))
+    _, rep_grad = step(SumOfGradients(grad_source="representation"))
+    torch.testing.assert_close(rep_grad, ew_grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(seq_grad, ew_grad, rtol=1e-9, atol=1e-12)
