@@ -228,12 +228,13 @@ class GradientEngine:
     ) -> StepResult:
         """Differentiate the K task losses and write every parameter's ``.grad``.
 
-        ``rep`` is the shared representation and ``leaves`` what the heads were applied to (``engine.leaves(rep)``;
-        required by the ``representation`` source and by batched per-task backward).  ``loss_scale`` (fp16 training): every loss is multiplied
-        by it before differentiation, per-task gradients are divided by it again before a combiner sees
-        them (so scale-sensitive aggregators get true gradients), and the ``.grad`` written is scaled by it
-        like a ``GradScaler``-scaled backward, so ``scaler.step`` unscales and skips non-finite steps.  A
-        non-finite per-task gradient matrix is not aggregated: the shared gradients are set to NaN instead."""
+        ``rep`` is the shared representation and ``leaves`` what the heads were applied to
+        (``engine.leaves(rep)``; required by the ``representation`` source and by batched per-task backward).
+        ``loss_scale`` (fp16 training): every loss is multiplied by it before differentiation, per-task
+        gradients are divided by it again before a combiner sees them (so scale-sensitive aggregators get
+        true gradients), and the ``.grad`` written is scaled by it like a ``GradScaler``-scaled backward, so
+        ``scaler.step`` unscales and skips non-finite steps.  A non-finite per-task gradient matrix is not
+        aggregated: the shared gradients are set to NaN instead."""
         loss_list = [losses[t] for t in self.task_names]
         detached = torch.stack([loss.detach() for loss in loss_list])
         if loss_scale is not None:

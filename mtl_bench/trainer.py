@@ -102,15 +102,18 @@ class Trainer:
         self.best_val: dict[str, float] = {}
         self.data_generator = torch.Generator().manual_seed(seed)
         pin = device.type == "cuda"
+        n_train = len(benchmark.splits["train"])
+        if n_train == 0:
+            raise ConfigError(f"dataset '{benchmark.name}' has an empty training split")
+        # drop the last incomplete batch only when at least one full batch remains (tiny datasets keep one)
+        drop_last = settings.drop_last and n_train >= settings.batch_size
+        if n_train < settings.batch_size:
+            log.warning("trainer.batch_size=%d exceeds the %d training samples: one batch of %d per epoch",
+                        settings.batch_size, n_train, n_train)
         self.train_loader = make_loader(
             benchmark.splits["train"], settings.batch_size, shuffle=True, generator=self.data_generator,
-            num_workers=settings.num_workers, drop_last=settings.drop_last, pin_memory=pin,
+            num_workers=settings.num_workers, drop_last=drop_last, pin_memory=pin,
         )
-        if len(self.train_loader) == 0:
-            raise ConfigError(
-                f"trainer.batch_size={settings.batch_size} exceeds the {len(benchmark.splits['train'])} training samples "
-                f"(trainer.drop_last={settings.drop_last}): no training step would run"
-            )
         eval_bs = settings.eval_batch_size or settings.batch_size
         self.eval_loaders = {
             split: make_loader(benchmark.splits[split], eval_bs, shuffle=False, num_workers=settings.num_workers, pin_memory=pin)
@@ -350,6 +353,10 @@ class Trainer:
                     selected.update(self.delta.record(split, selected))
             results["delta_m"] = {**self.run_info.get("delta_m", {}), "selected": self.delta.describe(selected),
                                   "final": self.delta.describe(final)}
+            for split, d in results["delta_m"]["selected"].items():
+                if d["missing_baselines"] or d["undefined_baselines"]:
+                    log.warning("Δm (%s) leaves out metrics without a baseline %s and with a zero baseline %s",
+                                split, d["missing_baselines"], d["undefined_baselines"])
         return results
 
     def results_rows(self, results: Mapping[str, Any]) -> list[list[Any]]:

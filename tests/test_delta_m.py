@@ -75,8 +75,16 @@ def test_delta_m_argument_errors():
         delta_m({"a/x": 1.0}, {"a/x": 1.0}, {"a/x": True}, convention="mean")
     with pytest.raises(ConfigError, match="direction"):
         delta_m({"a/x": 1.0}, {"a/x": 1.0}, {})
-    with pytest.raises(ConfigError, match="non-zero"):
+    with pytest.raises(ConfigError, match="must be finite"):
+        delta_m({"a/x": 1.0}, {"a/x": float("nan")}, {"a/x": True})
+    with pytest.raises(ConfigError, match=r"has a usable baseline \(missing: \[\], zero: \['a/x'\]\)"):
         delta_m({"a/x": 1.0}, {"a/x": 0.0}, {"a/x": True})
+
+
+def test_zero_baselines_are_left_out_and_listed():
+    d = delta_m({"a/f1": 0.5, "a/acc": 0.9}, {"a/f1": 0.0, "a/acc": 0.8}, {"a/f1": True, "a/acc": True})
+    assert d.undefined_baselines == ["a/f1"] and d.included == ["a/acc"]
+    assert d.value == pytest.approx(-12.5)
     with pytest.raises(ConfigError, match="<task>/<metric>"):
         delta_m({"x": 1.0}, {"x": 1.0}, {"x": True})
 

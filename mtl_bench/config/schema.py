@@ -33,7 +33,7 @@ class TrainerConf:
     eval_batch_size: Optional[int] = None
     device: str = "auto"  # auto | cpu | cuda | cuda:<index>
     num_workers: int = 0
-    drop_last: bool = True  # drop the last incomplete training batch (BatchNorm needs >1 sample; LibMTL does the same)
+    drop_last: bool = True  # drop the last incomplete training batch if a full one remains (BatchNorm needs >1 sample; as LibMTL)
     eval_every: int = 1  # epochs between validation passes (the last epoch is always evaluated)
     log_every_n_steps: int = 20
     max_steps_per_epoch: Optional[int] = None

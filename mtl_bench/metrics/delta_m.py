@@ -15,7 +15,9 @@ Keys are ``"<task>/<metric>"`` (the task is everything before the last ``/``).  
 must have a direction; a metric without a baseline is **reported, never silently dropped**: by default it is
 an error, and with ``allow_missing=True`` Δm is computed over the metrics that have one (the missing keys are
 listed in the result, and under ``per_task`` a task's average covers only its metrics with a baseline).  A
-non-finite metric value makes Δm NaN; a baseline that is zero or not finite is an error.  The denominator is
+non-finite metric value makes Δm NaN; a non-finite baseline is an error; a baseline of exactly 0 (e.g. the F1
+of an STL model that never predicts a positive) makes the relative change undefined, so that metric is left
+out and listed in ``undefined_baselines``.  The denominator is
 |B| rather than B: identical for the positive metrics of every standard benchmark, and it keeps the sign
 meaningful (positive = worse) for metrics that can be negative, such as R² of a poor baseline.
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -62,6 +64,7 @@ class DeltaM:
     contributions: dict[str, MetricContribution]
     included: list[str]
     missing_baselines: list[str]
+    undefined_baselines: list[str] = field(default_factory=list)  # baseline exactly 0: relative change undefined
 
     def task_totals(self) -> dict[str, float]:
         """Δm split by task: the sum of each task's metric contributions (percentage points)."""
@@ -108,17 +111,23 @@ def delta_m(
     if no_direction:
         raise ConfigError(f"no higher_is_better direction for metric(s) {no_direction}; directions cover {sorted(directions)}")
     missing = [k for k in keys if k not in baselines]
-    included = [k for k in keys if k in baselines]
+    not_finite = {k: baselines[k] for k in keys if k in baselines and not _finite(baselines[k])}
+    if not_finite:
+        raise ConfigError(f"baseline value(s) {not_finite} must be finite numbers")
+    # a zero baseline (e.g. the F1 of an STL model that predicts no positive) makes the relative change
+    # undefined: such metrics are left out and listed, like missing ones but without needing allow_missing
+    undefined = [k for k in keys if k in baselines and baselines[k] == 0]
+    included = [k for k in keys if k in baselines and k not in undefined]
     if missing and not allow_missing:
         raise ConfigError(
             f"no baseline for metric(s) {missing}; baselines cover {sorted(baselines)}; "
             f"pass allow_missing=True to compute Δm over the {len(included)} metric(s) that have one"
         )
     if not included:
-        raise ConfigError(f"none of the metrics {keys} has a baseline; baselines cover {sorted(baselines)}")
-    bad = {k: baselines[k] for k in included if not _finite(baselines[k]) or baselines[k] == 0}
-    if bad:
-        raise ConfigError(f"baseline value(s) {bad} must be finite and non-zero (Δm divides by the baseline)")
+        raise ConfigError(
+            f"none of the metrics {keys} has a usable baseline (missing: {missing}, zero: {undefined}); "
+            f"baselines cover {sorted(baselines)}"
+        )
 
     if convention == "per_metric":
         weights = {k: 1.0 / len(included) for k in included}
@@ -134,7 +143,8 @@ def delta_m(
         rel = (m - b) / abs(b) * (-1.0 if hib else 1.0)  # |B|: same as B for the usual positive metrics
         contributions[k] = MetricContribution(m, b, hib, rel, weights[k], 100.0 * weights[k] * rel)
     value = math.fsum(c.contribution for c in contributions.values())
-    return DeltaM(value=value, convention=convention, contributions=contributions, included=included, missing_baselines=missing)
+    return DeltaM(value=value, convention=convention, contributions=contributions, included=included, missing_baselines=missing,
+                  undefined_baselines=undefined)
 
 
 def metrics_for_split(results: Mapping[str, Any], split: str, exclude: Sequence[str] = ("loss",)) -> dict[str, Any]:

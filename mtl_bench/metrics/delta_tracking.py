@@ -48,6 +48,7 @@ class DeltaMSpec:
             if any(k.startswith(f"{split}/") for k in results):
                 d = self.compute(split, results)
                 out[split] = {"value": d.value, "included": d.included, "missing_baselines": d.missing_baselines,
+                              "undefined_baselines": d.undefined_baselines,
                               "task_totals": d.task_totals(),
                               "contributions": {k: asdict(c) for k, c in d.contributions.items()}}
         return out
