@@ -31,7 +31,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
-from mtl_bench.combiners.base import Combiner, GradientAggregator, LossWeighting
+from mtl_bench.combiners.base import Combiner, GradientAggregator, GramianWeighting, LossWeighting
 from mtl_bench.errors import ConfigError
 from mtl_bench.models.mtl_model import MultiTaskModel
 
@@ -118,7 +118,11 @@ class GradientEngine:
         task_names: Sequence[str],
         observers: Sequence[GradientObserver] = (),
         per_task_backward: str = "sequential",
+        task_sink: Any = None,
     ):
+        """``task_sink``: a task-wise optimizer's ``set_task_gradients(G_weighted, present)``.  When given, the
+        shared parameters get no ``.grad``: the engine hands the optimizer the K per-task gradients of the
+        *weighted* task losses (w_k ∇L_k, with the combiner's weights) instead of their aggregate."""
         if per_task_backward not in PER_TASK_BACKWARD:
             raise ConfigError(f"trainer.per_task_backward='{per_task_backward}' is invalid; choose one of {list(PER_TASK_BACKWARD)}")
         self.model = model
@@ -130,6 +134,15 @@ class GradientEngine:
         self.heads = {t: model.task_parameters(t) for t in self.task_names}
         self.dim = flat_size(self.shared)
         self.batched = per_task_backward == "batched"
+        self.task_sink = task_sink
+        if task_sink is not None and isinstance(combiner, GradientAggregator) and (
+            combiner.grad_source != "params" or not isinstance(combiner, (GramianWeighting,)) and combiner.name != "gradnorm"
+        ):
+            raise ConfigError(
+                f"a task-wise optimizer needs per-task weights on gradients over all shared parameters; combiner "
+                f"'{combiner.name}' (grad_source={combiner.grad_source}) does not provide them: use a loss weighting or a "
+                f"Gramian weighting (mgda, imtl_g, nash_mtl, upgrad, cagrad, fairgrad, aligned_mtl, dibs_mtl, ...) with grad_source=params"
+            )
 
     # ------------------------------------------------------------------ representation leaves
     @property
@@ -164,14 +177,17 @@ class GradientEngine:
         rows = torch.empty(len(losses), dim, device=ref.device, dtype=ref.dtype)
         head_grads: list[list[torch.Tensor | None]] = []
         shared_grads: list[list[torch.Tensor | None]] = []
+        present = []
         extra = self.shared if with_shared else []
         for k, (task, loss) in enumerate(zip(self.task_names, losses)):
             head = self.heads[task] if with_heads else []
             retain = keep_graph or k < len(losses) - 1
             g = torch.autograd.grad(loss, [*inputs, *head, *extra], retain_graph=retain, allow_unused=True)
             fill_rows(rows, k, inputs, g[: len(inputs)])
+            present.append(any(x is not None for x in g[: len(inputs)]))
             head_grads.append(list(g[len(inputs) : len(inputs) + len(head)]))
             shared_grads.append(list(g[len(inputs) + len(head) :]))
+        self.last_present = torch.tensor(present, dtype=torch.bool)
         return rows, head_grads, shared_grads
 
     def _leaf_param_rows(
@@ -244,7 +260,23 @@ class GradientEngine:
         source: str | None = None
         comb = self.combiner
 
-        if isinstance(comb, LossWeighting):
+        if isinstance(comb, LossWeighting) and self.task_sink is not None:
+            grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True, keep_graph=True)
+            grads = self._unscale(grads, loss_scale)
+            source = "params"
+            if grads is None:
+                return self._skip(detached)
+            objective, weights = comb.combine(torch.stack([losses[t] for t in self.task_names]))  # the true (unscaled) losses
+            learnable = [p for p in comb.parameters() if p.requires_grad]
+            if learnable:  # e.g. UW's log-variances: their gradient only needs the (tiny) combiner graph
+                for p, g in zip(learnable, torch.autograd.grad(objective, learnable, allow_unused=True)):
+                    if g is not None:
+                        accumulate_grad(p, g)
+            weights = weights.detach().to(grads.dtype)
+            self.task_sink(grads * weights.unsqueeze(1), self.last_present.to(grads.device))
+            self._write_heads(head_grads, weights.to(detached.dtype))
+            objective = objective.detach()
+        elif isinstance(comb, LossWeighting):
             if watchers:
                 grads, _ = self.task_gradients(loss_list, rep, with_heads=False, keep_graph=True)
                 grads = self._unscale(grads, loss_scale)
@@ -266,8 +298,11 @@ class GradientEngine:
                 if grads is None:
                     return self._skip(detached)
                 agg = comb.aggregate(grads, detached)
-                write_flat_grad(self.shared, self._rescale(self._owned(agg.direction, grads), loss_scale))
                 weights = self._weights(agg, detached)
+                if self.task_sink is not None:  # per-task weighted gradients instead of their aggregate
+                    self.task_sink(grads * weights.to(grads.dtype).unsqueeze(1), self.last_present.to(grads.device))
+                else:
+                    write_flat_grad(self.shared, self._rescale(self._owned(agg.direction, grads), loss_scale))
                 self._write_heads(head_grads, weights)
             elif source == "representation":
                 reps = as_tuple(rep)

@@ -20,7 +20,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import mtl_bench.config.schema  # noqa: F401  (registers the structured-config schemas)
@@ -31,7 +31,10 @@ from mtl_bench.config.validate import validate_config
 from mtl_bench.data.base import Benchmark
 from mtl_bench.engine import GradientObserver
 from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError
+from mtl_bench.diagnostics.au import AUMonitor
 from mtl_bench.loggers.run_logger import RunLogger, WandbSettings
+from mtl_bench.loss_transforms import build_transforms
+from mtl_bench.loss_transforms import describe as describe_transforms
 from mtl_bench.metrics.delta_tracking import build_delta_m
 from mtl_bench.models.mtl_model import build_model
 from mtl_bench.optim import build_optimizer, build_scheduler
@@ -51,6 +54,14 @@ def instantiate_checked(node: Any, key: str, **kwargs: Any) -> Any:
         if isinstance(cause, MTLBenchError):
             raise cause from None
         raise ConfigError(f"{key}: {str(e).splitlines()[0]} {cause or ''}".strip()) from e
+
+
+def resolve_function(path: Any) -> Callable:
+    """A user-supplied function from its dotted path (custom loss transforms)."""
+    try:
+        return get_method(str(path))
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"cannot import function '{path}': {e}") from e
 
 
 def active_task_names(mode: DictConfig, benchmark: Benchmark) -> list[str] | None:
@@ -131,6 +142,13 @@ def build_and_train(
     optimizer = build_optimizer(instantiate_checked(cfg.optimizer, "optimizer"), model, combiner)
     sched_target = cfg.scheduler.get("_target_") if cfg.scheduler is not None else None
     scheduler = build_scheduler(instantiate_checked(cfg.scheduler, "scheduler") if sched_target else None, optimizer)
+    transforms = build_transforms(cfg.get("loss_transforms"), list(tasks), list(benchmark.tasks), resolve=resolve_function)
+    monitors = []
+    au_cfg = (cfg.get("diagnostics") or {}).get("au") or {}
+    if au_cfg.get("enabled"):
+        au = AUMonitor(au_cfg.get("every_n_steps", 10), au_cfg.get("decay", 0.99), au_cfg.get("threshold", 0.9))
+        au.setup(optimizer, model.shared_named_parameters(), list(tasks))
+        monitors.append(au)
     directions = metric_directions(tasks)
     delta, delta_info = build_delta_m(cfg.get("delta_m"), benchmark.name, directions)
     if delta is not None:
@@ -153,6 +171,7 @@ def build_and_train(
         "scheduler": choices.get("scheduler", type(scheduler).__name__ if scheduler else None),
         "seed": cfg.seed,
         "delta_m": delta_info,
+        "loss_transforms": describe_transforms(cfg.get("loss_transforms")),
         "device": str(device),
         "parameters": model.parameter_counts(),
         "output_dir": str(output_dir),
@@ -171,7 +190,8 @@ def build_and_train(
     trainer = Trainer(
         model=model, benchmark=benchmark, tasks=tasks, combiner=combiner, optimizer=optimizer,
         scheduler=scheduler, settings=settings, selector=selector, logger=logger, output_dir=output_dir,
-        device=device, seed=cfg.seed, run_info=run_info, observers=observers, delta=delta,
+        device=device, seed=cfg.seed, run_info=run_info, observers=observers, delta=delta, transforms=transforms,
+        monitors=monitors,
     )
     exit_code = 1
     try:

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -73,6 +73,8 @@ class Trainer:
         run_info: Mapping[str, Any] | None = None,
         observers: Sequence[GradientObserver] = (),
         delta: DeltaMSpec | None = None,
+        transforms: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+        monitors: Sequence[Any] = (),
     ):
         self.model = model.to(device)
         if settings.channels_last:
@@ -95,7 +97,13 @@ class Trainer:
         self.device = device
         self.run_info = dict(run_info or {})
         self.delta = delta
-        self.engine = GradientEngine(self.model, self.combiner, self.task_names, observers, settings.per_task_backward)
+        self.transforms = dict(transforms or {})
+        self.monitors = list(monitors)
+        self.task_wise = bool(getattr(optimizer, "task_wise", False))
+        self.engine = GradientEngine(
+            self.model, self.combiner, self.task_names, [*observers, *self.monitors], settings.per_task_backward,
+            task_sink=optimizer.set_task_gradients if self.task_wise else None,
+        )
         self.global_step = 0
         self.epoch = 0
         self.last_checkpoint: Path | None = None
@@ -167,10 +175,11 @@ class Trainer:
             rep = self.model.encode(x)
             leaves = self.engine.leaves(rep)  # rep itself, or detached copies for representation-space methods
             outputs = self.model.decode(leaves, self.task_names)
-            losses = self.task_losses(outputs, targets)  # separate scalars
-        stacked = torch.stack([losses[t].detach().float() for t in self.task_names])
+            raw = self.task_losses(outputs, targets)  # separate scalars
+            losses = self.transform(raw)  # what the combiner sees (loss_transforms; identity by default)
+        stacked = torch.stack([raw[t].detach().float() for t in self.task_names])
         if self.settings.check_finite:
-            self._check_losses(stacked)
+            self._check_losses(torch.stack([losses[t].detach().float() for t in self.task_names]))
         scale = None
         if self.scaler is not None:
             self.scaler.scale(stacked)  # initialises the scaler's state on first use (the product is unused)
@@ -180,15 +189,19 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         if self.settings.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip_norm)
+        for m in self.monitors:
+            m.before_step(self.global_step)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
             self.scaler.update()
         else:
             self.optimizer.step()
+        for m in self.monitors:
+            m.after_step(self.global_step)
         post = None
         if self.combiner.needs_post_step_losses:  # e.g. FAMO: losses after the step, same batch
             with torch.no_grad(), self.autocast():
-                post_losses = self.task_losses(self.model(x, self.task_names), targets)
+                post_losses = self.transform(self.task_losses(self.model(x, self.task_names), targets))
                 post = torch.stack([post_losses[t].float() for t in self.task_names])
         self.combiner.after_step(post)
         self.global_step += 1
@@ -196,6 +209,9 @@ class Trainer:
 
     def task_losses(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {t: self.tasks[t].loss(outputs[t], targets[t]) for t in self.task_names}
+
+    def transform(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {t: self.transforms[t](loss) if t in self.transforms else loss for t, loss in losses.items()}
 
     def _steps_per_epoch(self) -> int:
         n = len(self.train_loader)
@@ -309,6 +325,8 @@ class Trainer:
                             self.best_val = val
                             self._save_best(val)
                         log.info("epoch %d/%d  %s  (train %.1fs)", epoch, s.epochs, self._brief(val), train_time)
+                    for m in self.monitors:
+                        record.update(m.epoch_record(epoch))
                     record["time/train_epoch_s"] = train_time
                     record["time/epoch_s"] = time.monotonic() - t_epoch
                     self.logger.log_epoch(record, epoch=epoch, global_step=self.global_step)
@@ -347,6 +365,10 @@ class Trainer:
             else:  # no finite validation value was ever seen
                 selected = dict(final)
         results = {"final": final, "selected": selected, "selection": self.selector.describe()}
+        for m in self.monitors:
+            results[m.summary_key] = m.summary()
+            for name, path in m.save_figures(self.output_dir).items():
+                self.logger.log_image(f"{m.summary_key}/{name}", path)
         if self.delta is not None:
             if rule == "last_k":  # Δm of the averaged metrics (not the average of per-epoch Δm)
                 for split in ("val", "test"):

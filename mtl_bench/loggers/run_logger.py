@@ -110,6 +110,9 @@ class _WandbSink:
     def summary(self, values: Mapping[str, Any]) -> None:
         self._guard("summary", lambda v: self.run.summary.update(v), dict(values))
 
+    def image(self, key: str, path: str | os.PathLike) -> None:
+        self._guard("image", lambda: self.run.log({key: self._wandb.Image(str(path))}))
+
     def table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         self._guard("table", lambda: self.run.log({key: self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])}))
 
@@ -172,6 +175,12 @@ class RunLogger:
     def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self._wandb is not None:
             self._wandb.table(key, columns, rows)
+
+    def log_image(self, key: str, path: str | os.PathLike) -> None:
+        """A PNG written by a diagnostic; local file always, W&B image when enabled."""
+        self.log_event("image", {"key": key, "path": str(path)})
+        if self._wandb is not None:
+            self._wandb.image(key, path)
 
     def set_summary(self, values: Mapping[str, Any]) -> None:
         if self._wandb is not None:

@@ -1,0 +1,2 @@
+"""Training diagnostics that observe the per-task gradients the engine computes (AU task dominance; the
+gradient-conflict probe)."""

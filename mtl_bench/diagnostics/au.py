@@ -1,0 +1,228 @@
+"""AU / rAU task dominance of the shared parameters (Yang et al., "AdaTask: A Task-Aware Adaptive Learning
+Rate Approach to Multi-Task Learning", AAAI 2023).
+
+For every shared scalar parameter θ and task k, AU is the exponentially decaying average of the squared
+update attributable to task k, and rAU its share across tasks::
+
+    AU_k ← ρ AU_k + (1 − ρ) (Δθ_k)²,      rAU_k = AU_k / Σ_j AU_j
+
+A parameter is *dominated* by a task when max_k rAU_k exceeds ``threshold`` (0.9); balanced parameters have
+rAU_k ≈ 1/K.  Reported per shared layer (parameter tensor) and over all shared parameters: mean rAU per task,
+the fraction of dominated parameters, and the entropy of rAU normalised by log K (1 = balanced, 0 = one task).
+
+Attribution Δθ_k (our reconstruction of the paper's definition, see the reference note §2.2.1):
+
+* task-wise optimizers (AdaTask): the exact per-task updates the optimizer applies (``last_task_updates``);
+* Adam/AdamW: Δθ_k = lr · m̂_k / (√v̂ + ε) — per-task first moments (the first moment is linear in the
+  gradient) over the optimizer's *shared* second moment;
+* SGD (momentum μ): Δθ_k = lr · m_k with m_k the per-task momentum (μ = 0: lr · g_k);
+* RMSprop / Adagrad: Δθ_k = lr · g_k / (√G + ε) with the optimizer's shared accumulator G.
+
+Cost is bounded by a cadence: per-task gradients are needed only every ``every_n_steps`` steps.  Between two
+probes the per-task gradient is taken as constant, so the per-task first moment advances by
+m_k ← β^N m_k + (1 − β^N) g_k (Adam; SGD analogously) and AU decays by ρ^N: exact for N = 1, an
+approximation otherwise (documented in the summary).  Sign-based updates (signSGD) are not linear in the
+gradient and cannot be attributed: such a run is refused with a clear error.  Memory: K floats per shared
+parameter for AU (+ K for per-task moments with Adam/SGD-momentum).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from mtl_bench.errors import ConfigError
+
+SUPPORTED = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad")
+
+
+class AUMonitor:
+    """Observer of the gradient engine (per-task gradients on probe steps) and of the optimizer step."""
+
+    summary_key = "au"
+
+    def __init__(self, every_n_steps: int = 10, decay: float = 0.99, threshold: float = 0.9, eps: float = 1e-30):
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ConfigError(f"diagnostics.au.every_n_steps must be a positive integer, got {every_n_steps!r}")
+        if not 0.0 <= decay < 1.0:
+            raise ConfigError(f"diagnostics.au.decay must lie in [0, 1), got {decay!r}")
+        if not 0.0 < threshold <= 1.0:
+            raise ConfigError(f"diagnostics.au.threshold must lie in (0, 1], got {threshold!r}")
+        self.every, self.decay, self.threshold, self.eps = every_n_steps, decay, threshold, eps
+        self.au: torch.Tensor | None = None  # K×d
+        self.momentum: torch.Tensor | None = None  # K×d per-task first moments (Adam / SGD momentum)
+        self._grads: torch.Tensor | None = None
+        self.history: list[dict[str, Any]] = []  # per-epoch layer statistics (for plots)
+
+    def setup(self, optimizer: torch.optim.Optimizer, shared_named: Sequence[tuple[str, torch.nn.Parameter]], task_names: Sequence[str]):
+        self.optimizer = optimizer
+        self.task_wise = bool(getattr(optimizer, "task_wise", False))
+        kind = type(optimizer).__name__
+        if not self.task_wise and kind not in SUPPORTED:
+            raise ConfigError(
+                f"diagnostics.au cannot attribute updates of optimizer {kind} to tasks (sign-based or unknown update); "
+                f"supported: {list(SUPPORTED)} and the task-wise AdaTask optimizers"
+            )
+        self.kind = kind
+        self.task_names = list(task_names)
+        self.names = [n for n, _ in shared_named]
+        self.params = [p for _, p in shared_named]
+        self.sizes = [p.numel() for p in self.params]
+        shared_ids = {id(p) for p in self.params}
+        self.group = next((g for g in optimizer.param_groups if any(id(p) in shared_ids for p in g["params"])), None)
+        if self.group is None:
+            raise ConfigError("diagnostics.au: the optimizer has no parameter group with the shared parameters")
+
+    # ------------------------------------------------------------------ engine observer protocol
+    def probe(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def wants_grads(self, step: int) -> bool:
+        return self.probe(step) and not self.task_wise
+
+    def observe(self, step: int, grads: torch.Tensor | None, task_names, losses, source) -> None:
+        if grads is not None and source == "params":
+            self._grads = grads.detach()
+
+    # ------------------------------------------------------------------ optimizer hooks
+    def before_step(self, step: int) -> None:
+        if self.task_wise:
+            self.optimizer.record_task_updates = self.probe(step)
+
+    def after_step(self, step: int) -> None:
+        if not self.probe(step):
+            return
+        updates = self._task_updates()
+        self._grads = None
+        self.last_updates = updates  # K×d signed per-task updates of this probe step (for tests and analyses)
+        if updates is None:
+            return
+        n = self.every
+        sq = updates.double() ** 2
+        if self.au is None:
+            self.au = torch.zeros_like(sq)
+        rho = self.decay**n
+        self.au.mul_(rho).add_(sq, alpha=1.0 - rho)
+
+    def _flat_state(self, key: str) -> torch.Tensor | None:
+        parts = []
+        for p in self.params:
+            st = self.optimizer.state.get(p, {})
+            if key not in st:
+                return None
+            parts.append(st[key].reshape(-1))
+        return torch.cat(parts)
+
+    def _task_updates(self) -> torch.Tensor | None:
+        if self.task_wise:
+            upd = getattr(self.optimizer, "last_task_updates", None)
+            return None if upd is None else upd.detach()
+        if self._grads is None:
+            return None
+        g, lr, n = self._grads, self.group["lr"], self.every
+        if self.kind in ("Adam", "AdamW"):
+            beta1, beta2 = self.group["betas"]
+            self.momentum = self._advance(self.momentum, g, beta1**n, 1.0 - beta1**n)
+            v = self._flat_state("exp_avg_sq")
+            step = self.optimizer.state[self.params[0]].get("step")
+            t = float(step) if step is not None else 1.0
+            denom = (v / (1.0 - beta2**t)).sqrt() + self.group["eps"]
+            return lr * self.momentum / (1.0 - beta1**t) / denom
+        if self.kind == "SGD":
+            mu = self.group.get("momentum", 0.0)
+            if mu == 0.0:
+                return lr * g
+            self.momentum = self._advance(self.momentum, g, mu**n, sum(mu**i for i in range(n)))
+            return lr * self.momentum
+        key = "square_avg" if self.kind == "RMSprop" else "sum"
+        acc = self._flat_state(key)
+        if acc is None:
+            return None
+        return lr * g / (acc.sqrt() + self.group["eps"])
+
+    @staticmethod
+    def _advance(m: torch.Tensor | None, g: torch.Tensor, keep: float, add: float) -> torch.Tensor:
+        return add * g if m is None else keep * m + add * g
+
+    # ------------------------------------------------------------------ statistics
+    def _stats(self, au: torch.Tensor) -> dict[str, Any]:
+        k = au.shape[0]
+        total = au.sum(0)
+        valid = total > self.eps
+        rau = au[:, valid] / total[valid]
+        if rau.shape[1] == 0:
+            return {"mean_rau": [float("nan")] * k, "dominated": float("nan"), "entropy": float("nan")}
+        ent = -(rau.clamp_min(1e-30) * rau.clamp_min(1e-30).log()).sum(0) / math.log(k) if k > 1 else torch.zeros(rau.shape[1])
+        return {
+            "mean_rau": rau.mean(1).tolist(),
+            "dominated": float((rau.max(0).values > self.threshold).double().mean()),
+            "entropy": float(ent.mean()),
+        }
+
+    def layer_stats(self) -> dict[str, dict[str, Any]]:
+        if self.au is None:
+            return {}
+        out, offset = {}, 0
+        for name, n in zip(self.names, self.sizes):
+            out[name] = self._stats(self.au[:, offset : offset + n])
+            offset += n
+        out["all"] = self._stats(self.au)
+        return out
+
+    def epoch_record(self, epoch: int) -> dict[str, float]:
+        """Flat ``au/...`` metrics for metrics.jsonl / W&B (per layer and over all shared parameters)."""
+        stats = self.layer_stats()
+        if not stats:
+            return {}
+        self.history.append({"epoch": epoch, **{k: v for k, v in stats.items()}})
+        rec: dict[str, float] = {}
+        for layer, st in stats.items():
+            rec[f"au/{layer}/dominated"] = st["dominated"]
+            rec[f"au/{layer}/entropy"] = st["entropy"]
+            for t, r in zip(self.task_names, st["mean_rau"]):
+                rec[f"au/{layer}/rau/{t}"] = r
+        return rec
+
+    def summary(self) -> dict[str, Any]:
+        stats = self.layer_stats()
+        approx = "exact" if self.every == 1 or self.task_wise else f"per-task gradient held constant over {self.every} steps"
+        return {
+            "attribution": ("task-wise optimizer updates" if self.task_wise
+                            else f"{self.kind}: per-task first moment / shared second moment"),
+            "every_n_steps": self.every, "decay": self.decay, "threshold": self.threshold, "approximation": approx,
+            "dominated_fraction": stats.get("all", {}).get("dominated"),
+            "entropy": stats.get("all", {}).get("entropy"),
+            "mean_rau": dict(zip(self.task_names, stats.get("all", {}).get("mean_rau", []))),
+            "layers": {k: v for k, v in stats.items() if k != "all"},
+        }
+
+    def save_figures(self, output_dir: str | Path) -> dict[str, Path]:
+        path = self.save_heatmap(Path(output_dir) / "au_heatmap.png")
+        return {"heatmap": path} if path is not None else {}
+
+    def save_heatmap(self, path: str | Path) -> Path | None:
+        """Layers × tasks heatmap of the mean rAU (last epoch), with the dominated fraction per layer."""
+        stats = self.layer_stats()
+        if not stats:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        layers = [n for n in self.names if n in stats]
+        data = [stats[n]["mean_rau"] for n in layers]
+        fig, ax = plt.subplots(figsize=(4.5 + 0.8 * len(self.task_names), 1.6 + 0.35 * len(layers)))
+        im = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(self.task_names)), self.task_names, rotation=45, ha="right")
+        ax.set_yticks(range(len(layers)), [f"{n}  (dom {stats[n]['dominated']:.2f})" for n in layers], fontsize=7)
+        ax.set_title(f"mean rAU per shared layer ({self.kind})", fontsize=10)
+        fig.colorbar(im, ax=ax, label="mean rAU")
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path

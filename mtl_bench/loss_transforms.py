@@ -1,0 +1,91 @@
+"""Per-task loss transforms: strictly increasing maps applied to the batch-averaged task loss before the
+combiner sees it.
+
+This is the experimental knob of the invariance studies: Elich et al. scale task losses by constants
+(Adam's partial scale invariance), DiBS-MTL (Murthy et al.) applies strictly increasing non-affine
+transforms (powers, logs, exponentials) under which its update — and any per-task-direction method's — is
+unchanged, while loss-magnitude methods (EW, MGDA, PCGrad, …) change.  Metrics and the logged losses are
+those of the untransformed task; only the training objective the combiner receives changes.
+
+Config (``loss_transforms``, keyed by task)::
+
+    loss_transforms:
+      t1: {kind: scale, factor: 100.0}       # c·L, c > 0
+      t0: {kind: power, exponent: 2.0}       # L^p, p > 0 (L ≥ 0)
+      t2: {kind: log, eps: 1.0e-8}           # log(L + eps)
+      t3: {kind: exp, rate: 1.0}             # exp(a·L), a > 0
+      t4: {kind: custom, fn: my_pkg.my_increasing_fn}               # any strictly increasing callable (dotted path)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+
+from mtl_bench.errors import ConfigError
+
+KINDS = ("scale", "power", "log", "exp", "custom")
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _positive(task: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"loss_transforms.{task}.{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def make_transform(task: str, spec: Mapping[str, Any], resolve: Callable[[Any], Any] | None = None) -> Transform:
+    """One task's transform from its config ``spec`` (see the module docstring)."""
+    kind = spec.get("kind")
+    allowed = {"scale": {"factor"}, "power": {"exponent"}, "log": {"eps"}, "exp": {"rate"}, "custom": {"fn"}}
+    if kind not in KINDS:
+        raise ConfigError(f"loss_transforms.{task}.kind={kind!r} is invalid; choose one of {list(KINDS)}")
+    unknown = set(spec) - {"kind"} - allowed[kind]
+    if unknown:
+        raise ConfigError(f"loss_transforms.{task}: unknown key(s) {sorted(unknown)} for kind '{kind}'; allowed: {sorted(allowed[kind])}")
+    if kind == "scale":
+        c = _positive(task, "factor", spec.get("factor", 1.0))
+        return lambda loss: loss * c
+    if kind == "power":
+        p = _positive(task, "exponent", spec.get("exponent", 1.0))
+        return lambda loss: loss.clamp_min(0.0) ** p
+    if kind == "log":
+        eps = _positive(task, "eps", spec.get("eps", 1e-8))
+        return lambda loss: torch.log(loss + eps)
+    if kind == "exp":
+        a = _positive(task, "rate", spec.get("rate", 1.0))
+        return lambda loss: torch.exp(a * loss)
+    if "fn" not in spec or resolve is None:
+        raise ConfigError(f"loss_transforms.{task}: kind 'custom' needs fn: <dotted path of a function>")
+    fn = resolve(spec["fn"])
+    check_increasing(task, fn)
+    return fn
+
+
+def check_increasing(task: str, fn: Transform) -> None:
+    """Reject a custom transform that is not finite and strictly increasing on a grid of loss values."""
+    grid = torch.logspace(-4, 2, 25, dtype=torch.float64)
+    try:
+        values = fn(grid)
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"loss_transforms.{task}: the custom fn failed on a tensor of losses: {e}") from e
+    if not isinstance(values, torch.Tensor) or values.shape != grid.shape:
+        raise ConfigError(f"loss_transforms.{task}: the custom fn must map a tensor to a tensor of the same shape")
+    if not bool(torch.isfinite(values).all()) or not bool((values[1:] > values[:-1]).all()):
+        raise ConfigError(f"loss_transforms.{task}: the custom fn is not finite and strictly increasing on losses in [1e-4, 100]")
+
+
+def build_transforms(cfg: Mapping[str, Any] | None, tasks: list[str], all_tasks: list[str],
+                     resolve: Callable[[Any], Any] | None = None) -> dict[str, Transform]:
+    """Transforms of the active tasks; naming a task the dataset lacks is an error, an inactive one is ignored."""
+    cfg = dict(cfg or {})
+    unknown = [t for t in cfg if t not in all_tasks]
+    if unknown:
+        raise ConfigError(f"loss_transforms names unknown task(s) {unknown}; the dataset's tasks are {all_tasks}")
+    return {t: make_transform(t, dict(spec), resolve) for t, spec in cfg.items() if t in tasks and spec}
+
+
+def describe(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {t: dict(spec) for t, spec in (cfg or {}).items() if spec}
