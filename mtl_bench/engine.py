@@ -273,7 +273,7 @@ class GradientEngine:
                     if g is not None:
                         accumulate_grad(p, g)
             weights = weights.detach().to(grads.dtype)
-            self.task_sink(grads * weights.unsqueeze(1), self.last_present.to(grads.device))
+            self.task_sink(grads * weights.unsqueeze(1), self.last_present)
             self._write_heads(head_grads, weights.to(detached.dtype))
             objective = objective.detach()
         elif isinstance(comb, LossWeighting):
@@ -300,7 +300,7 @@ class GradientEngine:
                 agg = comb.aggregate(grads, detached)
                 weights = self._weights(agg, detached)
                 if self.task_sink is not None:  # per-task weighted gradients instead of their aggregate
-                    self.task_sink(grads * weights.to(grads.dtype).unsqueeze(1), self.last_present.to(grads.device))
+                    self.task_sink(grads * weights.to(grads.dtype).unsqueeze(1), self.last_present)
                 else:
                     write_flat_grad(self.shared, self._rescale(self._owned(agg.direction, grads), loss_scale))
                 self._write_heads(head_grads, weights)

@@ -154,6 +154,10 @@ def build_and_train(
     if delta is not None:
         directions.update({"val/delta_m": False, "test/delta_m": False})
     sel = settings.selection
+    if sel.metric == "val/delta_m" and delta is None and delta_info.get("stl_runs"):
+        log.warning("selection metric val/delta_m is unavailable (%s); selecting on val/loss", delta_info["reason"])
+        delta_info["selection_fallback"] = {"requested": "val/delta_m", "used": "val/loss"}
+        sel.metric = "val/loss"
     selector = ModelSelector(sel.rule, sel.metric, sel.mode, sel.k, directions)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -219,5 +223,15 @@ def main(cfg: DictConfig) -> float | None:
     return None
 
 
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Accept ``+experiment=NAME`` as well as ``experiment=NAME``.
+
+    ``experiment`` is in the primary defaults list (as ``null``, the lightning-hydra-template layout), so Hydra
+    only accepts ``experiment=NAME``; the appending form ``+experiment=NAME``, which many Hydra projects
+    document, would fail with "Multiple values for experiment".  Both select the same preset here."""
+    return [a[1:] if a.startswith("+experiment=") else a for a in argv]
+
+
 if __name__ == "__main__":
+    sys.argv = normalize_argv(sys.argv)
     main()

@@ -100,6 +100,11 @@ class Trainer:
         self.transforms = dict(transforms or {})
         self.monitors = list(monitors)
         self.task_wise = bool(getattr(optimizer, "task_wise", False))
+        if self.task_wise and settings.grad_clip_norm:
+            raise ConfigError(
+                f"trainer.grad_clip_norm={settings.grad_clip_norm} cannot be used with the task-wise optimizer "
+                f"{type(optimizer).__name__}: its shared parameters receive per-task gradients, not one summed gradient to clip"
+            )
         self.engine = GradientEngine(
             self.model, self.combiner, self.task_names, [*observers, *self.monitors], settings.per_task_backward,
             task_sink=optimizer.set_task_gradients if self.task_wise else None,
@@ -402,6 +407,11 @@ class Trainer:
             head = f"selected: mean of the last {len(sel['epochs'])} evaluations (epochs {sel['epochs']})"
         else:
             head = "selected: last epoch"
+        if results.get("au"):
+            au = results["au"]
+            shares = ", ".join(f"{t} {v:.3f}" for t, v in au["mean_rau"].items())
+            head += (f"\nAU task dominance ({au['attribution']}): {au['dominated_fraction']:.3f} of the shared parameters "
+                     f"dominated (rAU > {au['threshold']}), mean rAU {shares}, normalised entropy {au['entropy']:.3f}")
         return head + "\n" + format_table(["task", "metric", "val (selected)", "test (selected)", "test (final)"], rows)
 
     def write_summary(self, status: str, **results: Any) -> dict[str, Any]:

@@ -47,7 +47,9 @@ def test_seed_multirun_gives_one_dir_summary_and_wandb_run_per_job(tmp_path):
 
 def test_stl_multirun_over_tasks_yields_one_baseline_per_task(tmp_path):
     sweep = tmp_path / "stl"
-    r = cli("-m", "mode=stl", "mode.task=t0,t1", *SMOKE, "logger=none", f"hydra.sweep.dir={sweep}")
+    # "+experiment=" (the appending spelling many Hydra projects document) selects the preset too
+    smoke = ["+experiment=smoke" if a == "experiment=smoke" else a for a in SMOKE]
+    r = cli("-m", "mode=stl", "mode.task=t0,t1", *smoke, "logger=none", f"hydra.sweep.dir={sweep}")
     assert r.returncode == 0, r.stderr
     summaries = [json.loads((d / "summary.json").read_text()) for d in jobs(sweep)]
     assert [(s["mode"], s["tasks"]) for s in summaries] == [("stl", ["t0"]), ("stl", ["t1"])]

@@ -7,6 +7,7 @@ Configured by the top-level ``delta_m`` node (``configs/train.yaml``)::
       published: null        # or an id of mtl_bench/baselines/published.yaml (test-split numbers)
       convention: per_metric # per_metric (Nash-MTL/FAMO) | per_task (LibMTL)
       allow_missing: false   # compute over the metrics that have a baseline, listing the others
+      missing_runs: error    # error | warn: STL run folders that do not exist (yet) switch Δm off with a warning
 
 With STL runs, validation metrics are compared with the STL runs' *validation* metrics and test with test.
 Published baselines are test numbers; they are used for both splits and the summary says so.  Without any
@@ -15,12 +16,16 @@ baseline Δm is not computed (the summary records why).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mtl_bench.baselines import load_published
 from mtl_bench.errors import ConfigError
 from mtl_bench.metrics.delta_m import CONVENTIONS, DeltaM, delta_m, metrics_for_split, stl_baselines_from_runs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +72,15 @@ def build_delta_m(cfg: Mapping[str, Any] | None, dataset: str, directions: Mappi
         raise ConfigError("delta_m: give either delta_m.stl_runs or delta_m.published, not both")
     keyed = {k.split("/", 1)[1]: v for k, v in directions.items() if k.startswith("val/") and k.count("/") == 2}
     keyed = {k: v for k, v in keyed.items() if not k.endswith("/loss")}
+    missing_runs = cfg.get("missing_runs", "error")
+    if missing_runs not in ("error", "warn"):
+        raise ConfigError(f"delta_m.missing_runs='{missing_runs}' is invalid; choose one of ['error', 'warn']")
+    if runs and missing_runs == "warn":
+        absent = [str(p) for p in runs if not Path(str(p)).exists()]
+        if absent:
+            reason = f"STL runs not found at {absent} (delta_m.missing_runs=warn): run the STL baselines first"
+            log.warning("Δm is off: %s", reason)
+            return None, {"enabled": False, "reason": reason, "stl_runs": [str(p) for p in runs]}
     if runs:
         per_split = {split: stl_baselines_from_runs(runs, split=split) for split in ("val", "test")}
         datasets = set(per_split["test"].datasets.values())
