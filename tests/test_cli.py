@@ -89,3 +89,16 @@ def test_a_failing_job_does_not_lose_the_other_jobs(tmp_path):
     assert "optimizer.lr must be positive" in r.stdout + r.stderr
     done = [d for d in jobs(sweep) if (d / "summary.json").exists()]
     assert [d.name.split("_")[0] for d in done] == ["1"]
+
+
+def test_elich_optimizers_small_grid_records_optimizer_lr_and_combiner(tmp_path):
+    sweep = tmp_path / "elich"
+    r = cli("-m", "+experiment=elich_optimizers", "optimizer=adam,signsgd", "combiner=ew", "optimizer.lr=0.01", "seed=0",
+            "trainer.epochs=1", "trainer.max_steps_per_epoch=3", "dataset.n_train=256", "dataset.n_val=64", "dataset.n_test=64",
+            "logger=none", f"paths.output_root={tmp_path}", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr
+    summaries = [json.loads((d / "summary.json").read_text()) for d in jobs(sweep)]
+    got = [(s["optimizer"]["choice"], s["optimizer"]["lr"], s["optimizer"]["weight_decay"], s["combiner"]["name"]) for s in summaries]
+    assert got == [("adam", 0.01, 1e-5, "ew"), ("signsgd", 0.01, 1e-5, "ew")]
+    # no STL baselines under this output root: Δm is off with a reason and selection falls back to val/loss
+    assert all(s["delta_m"]["selection_fallback"] == {"requested": "val/delta_m", "used": "val/loss"} for s in summaries)
