@@ -190,6 +190,10 @@ class Trainer:
             self.scaler.scale(stacked)  # initialises the scaler's state on first use (the product is unused)
             scale = float(self.scaler.get_scale())
         result = self.engine.backward(losses, self.global_step, rep=rep, loss_scale=scale, leaves=leaves)
+        for m in self.monitors:  # diagnostics with their own passes over the batch (e.g. per-sample gradients)
+            observe_batch = getattr(m, "observe_batch", None)
+            if observe_batch is not None:
+                observe_batch(self.global_step, x, targets)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.settings.grad_clip_norm:
