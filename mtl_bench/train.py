@@ -64,7 +64,26 @@ def resolve_function(path: Any) -> Callable:
         raise ConfigError(f"cannot import function '{path}': {e}") from e
 
 
+def aux_roles(mode: DictConfig, benchmark: Benchmark) -> tuple[list[str], list[str]]:
+    """(targets, auxiliaries) of an auxiliary-task mode, validated against the dataset's tasks."""
+    names = list(benchmark.tasks)
+    targets = list(mode.targets or [])
+    if not targets:
+        raise ConfigError(f"mode={mode.name} needs mode.targets=[<task>, ...]; dataset '{benchmark.name}' has tasks {names}")
+    aux = list(mode.auxiliaries) if mode.auxiliaries is not None else [t for t in names if t not in targets]
+    unknown = [t for t in [*targets, *aux] if t not in names]
+    if unknown:
+        raise ConfigError(f"task(s) {unknown} not in dataset '{benchmark.name}'; its tasks are {names}")
+    both = [t for t in aux if t in targets]
+    if both:
+        raise ConfigError(f"task(s) {both} are both targets and auxiliaries")
+    return targets, aux
+
+
 def active_task_names(mode: DictConfig, benchmark: Benchmark) -> list[str] | None:
+    if mode.name in ("aux", "forkmerge"):
+        targets, aux = aux_roles(mode, benchmark)
+        return [*targets, *aux]
     if mode.name == "stl":
         if mode.task is None:
             raise ConfigError(
@@ -138,6 +157,10 @@ def build_and_train(
     if not isinstance(combiner, Combiner):
         raise ConfigError(f"combiner._target_ must build a Combiner; registered combiners: {sorted(COMBINERS)}")
     combiner.setup(list(tasks))
+    targets = aux_roles(cfg.mode, benchmark)[0] if cfg.mode.name in ("aux", "forkmerge") else list(tasks)
+    set_roles = getattr(combiner, "set_roles", None)
+    if set_roles is not None:  # auxiliary-aware combiners (GCS, OL_AUX, ...) need to know the targets
+        set_roles(targets)
     combiner.to(device)
     optimizer = build_optimizer(instantiate_checked(cfg.optimizer, "optimizer"), model, combiner)
     sched_target = cfg.scheduler.get("_target_") if cfg.scheduler is not None else None
@@ -149,8 +172,19 @@ def build_and_train(
         au = AUMonitor(au_cfg.get("every_n_steps", 10), au_cfg.get("decay", 0.99), au_cfg.get("threshold", 0.9))
         au.setup(optimizer, model.shared_named_parameters(), list(tasks))
         monitors.append(au)
-    directions = metric_directions(tasks)
-    delta, delta_info = build_delta_m(cfg.get("delta_m"), benchmark.name, directions)
+    conf_cfg = (cfg.get("diagnostics") or {}).get("conflicts") or {}
+    if conf_cfg.get("enabled"):
+        from mtl_bench.diagnostics.conflicts import ConflictProbe
+
+        options = {k: v for k, v in conf_cfg.items() if k != "enabled"}
+        probe = instantiate_checked({"_target_": "mtl_bench.diagnostics.conflicts.ConflictProbe", **options}, "diagnostics.conflicts")
+        assert isinstance(probe, ConflictProbe)
+        probe.setup(model, tasks, model.shared_named_parameters(), transforms=transforms, combiner=combiner, optimizer=optimizer)
+        monitors.append(probe)
+    directions = metric_directions(tasks, aux=len(targets) < len(tasks))
+    # Δm compares the targets with their STL baselines (all tasks outside auxiliary-task learning)
+    target_directions = metric_directions({t: tasks[t] for t in targets})
+    delta, delta_info = build_delta_m(cfg.get("delta_m"), benchmark.name, target_directions)
     if delta is not None:
         directions.update({"val/delta_m": False, "test/delta_m": False})
     sel = settings.selection
@@ -168,6 +202,8 @@ def build_and_train(
         "experiment": cfg.experiment_name,
         "mode": cfg.mode.name,
         "tasks": list(tasks),
+        "targets": targets,
+        "auxiliaries": [t for t in tasks if t not in targets],
         "dataset": {"name": benchmark.name, **benchmark.info},
         "combiner": combiner.describe(),
         "optimizer": {"choice": choices.get("optimizer"), "class": type(optimizer).__name__,
@@ -195,7 +231,7 @@ def build_and_train(
         model=model, benchmark=benchmark, tasks=tasks, combiner=combiner, optimizer=optimizer,
         scheduler=scheduler, settings=settings, selector=selector, logger=logger, output_dir=output_dir,
         device=device, seed=cfg.seed, run_info=run_info, observers=observers, delta=delta, transforms=transforms,
-        monitors=monitors,
+        monitors=monitors, targets=targets, post_train_epochs=int(cfg.mode.get("post_train_epochs", 0) or 0),
     )
     exit_code = 1
     try:

@@ -27,7 +27,7 @@ from mtl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from mtl_bench.combiners.base import Combiner
 from mtl_bench.config.schema import TrainerConf
 from mtl_bench.data.base import Benchmark, make_loader
-from mtl_bench.engine import GradientEngine, GradientObserver
+from mtl_bench.engine import GradientEngine, GradientObserver, StepResult
 from mtl_bench.errors import ConfigError, NonFiniteLossError
 from mtl_bench.loggers.run_logger import RunLogger
 from mtl_bench.metrics.delta_tracking import DeltaMSpec
@@ -42,11 +42,14 @@ log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
-def metric_directions(tasks: Mapping[str, Task], splits: Sequence[str] = ("val", "test")) -> dict[str, bool]:
-    """``{"<split>/<task>/<metric>": higher_is_better}`` for every logged evaluation key."""
+def metric_directions(tasks: Mapping[str, Task], splits: Sequence[str] = ("val", "test"), aux: bool = False) -> dict[str, bool]:
+    """``{"<split>/<task>/<metric>": higher_is_better}`` for every logged evaluation key (``<split>/loss`` is
+    the sum of the target tasks' losses; ``<split>/aux_loss`` that of the auxiliaries in aux mode)."""
     out: dict[str, bool] = {}
     for split in splits:
         out[f"{split}/loss"] = False
+        if aux:
+            out[f"{split}/aux_loss"] = False
         for name, task in tasks.items():
             out[f"{split}/{name}/loss"] = False
             for metric, higher in task.higher_is_better.items():
@@ -75,6 +78,8 @@ class Trainer:
         delta: DeltaMSpec | None = None,
         transforms: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
         monitors: Sequence[Any] = (),
+        targets: Sequence[str] | None = None,
+        post_train_epochs: int = 0,
     ):
         self.model = model.to(device)
         if settings.channels_last:
@@ -86,6 +91,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype is torch.float16 else None
         self.tasks = dict(tasks)
         self.task_names = list(self.tasks)
+        # auxiliary-task learning: only the targets count for selection, Δm and reporting
+        self.targets = list(targets) if targets is not None else list(self.task_names)
+        self.auxiliaries = [t for t in self.task_names if t not in self.targets]
+        if not 0 <= post_train_epochs < settings.epochs:
+            raise ConfigError(f"mode.post_train_epochs={post_train_epochs} must lie in [0, trainer.epochs={settings.epochs})")
+        self.post_train_epochs = post_train_epochs
         self.combiner = combiner.to(device)
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -132,7 +143,7 @@ class Trainer:
             split: make_loader(benchmark.splits[split], eval_bs, shuffle=False, num_workers=settings.num_workers, pin_memory=pin)
             for split in ("val", "test")
         }
-        self.directions = metric_directions(self.tasks)
+        self.directions = metric_directions(self.tasks, aux=bool(self.auxiliaries))
         if delta is not None:
             self.directions.update({"val/delta_m": False, "test/delta_m": False})
         self._t0 = time.monotonic()
@@ -189,7 +200,13 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.scale(stacked)  # initialises the scaler's state on first use (the product is unused)
             scale = float(self.scaler.get_scale())
-        result = self.engine.backward(losses, self.global_step, rep=rep, loss_scale=scale, leaves=leaves)
+        if self.in_post_training:  # fine-tune on the targets alone: Σ_targets L_t, one backward, no combiner
+            objective = sum(losses[t] for t in self.targets)
+            (objective * (scale or 1.0)).backward()
+            weights = torch.tensor([1.0 if t in self.targets else 0.0 for t in self.task_names], device=stacked.device)
+            result = StepResult(objective.detach(), weights, None, None)
+        else:
+            result = self.engine.backward(losses, self.global_step, rep=rep, loss_scale=scale, leaves=leaves)
         for m in self.monitors:  # diagnostics with their own passes over the batch (e.g. per-sample gradients)
             observe_batch = getattr(m, "observe_batch", None)
             if observe_batch is not None:
@@ -215,6 +232,10 @@ class Trainer:
         self.combiner.after_step(post)
         self.global_step += 1
         return stacked, result
+
+    @property
+    def in_post_training(self) -> bool:
+        return self.post_train_epochs > 0 and self.epoch > self.settings.epochs - self.post_train_epochs
 
     def task_losses(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {t: self.tasks[t].loss(outputs[t], targets[t]) for t in self.task_names}
@@ -274,7 +295,9 @@ class Trainer:
         for t, value in zip(self.task_names, (loss_sums / max(n, 1)).tolist()):
             out[f"{split}/{t}/loss"] = value
             out.update({f"{split}/{t}/{m}": v for m, v in meters[t].compute().items()})
-        out[f"{split}/loss"] = sum(out[f"{split}/{t}/loss"] for t in self.task_names)
+        out[f"{split}/loss"] = sum(out[f"{split}/{t}/loss"] for t in self.targets)
+        if self.auxiliaries:
+            out[f"{split}/aux_loss"] = sum(out[f"{split}/{t}/loss"] for t in self.auxiliaries)
         if self.delta is not None:
             out.update(self.delta.record(split, out))
         return out
@@ -394,8 +417,10 @@ class Trainer:
         rows = []
         sel, fin = results["selected"], results["final"]
         for t in self.task_names:
+            label = t if t in self.targets or not self.auxiliaries else f"{t} (aux)"
             for metric, higher in [("loss", False), *self.tasks[t].higher_is_better.items()]:
-                rows.append([t, metric, higher, sel.get(f"val/{t}/{metric}"), sel.get(f"test/{t}/{metric}"), fin.get(f"test/{t}/{metric}")])
+                rows.append([label, metric, higher, sel.get(f"val/{t}/{metric}"), sel.get(f"test/{t}/{metric}"),
+                             fin.get(f"test/{t}/{metric}")])
         return rows
 
     def results_table(self, results: Mapping[str, Any]) -> str:

@@ -230,3 +230,13 @@ def test_without_baselines_delta_m_is_off_and_says_why(make_cfg):
     summary = build_and_train(make_cfg())
     assert summary["delta_m"] == {"enabled": False, "reason": "no baselines configured (delta_m.stl_runs or delta_m.published)"}
     assert "test/delta_m" not in summary["selected"]
+
+
+def test_conflict_probe_through_the_config_writes_statistics_and_plots(make_cfg, tmp_path):
+    summary = build_and_train(make_cfg("diagnostics.conflicts.enabled=true", "diagnostics.conflicts.every_n_steps=2",
+                                       "dataset.label_scales=[1.0,10.0]"), output_dir=tmp_path / "r")
+    c = summary["conflicts"]["all_epochs"]
+    assert c["inter_task"]["mag_sim"]["mean"] < c["inter_sample"]["mag_sim"]["mean"]  # loss x100 on t1
+    assert (tmp_path / "r" / "conflicts_epochs.png").exists() and (tmp_path / "r" / "conflicts_layers.png").exists()
+    rec = [r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if r["type"] == "epoch"][-1]
+    assert "conflict/inter_task/cos/all/mean" in rec and "conflict/inter_sample/mag_sim/encoder.net.0.weight/p97.5" in rec

@@ -64,6 +64,34 @@ class STLModeConf:
 
 
 @dataclass
+class AuxModeConf:
+    """Auxiliary-task learning: only ``targets`` count for model selection, Δm and reported results."""
+
+    name: str = "aux"
+    targets: List[str] = field(default_factory=list)  # required: the target task(s)
+    auxiliaries: Optional[List[str]] = None  # None: every other task of the dataset
+    post_train_epochs: int = 0  # the last N epochs fine-tune on the targets alone ("post-training")
+
+
+@dataclass
+class ForkMergeModeConf:
+    """ForkMerge (Jiang et al., NeurIPS 2023): fork into branches with different task weights, merge by a
+    search on the targets' validation score."""
+
+    name: str = "forkmerge"
+    targets: List[str] = field(default_factory=list)
+    auxiliaries: Optional[List[str]] = None
+    branches: List[Any] = field(default_factory=lambda: [[], "all"])  # auxiliaries per branch ([] = target only)
+    topk: Optional[List[int]] = None  # ranking phase: branch b = targets + the top-k_b auxiliaries
+    ranking_epochs: int = 1  # epochs per auxiliary in the ranking phase (topk only)
+    merge_every: int = 1  # merge period Δt
+    merge_unit: str = "epochs"  # epochs | steps
+    search: str = "greedy"  # greedy (official normalised scheme) | lambda (plain λ grid, 2 branches)
+    grid: List[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    prune_to: Optional[int] = None  # keep the top-N branches (by merge weight) after the first merge
+
+
+@dataclass
 class WandbLoggerConf:
     name: str = "wandb"
     project: str = "mtl_bench"
@@ -133,7 +161,7 @@ class SGDConf(_OptimizerBase):
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "schema/trainer": {"default": TrainerConf},
-    "schema/mode": {"mtl": MTLModeConf, "stl": STLModeConf},
+    "schema/mode": {"mtl": MTLModeConf, "stl": STLModeConf, "aux": AuxModeConf, "forkmerge": ForkMergeModeConf},
     "schema/logger": {"wandb": WandbLoggerConf, "none": NoLoggerConf},
     "schema/dataset": {"synthetic": SyntheticDatasetConf},
     "schema/optimizer": {"adam": AdamConf, "adamw": AdamWConf, "sgd": SGDConf},

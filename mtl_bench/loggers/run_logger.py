@@ -83,7 +83,7 @@ class _WandbSink:
             self.run.define_metric("global_step")
             self.run.define_metric("epoch")
             self.run.define_metric("train/*", step_metric="global_step")
-            for prefix in ("train_epoch", "val", "test", "time", "selected"):
+            for prefix in ("train_epoch", "val", "test", "time", "selected", "au", "conflict"):
                 self.run.define_metric(f"{prefix}/*", step_metric="epoch")
             for key, higher in settings.summary_directions.items():
                 self.run.define_metric(key, step_metric="epoch", summary="max" if higher else "min")
