@@ -9,6 +9,7 @@ and task.  Both exit non-zero; in a multirun the failing job is reported and the
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -33,6 +34,7 @@ from mtl_bench.engine import GradientObserver
 from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError
 from mtl_bench.diagnostics.au import AUMonitor
 from mtl_bench.loggers.run_logger import RunLogger, WandbSettings
+from mtl_bench.forkmerge import ForkMerge
 from mtl_bench.loss_transforms import build_transforms
 from mtl_bench.loss_transforms import describe as describe_transforms
 from mtl_bench.metrics.delta_tracking import build_delta_m
@@ -64,13 +66,16 @@ def resolve_function(path: Any) -> Callable:
         raise ConfigError(f"cannot import function '{path}': {e}") from e
 
 
-def aux_roles(mode: DictConfig, benchmark: Benchmark) -> tuple[list[str], list[str]]:
-    """(targets, auxiliaries) of an auxiliary-task mode, validated against the dataset's tasks."""
+def aux_roles(mode: DictConfig, benchmark: Benchmark, defaults: DictConfig | None = None) -> tuple[list[str], list[str]]:
+    """(targets, auxiliaries) of an auxiliary-task mode, validated against the dataset's tasks; unset mode
+    fields fall back to the top-level ``aux_targets`` / ``aux_auxiliaries`` (the aux_method bundles)."""
     names = list(benchmark.tasks)
-    targets = list(mode.targets or [])
+    fallback = defaults if defaults is not None else {}
+    targets = list(mode.targets or fallback.get("aux_targets") or [])
     if not targets:
         raise ConfigError(f"mode={mode.name} needs mode.targets=[<task>, ...]; dataset '{benchmark.name}' has tasks {names}")
-    aux = list(mode.auxiliaries) if mode.auxiliaries is not None else [t for t in names if t not in targets]
+    given_aux = mode.auxiliaries if mode.auxiliaries is not None else fallback.get("aux_auxiliaries")
+    aux = list(given_aux) if given_aux is not None else [t for t in names if t not in targets]
     unknown = [t for t in [*targets, *aux] if t not in names]
     if unknown:
         raise ConfigError(f"task(s) {unknown} not in dataset '{benchmark.name}'; its tasks are {names}")
@@ -80,11 +85,13 @@ def aux_roles(mode: DictConfig, benchmark: Benchmark) -> tuple[list[str], list[s
     return targets, aux
 
 
-def active_task_names(mode: DictConfig, benchmark: Benchmark) -> list[str] | None:
+def active_task_names(mode: DictConfig, benchmark: Benchmark, defaults: DictConfig | None = None) -> list[str] | None:
     if mode.name in ("aux", "forkmerge"):
-        targets, aux = aux_roles(mode, benchmark)
+        targets, aux = aux_roles(mode, benchmark, defaults)
         return [*targets, *aux]
     if mode.name == "stl":
+        if mode.task is None and defaults is not None and defaults.get("aux_targets"):
+            return [defaults.aux_targets[0]]
         if mode.task is None:
             raise ConfigError(
                 f"mode=stl needs mode.task=<task>; dataset '{benchmark.name}' has tasks {list(benchmark.tasks)}"
@@ -149,7 +156,7 @@ def build_and_train(
     seed_everything(cfg.seed)
 
     benchmark: Benchmark = instantiate_checked(cfg.dataset, "dataset")
-    tasks = benchmark.select_tasks(active_task_names(cfg.mode, benchmark))
+    tasks = benchmark.select_tasks(active_task_names(cfg.mode, benchmark, cfg))
     encoder_factory = instantiate_checked(cfg.backbone, "backbone")
     model = build_model(encoder_factory, head_factories(cfg.heads, list(tasks), list(benchmark.tasks)), tasks, benchmark.input_shape)
     model.to(device)
@@ -157,7 +164,7 @@ def build_and_train(
     if not isinstance(combiner, Combiner):
         raise ConfigError(f"combiner._target_ must build a Combiner; registered combiners: {sorted(COMBINERS)}")
     combiner.setup(list(tasks))
-    targets = aux_roles(cfg.mode, benchmark)[0] if cfg.mode.name in ("aux", "forkmerge") else list(tasks)
+    targets = aux_roles(cfg.mode, benchmark, cfg)[0] if cfg.mode.name in ("aux", "forkmerge") else list(tasks)
     set_roles = getattr(combiner, "set_roles", None)
     if set_roles is not None:  # auxiliary-aware combiners (GCS, OL_AUX, ...) need to know the targets
         set_roles(targets)
@@ -204,6 +211,8 @@ def build_and_train(
         "tasks": list(tasks),
         "targets": targets,
         "auxiliaries": [t for t in tasks if t not in targets],
+        "aux_method": choices.get("aux_method"),
+        "post_train_epochs": int(cfg.mode.get("post_train_epochs", 0) or 0),
         "dataset": {"name": benchmark.name, **benchmark.info},
         "combiner": combiner.describe(),
         "optimizer": {"choice": choices.get("optimizer"), "class": type(optimizer).__name__,
@@ -231,11 +240,34 @@ def build_and_train(
         model=model, benchmark=benchmark, tasks=tasks, combiner=combiner, optimizer=optimizer,
         scheduler=scheduler, settings=settings, selector=selector, logger=logger, output_dir=output_dir,
         device=device, seed=cfg.seed, run_info=run_info, observers=observers, delta=delta, transforms=transforms,
-        monitors=monitors, targets=targets, post_train_epochs=int(cfg.mode.get("post_train_epochs", 0) or 0),
+        monitors=monitors, targets=targets,
+        post_train_epochs=int(cfg.mode.get("post_train_epochs", 0) or 0),
     )
     exit_code = 1
     try:
-        summary = trainer.fit()
+        if cfg.mode.name == "forkmerge":
+            initial = copy.deepcopy(model.state_dict())
+
+            def make_branch(name: str, auxiliaries: list[str]) -> Trainer:
+                """A full copy of the model with its own optimizer/scheduler, trained on targets + ``auxiliaries``."""
+                branch_model = copy.deepcopy(model)
+                branch_model.load_state_dict(initial)
+                weights = {t: (1.0 if t in targets or t in auxiliaries else 0.0) for t in tasks}
+                branch_comb = COMBINERS["fixed"](weights=weights)
+                branch_comb.setup(list(tasks))
+                branch_opt = build_optimizer(instantiate_checked(cfg.optimizer, "optimizer"), branch_model, branch_comb)
+                branch_sched = build_scheduler(instantiate_checked(cfg.scheduler, "scheduler") if sched_target else None, branch_opt)
+                branch_dir = output_dir / "branches" / name
+                return Trainer(
+                    model=branch_model, benchmark=benchmark, tasks=tasks, combiner=branch_comb, optimizer=branch_opt,
+                    scheduler=branch_sched, settings=copy.deepcopy(settings),
+                    selector=ModelSelector("last", "val/loss", "auto", 1, directions), logger=RunLogger(branch_dir, {}),
+                    output_dir=branch_dir, device=device, seed=cfg.seed, delta=delta, transforms=transforms, targets=targets,
+                )
+
+            summary = ForkMerge(trainer, make_branch, cfg.mode).fit()
+        else:
+            summary = trainer.fit()
         exit_code = 0
     finally:
         logger.finish(exit_code)

@@ -349,13 +349,7 @@ class Trainer:
                         self.scheduler.step()
                     record: dict[str, float] = {f"train_epoch/{t}/loss": v for t, v in train_losses.items()}
                     if epoch % s.eval_every == 0 or epoch == s.epochs:
-                        val = self.evaluate("val")
-                        record.update(val)
-                        if self.selector.needs_test_each_eval:
-                            record.update(self.evaluate("test"))
-                        if self.selector.update(epoch, {k: v for k, v in record.items() if k.startswith(("val/", "test/"))}):
-                            self.best_val = val
-                            self._save_best(val)
+                        val = self.evaluate_and_select(epoch, record)
                         log.info("epoch %d/%d  %s  (train %.1fs)", epoch, s.epochs, self._brief(val), train_time)
                     for m in self.monitors:
                         record.update(m.epoch_record(epoch))
@@ -371,6 +365,21 @@ class Trainer:
             self.logger.log_event("error", {"error": str(e), "global_step": e.step, "epoch": e.epoch, "task": e.task})
             self.write_summary("diverged", error=str(e), failed_step=e.step, failed_task=e.task)
             raise
+        return self.finish(results)
+
+    def evaluate_and_select(self, epoch: int, record: dict[str, float]) -> dict[str, float]:
+        """Validate (and test where the rule needs it) into ``record``, update the selector, keep the best."""
+        val = self.evaluate("val")
+        record.update(val)
+        if self.selector.needs_test_each_eval:
+            record.update(self.evaluate("test"))
+        if self.selector.update(epoch, {k: v for k, v in record.items() if k.startswith(("val/", "test/"))}):
+            self.best_val = val
+            self._save_best(val)
+        return val
+
+    def finish(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Write summary.json and the results table (local and W&B)."""
         summary = self.write_summary("completed", **results)
         self.logger.set_summary({f"selected/{k}": v for k, v in results["selected"].items()})
         rows = self.results_rows(results)

@@ -30,13 +30,22 @@ NAMES = sorted(COMBINERS)
 DISTINCT = {
     "fixed": {"weights": [1.0, 0.5, 2.0]},
     "ls": {"point": 3},
+    "aux_weight": {"weight": 0.3},  # λ = 1 is EW
+    "ol_aux": {"beta": 0.5, "update_every": 1},  # weights start at 1 (EW) and adapt from the first step
 }
+
+
+# auxiliary-task combiners need target/auxiliary roles (mode=aux); in these tests task "a" is the target
+AUX = {name for name, cls in COMBINERS.items() if hasattr(cls, "set_roles")}
 
 
 def make(name: str, **overrides):
     cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
     cfg = OmegaConf.merge(cfg, overrides)
-    return instantiate(cfg)
+    comb = instantiate(cfg)
+    if name in AUX:
+        comb.set_roles(["a"])
+    return comb
 
 
 def distinct(name: str):
@@ -62,7 +71,8 @@ def test_method_cites_its_paper_and_states_its_scale(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_method_trains_the_synthetic_benchmark(name, make_cfg):
-    summary = build_and_train(make_cfg(f"combiner={name}", "trainer.epochs=1", "dataset.num_tasks=3"))
+    roles = ["mode=aux", "mode.targets=[t0]"] if name in AUX else []
+    summary = build_and_train(make_cfg(f"combiner={name}", "trainer.epochs=1", "dataset.num_tasks=3", *roles))
     assert summary["status"] == "completed" and summary["combiner"]["name"] == name
     assert all(math.isfinite(summary["final"][f"test/{t}/mse"]) for t in ("t0", "t1", "t2"))
 

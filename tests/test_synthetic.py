@@ -89,3 +89,31 @@ def test_invalid_settings_raise_one_line_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match) as info:
         build_synthetic(**{"n_train": 8, "n_val": 4, "n_test": 4, **kwargs})
     assert "\n" not in str(info.value)
+
+
+def _lstsq_fit(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Least-squares weights of y on x and the R² of the fit."""
+    w = torch.linalg.lstsq(x, y).solution.squeeze(1)
+    resid = y.squeeze(1) - x @ w
+    return w, 1.0 - float(resid.var() / y.var())
+
+
+def test_synthetic_aux_tasks_have_the_relations_they_are_named_for():
+    from mtl_bench.data.synthetic_aux import build_synthetic_aux
+
+    bench = build_synthetic_aux(n_train=8, n_val=8, n_test=8192, helpful_correlation=0.8, harmful_scale=5.0)
+    test = bench.splits["test"]
+    x = test.inputs.double()
+    fits = {t: _lstsq_fit(x, test.targets[t].double()) for t in ("target", "helpful", "noise", "harmful")}
+    cos = torch.nn.functional.cosine_similarity
+    # the target's linear direction (Stein: E[x f(uᵀx)] ∝ u for Gaussian x) vs the helpful factor: cosine ρ
+    assert float(cos(fits["helpful"][0], fits["target"][0], dim=0)) == pytest.approx(0.8, abs=0.03)
+    assert fits["helpful"][1] > 0.95  # a clean linear latent factor
+    assert fits["noise"][1] < 0.03  # independent of x (R² of pure noise on 50 inputs ≈ 50 / 8192)
+    assert abs(float(cos(fits["harmful"][0], fits["target"][0], dim=0))) < 0.05  # an orthogonal direction
+    ratio = float(test.targets["harmful"].std() / test.targets["target"].std())
+    assert ratio == pytest.approx(5.0, rel=0.1)  # the same generator along u_3, scaled
+    # splits come from separate streams: resizing validation leaves train and test unchanged
+    other = build_synthetic_aux(n_train=8, n_val=64, n_test=8192, helpful_correlation=0.8, harmful_scale=5.0)
+    assert torch.equal(other.splits["test"].inputs, test.inputs)
+    assert torch.equal(other.splits["train"].targets["target"], bench.splits["train"].targets["target"])

@@ -4,7 +4,9 @@ Built on the MMoE generator (:mod:`mtl_bench.data.synthetic`): inputs ``x ~ N(0,
 ``y = wᵀx + Σ_j sin(α_j wᵀx + β_j) + ε``, with
 
 * ``target`` — weight vector ``u_1`` (the task we care about; few training samples, so help matters);
-* ``helpful`` — ``ρ u_1 + sqrt(1 − ρ²) u_2`` (cosine ``helpful_correlation`` with the target): sharing helps;
+* ``helpful`` — the latent factor ``w_hᵀx`` (+ noise) along ``w_h = ρ u_1 + sqrt(1 − ρ²) u_2`` (cosine
+  ``helpful_correlation`` with the target's direction): a simpler, related signal that points the shared
+  representation at the feature the target needs — sharing helps when target data are scarce;
 * ``noise`` — labels are pure noise ``N(0, noise_scale²)``, independent of x: irrelevant, it only adds
   gradient noise to the shared layers;
 * ``harmful`` — an orthogonal direction ``u_3`` with labels ×``harmful_scale`` (loss ×``harmful_scale²``):
@@ -57,7 +59,8 @@ def build_synthetic_aux(
     for key, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if n < 1:
             raise ConfigError(f"dataset.{key} must be >= 1, got {n}")
-    gen = torch.Generator().manual_seed(int(seed))
+    # the task directions and the splits come from separate streams: resizing one split leaves the others as they are
+    gen = torch.Generator().manual_seed(4 * int(seed))
     q, r = torch.linalg.qr(torch.randn(input_dim, 3, generator=gen, dtype=torch.float64))
     u = q * torch.sign(torch.diagonal(r))
     rho = float(helpful_correlation)
@@ -69,13 +72,16 @@ def build_synthetic_aux(
     alpha = torch.randn(num_sin, generator=gen, dtype=torch.float64)
     beta = torch.randn(num_sin, generator=gen, dtype=torch.float64)
     splits = {}
-    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+    for i, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test)), start=1):
+        gen = torch.Generator().manual_seed(4 * int(seed) + i)
         x = torch.randn(n, input_dim, generator=gen, dtype=torch.float64)
         labels = {}
         for t in AUX_TASKS:
             eps = noise_std * torch.randn(n, generator=gen, dtype=torch.float64)
             if t == "noise":
                 y = noise_scale * torch.randn(n, generator=gen, dtype=torch.float64)
+            elif t == "helpful":
+                y = x @ weights[t] + eps
             else:
                 proj = x @ weights[t]
                 y = proj + torch.sin(proj.unsqueeze(-1) * alpha + beta).sum(-1) + eps

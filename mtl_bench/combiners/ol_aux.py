@@ -1,0 +1,80 @@
+"""OL-AUX: online adaptation of auxiliary weights by the alignment of auxiliary and target gradients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mtl_bench.combiners.base import GramianWeighting
+from mtl_bench.combiners.registry import register
+from mtl_bench.errors import ConfigError
+
+
+@register("ol_aux")
+class OnlineAuxiliaryWeighting(GramianWeighting):
+    """OL-AUX (Lin, Baweja, Kantor, Held, "Adaptive Auxiliary Task Weighting for Reinforcement Learning",
+    NeurIPS 2019), in the form the ForkMerge code base uses as a baseline (``OLAUX.py`` of
+    ``thuml/ForkMerge``): auxiliary weights start at 1; every step the similarity s_a between auxiliary a's
+    gradient and the (summed) target gradient is accumulated as β·s_a, and every ``update_every`` steps the
+    accumulated amount is added to w_a (targets keep weight 1).  The update is g_T + Σ_a w_a g_a.
+
+    ``similarity="cos"`` is what the ForkMerge code does (cosine); ``"dot"`` is the paper's first-order rule
+    (the gradient of the target loss w.r.t. w_a after one step is −lr·g_T·g_a, i.e. the dot product, absorbed
+    in β).  As in that code the weights are not clipped (an auxiliary can end up with a negative weight).
+    Defaults: β = 1e-4 and 5 steps, the ForkMerge scripts' values.
+
+    Scale convention: sum (targets weight 1).  Roles from ``mode=aux``/``forkmerge``.  State: weights,
+    accumulator and step counter (buffers).
+    """
+
+    scale = "sum"
+
+    def __init__(self, beta: float = 1e-4, update_every: int = 5, similarity: str = "cos", grad_source: str | None = None):
+        super().__init__(grad_source)
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
+            raise ConfigError(f"combiner.beta must be a non-negative number, got {beta!r}")
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ConfigError(f"combiner.update_every must be a positive integer, got {update_every!r}")
+        if similarity not in ("cos", "dot"):
+            raise ConfigError(f"combiner.similarity='{similarity}' is invalid; choose one of ['cos', 'dot']")
+        self.beta, self.update_every, self.similarity = float(beta), update_every, similarity
+        self.targets: list[str] | None = None
+        self.register_buffer("aux_weights", torch.empty(0, dtype=torch.float64))
+        self.register_buffer("accumulated", torch.empty(0, dtype=torch.float64))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def setup(self, task_names: list[str]) -> None:
+        keep = list(task_names) == self.task_names and self.aux_weights.numel() == len(task_names)
+        super().setup(task_names)
+        if not keep:
+            device = self.aux_weights.device
+            self.aux_weights = torch.ones(self.num_tasks, dtype=torch.float64, device=device)
+            self.accumulated = torch.zeros(self.num_tasks, dtype=torch.float64, device=device)
+            self.steps = torch.zeros((), dtype=torch.long, device=device)
+
+    def set_roles(self, targets: list[str]) -> None:
+        self.targets = list(targets)
+
+    def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        if self.targets is None:
+            raise ConfigError("combiner 'ol_aux' needs target and auxiliary tasks: use mode=aux mode.targets=[...]")
+        gram = gramian.detach().to(self.accumulated)
+        is_target = torch.tensor([t in self.targets for t in self.task_names], device=gram.device)
+        sel = is_target.to(gram.dtype)
+        sim = gram @ sel  # g_a · g_T
+        if self.similarity == "cos":
+            denom = gram.diagonal().clamp_min(0).sqrt() * (sel @ gram @ sel).clamp_min(0).sqrt()
+            sim = torch.where(denom > 0, sim / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(sim))
+        # weights used at this step, then the online update (applied every update_every steps, as the code does)
+        weights = torch.where(is_target, torch.ones_like(self.aux_weights), self.aux_weights)
+        self.accumulated += torch.where(is_target, torch.zeros_like(sim), self.beta * sim)
+        self.steps += 1
+        if int(self.steps) % self.update_every == 0:
+            self.aux_weights += self.accumulated
+            self.accumulated.zero_()
+        return weights.to(device=gramian.device, dtype=gramian.dtype)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "beta": self.beta, "update_every": self.update_every, "similarity": self.similarity,
+                "targets": self.targets}

@@ -1,0 +1,268 @@
+"""ForkMerge (Jiang, Chen, Pan, Wang, Liu, Jiang, Long, "ForkMerge: Mitigating Negative Transfer in
+Auxiliary-Task Learning", NeurIPS 2023; official code ``thuml/ForkMerge`` and TL-Library's ``ATL`` branch).
+
+Every merge period the current parameters θ are *forked* into branches, each a full copy of the model with
+its own optimizer and LR-schedule state, trained for Δt (``merge_every`` epochs or steps) on the targets plus a
+subset of the auxiliaries (equal weights on the included tasks); the branches are then *merged*,
+θ ← Σ_b Λ_b θ_b, with Λ on the simplex searched on the **targets' validation score** (the run's selection
+metric, by default the sum of the target losses), and every branch restarts from the merged θ (its optimizer
+state carries over, as in the official code).  With a target-only branch and a joint branch, Λ is a per-period,
+validation-tuned auxiliary weight: a harmful auxiliary gets weight 0.
+
+* Branches (``branches``): lists of auxiliaries per branch (``[]`` = target only, ``"all"`` = all auxiliaries);
+  default target-only + target-and-all, the paper's two-branch setting.  ``topk`` instead runs a ranking phase
+  (target + each auxiliary alone for ``ranking_epochs`` from the initial weights, ranked by validation score)
+  and builds branch b from the top-``topk[b]`` auxiliaries.
+* Search (``search``): ``greedy`` — the official normalised greedy scheme (branches ranked by their own
+  validation score; the best gets Λ = 1, each next one tries Λ_b = a · mean(Λ so far) for a in ``grid``, the
+  whole Λ renormalised, kept if it beats the best score seen so far in this merge); ``lambda`` — a plain grid
+  θ(λ) = (1 − λ) θ_0 + λ θ_1 over λ ∈ ``grid`` (two branches).  With two branches the greedy scheme can only
+  give the weaker branch a/(1 + a) ≤ ½; the λ grid reaches every point.
+* Merging averages every floating-point entry of the state dict, BatchNorm running statistics included;
+  integer buffers (``num_batches_tracked``) come from the branch with the largest weight.
+* ``prune_to``: after the first merge keep only the branches with the largest weights.
+* Memory: (branches + 1) model copies; branches train one after another on one device.
+
+Deviations from the official code: a branch hands back its *last* state of the period (the official code
+reloads the branch's best-on-validation checkpoint, whose tracker is never reset after a merge, so an old
+pre-merge state can come back).  Every branch's loader generator is seeded like a plain run's, so in a period
+all branches see the same batches (common random numbers): branches differ by their task weights alone, and a
+run whose merges all put weight 1 on the target-only branch reproduces the STL run of the same seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from mtl_bench.errors import ConfigError, NonFiniteLossError
+from mtl_bench.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+State = dict[str, torch.Tensor]
+
+
+def merge_states(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> State:
+    """Σ_b w_b · state_b for floating-point entries; other entries from the branch with the largest weight."""
+    if len(states) != len(weights) or not states:
+        raise ValueError(f"merge_states needs one weight per state, got {len(states)} states and {len(weights)} weights")
+    lead = max(range(len(weights)), key=lambda b: weights[b])
+    merged: State = {}
+    for key, ref in states[0].items():
+        if torch.is_floating_point(ref):
+            acc = torch.zeros_like(ref, dtype=torch.float64)
+            for s, w in zip(states, weights):
+                if w != 0.0:
+                    acc += float(w) * s[key].to(torch.float64)
+            merged[key] = acc.to(ref.dtype)
+        else:
+            merged[key] = states[lead][key].clone()
+    return merged
+
+
+def _better(a: float, b: float, higher_is_better: bool) -> bool:
+    if not math.isfinite(a):
+        return False
+    return a > b if higher_is_better else a < b
+
+
+def greedy_merge_search(
+    scores: Sequence[float], evaluate: Callable[[list[float]], float], grid: Sequence[float], higher_is_better: bool
+) -> tuple[list[float], list[dict[str, Any]]]:
+    """The official normalised greedy search; returns the normalised weights and every trial."""
+    k = len(scores)
+    order = sorted(range(k), key=lambda b: -scores[b] if higher_is_better else scores[b])
+    lam = [0.0] * k
+    lam[order[0]] = 1.0
+    best = scores[order[0]]
+    trials: list[dict[str, Any]] = []
+    for j, b in enumerate(order[1:], start=1):
+        mean = sum(lam) / j
+        chosen = 0.0
+        for a in grid:
+            if a == 0:
+                continue
+            cand = list(lam)
+            cand[b] = a * mean
+            total = sum(cand)
+            norm = [c / total for c in cand]
+            s = evaluate(norm)
+            trials.append({"branch": b, "a": a, "weights": norm, "score": s})
+            if _better(s, best, higher_is_better):
+                best, chosen = s, a
+        lam[b] = chosen * mean
+    total = sum(lam)
+    return [c / total for c in lam], trials
+
+
+def lambda_merge_search(
+    evaluate: Callable[[list[float]], float], grid: Sequence[float], higher_is_better: bool
+) -> tuple[list[float], list[dict[str, Any]]]:
+    """θ(λ) = (1 − λ)θ_0 + λθ_1 for λ in ``grid``: the best-scoring point (ties: the first, i.e. smallest λ)."""
+    best_w, best_s, trials = None, None, []
+    for lam in grid:
+        w = [1.0 - lam, lam]
+        s = evaluate(w)
+        trials.append({"lambda": lam, "weights": w, "score": s})
+        if best_s is None or _better(s, best_s, higher_is_better):
+            best_w, best_s = w, s
+    if best_w is None:
+        raise ConfigError("mode.grid is empty")
+    return best_w, trials
+
+
+class ForkMerge:
+    """Runs ForkMerge around a *main* trainer (the merged model: evaluation, selection, checkpoints, summary)
+    and branch trainers built by ``make_branch(name, auxiliaries) -> Trainer``."""
+
+    def __init__(self, main: Trainer, make_branch: Callable[[str, list[str]], Trainer], spec: Any):
+        self.main, self.make_branch, self.spec = main, make_branch, spec
+        if spec.search not in ("greedy", "lambda"):
+            raise ConfigError(f"mode.search='{spec.search}' is invalid; choose one of ['greedy', 'lambda']")
+        if spec.merge_unit not in ("epochs", "steps"):
+            raise ConfigError(f"mode.merge_unit='{spec.merge_unit}' is invalid; choose one of ['epochs', 'steps']")
+        if not isinstance(spec.merge_every, int) or spec.merge_every < 1:
+            raise ConfigError(f"mode.merge_every must be a positive integer, got {spec.merge_every!r}")
+        grid = [float(a) for a in spec.grid]
+        if not grid or any(not 0.0 <= a <= 1.0 for a in grid):
+            raise ConfigError(f"mode.grid must be a non-empty list of values in [0, 1], got {list(spec.grid)}")
+        self.grid = grid
+        self.aux = list(main.auxiliaries)
+        if not self.aux:
+            raise ConfigError("mode=forkmerge needs at least one auxiliary task")
+        self.topk = [int(k) for k in spec.topk] if spec.topk is not None else None
+        if self.topk is not None and any(not 0 <= k <= len(self.aux) for k in self.topk):
+            raise ConfigError(f"mode.topk={self.topk} must lie in [0, {len(self.aux)}] (the number of auxiliaries {self.aux})")
+        self.metric, self.higher = main.selector.metric, main.selector.mode == "max"
+        if main.selector.rule != "best":
+            self.metric, self.higher = "val/loss", False
+        self.merges: list[dict[str, Any]] = []
+        self.branch_time = 0.0
+
+    # ------------------------------------------------------------------ branches
+    def _resolve(self, entry: Any) -> list[str]:
+        if entry == "all":
+            return list(self.aux)
+        names = list(entry or [])
+        unknown = [t for t in names if t not in self.aux]
+        if unknown:
+            raise ConfigError(f"mode.branches names {unknown}, which are not auxiliaries; auxiliaries: {self.aux}")
+        return names
+
+    def _ranking(self) -> list[str]:
+        """Rank the auxiliaries: target + each one alone from the initial weights, best validation score first."""
+        scores = {}
+        init = copy.deepcopy(self.main.model.state_dict())
+        for a in self.aux:
+            trainer = self.make_branch(f"rank_{a}", [a])
+            trainer.model.load_state_dict(init)
+            for _ in range(self.spec.ranking_epochs):
+                trainer.epoch += 1
+                trainer.train_epoch()
+            scores[a] = trainer.evaluate("val")[self.metric]
+            del trainer
+        ranked = sorted(self.aux, key=lambda a: -scores[a] if self.higher else scores[a])
+        self.main.logger.log_event("forkmerge_ranking", {"scores": scores, "ranking": ranked})
+        return ranked
+
+    def _branch_specs(self) -> list[tuple[str, list[str]]]:
+        if self.topk is not None:
+            ranked = self._ranking()
+            specs = [(f"top{k}", ranked[:k]) for k in self.topk]
+        else:
+            specs = []
+            for entry in self.spec.branches:
+                auxs = self._resolve(entry)
+                name = "target" if not auxs else ("all" if entry == "all" else "+".join(auxs))
+                specs.append((name, auxs))
+        if len(specs) < 2:
+            raise ConfigError(f"ForkMerge needs at least 2 branches, got {[n for n, _ in specs]}")
+        if self.spec.search == "lambda" and len(specs) != 2:
+            raise ConfigError(f"mode.search=lambda merges exactly 2 branches, got {len(specs)}; use search=greedy")
+        return specs
+
+    # ------------------------------------------------------------------ loop
+    def _evaluate_weights(self, states: Sequence[State], weights: list[float]) -> float:
+        self.main.model.load_state_dict(merge_states(states, weights))
+        return self.main.evaluate("val")[self.metric]
+
+    def fit(self) -> dict[str, Any]:
+        main, s = self.main, self.main.settings
+        specs = self._branch_specs()
+        self.branch_specs = {name: auxs for name, auxs in specs}
+        branches = {name: self.make_branch(name, auxs) for name, auxs in specs}
+        if self.spec.merge_unit == "epochs":
+            periods = math.ceil(s.epochs / self.spec.merge_every)
+            steps = None
+        else:
+            steps = self.spec.merge_every
+            periods = math.ceil(s.epochs * len(main.train_loader) / steps)
+            for b in branches.values():
+                b.settings.max_steps_per_epoch = steps
+        merged = copy.deepcopy(main.model.state_dict())
+        try:
+            for period in range(1, periods + 1):
+                states, scores = {}, {}
+                t0 = time.monotonic()
+                for name, b in branches.items():
+                    b.model.load_state_dict(merged)
+                    for _ in range(1 if steps else min(self.spec.merge_every, s.epochs - (period - 1) * self.spec.merge_every)):
+                        b.epoch += 1
+                        losses = b.train_epoch()
+                        b.combiner.on_epoch_end(b.epoch, losses)
+                        if b.scheduler is not None:
+                            b.scheduler.step()
+                    states[name] = copy.deepcopy(b.model.state_dict())
+                    scores[name] = b.evaluate("val")[self.metric]
+                self.branch_time += time.monotonic() - t0
+                names = list(states)
+                state_list = [states[n] for n in names]
+
+                def evaluate(w: list[float], state_list: list[State] = state_list) -> float:
+                    return self._evaluate_weights(state_list, w)
+
+                if self.spec.search == "greedy":
+                    weights, trials = greedy_merge_search([scores[n] for n in names], evaluate, self.grid, self.higher)
+                else:
+                    weights, trials = lambda_merge_search(evaluate, self.grid, self.higher)
+                merged = merge_states(state_list, weights)
+                main.model.load_state_dict(merged)
+                chosen = dict(zip(names, weights))
+                self.merges.append({"period": period, "weights": chosen, "branch_scores": scores, "trials": len(trials)})
+                main.epoch = period
+                main.global_step = sum(b.global_step for b in branches.values())
+                record: dict[str, float] = {f"forkmerge/weight/{n}": w for n, w in chosen.items()}
+                record.update({f"forkmerge/branch_score/{n}": v for n, v in scores.items()})
+                val = main.evaluate_and_select(period, record)
+                main.logger.log_epoch(record, epoch=period, global_step=main.global_step)
+                main.logger.log_event("merge", {"period": period, "weights": chosen, "branch_scores": scores, "trials": trials})
+                log.info("merge %d/%d  weights %s  %s=%.4g", period, periods, {n: round(w, 3) for n, w in chosen.items()},
+                         self.metric, val[self.metric])
+                if period == 1 and self.spec.prune_to and self.spec.prune_to < len(branches):
+                    keep = sorted(names, key=lambda n: -chosen[n])[: self.spec.prune_to]
+                    branches = {n: branches[n] for n in names if n in keep}
+                    log.info("pruned the branches to %s", keep)
+                if s.checkpoint_every and period % s.checkpoint_every == 0:
+                    main._save_last()
+            main._save_last()
+            results = main._final_results()
+        except NonFiniteLossError as e:
+            main.logger.log_event("error", {"error": str(e), "global_step": e.step, "epoch": e.epoch, "task": e.task})
+            main.write_summary("diverged", error=str(e), failed_step=e.step, failed_task=e.task)
+            raise
+        results["forkmerge"] = self.describe(periods)
+        return main.finish(results)
+
+    def describe(self, periods: int) -> dict[str, Any]:
+        return {
+            "branches": self.branch_specs, "search": self.spec.search, "grid": self.grid, "merge_every": self.spec.merge_every,
+            "merge_unit": self.spec.merge_unit, "periods": periods, "prune_to": self.spec.prune_to, "topk": self.topk,
+            "selection_metric": self.metric, "merges": [{k: v for k, v in m.items()} for m in self.merges],
+            "branch_train_time_s": self.branch_time,
+        }
