@@ -20,6 +20,10 @@
 * Observers (diagnostics) that ask for per-task gradients on a step get the ``G`` the engine computed;
   on steps where the combiner itself does not need ``G`` the engine computes it over the shared
   parameters for them *before* the usual backward, so the training trajectory is unchanged.
+* Distributed (``torchrun``, :mod:`mtl_bench.distributed`): no DistributedDataParallel wrapper; the engine
+  reduces explicitly where it is exact — the losses the combiner sees, G before aggregation (``params``,
+  ``last_shared``), the Gramian (``representation``) and the remaining rank-local ``.grad`` s — so every rank
+  ends the step with the single-process ``.grad`` of the global batch.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from typing import Any, Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
-from mtl_bench.combiners.base import Combiner, GradientAggregator, GramianWeighting, LossWeighting
+from mtl_bench.combiners.base import Aggregation, Combiner, GradientAggregator, GramianWeighting, LossWeighting
+from mtl_bench.distributed import REPRESENTATION_NOTE, DistContext, current, with_global_value
 from mtl_bench.errors import ConfigError
 from mtl_bench.models.mtl_model import MultiTaskModel
 
@@ -119,10 +124,15 @@ class GradientEngine:
         observers: Sequence[GradientObserver] = (),
         per_task_backward: str = "sequential",
         task_sink: Any = None,
+        dist: DistContext | None = None,
     ):
         """``task_sink``: a task-wise optimizer's ``set_task_gradients(G_weighted, present)``.  When given, the
         shared parameters get no ``.grad``: the engine hands the optimizer the K per-task gradients of the
-        *weighted* task losses (w_k ∇L_k, with the combiner's weights) instead of their aggregate."""
+        *weighted* task losses (w_k ∇L_k, with the combiner's weights) instead of their aggregate.
+
+        ``dist``: the distributed context (default: :func:`mtl_bench.distributed.current`, the no-op context
+        outside ``torchrun``).  When enabled, every step ends with the same ``.grad`` on every rank, equal to the
+        single-process one on the global batch (see "Distributed" below and ``mtl_bench/distributed.py``)."""
         if per_task_backward not in PER_TASK_BACKWARD:
             raise ConfigError(f"trainer.per_task_backward='{per_task_backward}' is invalid; choose one of {list(PER_TASK_BACKWARD)}")
         self.model = model
@@ -135,6 +145,11 @@ class GradientEngine:
         self.dim = flat_size(self.shared)
         self.batched = per_task_backward == "batched"
         self.task_sink = task_sink
+        self.dist = dist if dist is not None else current()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.head_params = [p for t in self.task_names for p in self.heads[t]]
+        if self.dist.enabled:
+            self._check_distributed()
         if task_sink is not None and isinstance(combiner, GradientAggregator) and (
             combiner.grad_source != "params" or not isinstance(combiner, (GramianWeighting,)) and combiner.name != "gradnorm"
         ):
@@ -143,6 +158,40 @@ class GradientEngine:
                 f"'{combiner.name}' (grad_source={combiner.grad_source}) does not provide them: use a loss weighting or a "
                 f"Gramian weighting (mgda, imtl_g, nash_mtl, upgrad, cagrad, fairgrad, aligned_mtl, dibs_mtl, ...) with grad_source=params"
             )
+
+    # ------------------------------------------------------------------ distributed
+    def _check_distributed(self) -> None:
+        """Refuse combinations that would not give the global-batch update under DDP."""
+        comb = self.combiner
+        if isinstance(comb, GradientAggregator) and comb.grad_source == "representation" and not exact_on_representation(comb):
+            others = [s for s in comb.supported_sources if s != "representation"]
+            raise ConfigError(
+                f"combiner '{comb.name}' with grad_source=representation is not exact under DDP "
+                f"(world size {self.dist.world_size}): {REPRESENTATION_NOTE}; use combiner.grad_source with one of {others}"
+            )
+
+    def _global(self, stacked: torch.Tensor, global_losses: torch.Tensor) -> torch.Tensor:
+        """What a loss weighting combines: under DDP the global-batch losses as values, the local ones for
+        gradients (so ∂f/∂L_k is evaluated at the global losses on every rank); the losses themselves otherwise."""
+        return with_global_value(stacked, global_losses) if self.dist.enabled else stacked
+
+    def _representation_ddp(
+        self, grads: torch.Tensor, detached: torch.Tensor, loss_scale: float | None
+    ) -> tuple[torch.Tensor, Aggregation | None]:
+        """``grads`` is this rank's block G_r of the per-sample representation gradients (w.r.t. its local mean
+        losses).  The global G is [G_1, ..., G_W] / W, so its Gramian is Σ_r G_r G_rᵀ / W²: the weights come from
+        it (the same on every rank) and the rank's cotangent is wᵀG_r — the global direction's block times W,
+        which the final average of the parameter gradients divides out.  ``None``: fp16 overflow on some rank."""
+        if loss_scale is not None:
+            grads = grads / loss_scale
+        gramian = grads @ grads.T
+        self.dist.sum_(gramian)
+        gramian = gramian / self.dist.world_size**2
+        if loss_scale is not None and not bool(torch.isfinite(gramian).all()):  # every rank sees the same Gramian
+            return grads, None
+        assert isinstance(self.combiner, GramianWeighting)  # guaranteed by _check_distributed
+        w = self.combiner.weights_from_gramian(gramian, detached)
+        return grads, Aggregation(w.to(grads) @ grads, w)
 
     # ------------------------------------------------------------------ representation leaves
     @property
@@ -250,9 +299,16 @@ class GradientEngine:
         gradients are divided by it again before a combiner sees them (so scale-sensitive aggregators get
         true gradients), and the ``.grad`` written is scaled by it like a ``GradScaler``-scaled backward, so
         ``scaler.step`` unscales and skips non-finite steps.  A non-finite per-task gradient matrix is not
-        aggregated: the shared gradients are set to NaN instead."""
+        aggregated: the shared gradients are set to NaN instead.
+
+        Distributed (``self.dist.enabled``; each rank holds an equal share of the global batch): the losses the
+        combiner sees are all-reduced to the global-batch means; G over ``params`` / ``last_shared`` is averaged
+        before aggregation; under ``representation`` the Gramian is summed (Σ_r G_r G_rᵀ / W²) and each rank
+        pushes ``wᵀG_r`` through its encoder; finally every ``.grad`` that still holds a rank-local value is
+        averaged.  Observers receive the global G, except under ``representation`` (the rank's own block)."""
         loss_list = [losses[t] for t in self.task_names]
         detached = torch.stack([loss.detach() for loss in loss_list])
+        self.dist.average_(detached)  # DDP: the global-batch mean losses (no-op on one process)
         if loss_scale is not None:
             loss_list = [loss * loss_scale for loss in loss_list]
         watchers = [o for o in self.observers if o.wants_grads(step)]
@@ -262,11 +318,13 @@ class GradientEngine:
 
         if isinstance(comb, LossWeighting) and self.task_sink is not None:
             grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True, keep_graph=True)
+            self.dist.average_(grads)
             grads = self._unscale(grads, loss_scale)
             source = "params"
             if grads is None:
                 return self._skip(detached)
-            objective, weights = comb.combine(torch.stack([losses[t] for t in self.task_names]))  # the true (unscaled) losses
+            # the true (unscaled) losses
+            objective, weights = comb.combine(self._global(torch.stack([losses[t] for t in self.task_names]), detached))
             learnable = [p for p in comb.parameters() if p.requires_grad]
             if learnable:  # e.g. UW's log-variances: their gradient only needs the (tiny) combiner graph
                 for p, g in zip(learnable, torch.autograd.grad(objective, learnable, allow_unused=True)):
@@ -275,18 +333,21 @@ class GradientEngine:
             weights = weights.detach().to(grads.dtype)
             self.task_sink(grads * weights.unsqueeze(1), self.last_present)
             self._write_heads(head_grads, weights.to(detached.dtype))
+            self.dist.average_grads(self.head_params)
             objective = objective.detach()
         elif isinstance(comb, LossWeighting):
             if watchers:
                 grads, _ = self.task_gradients(loss_list, rep, with_heads=False, keep_graph=True)
+                self.dist.average_(grads)
                 grads = self._unscale(grads, loss_scale)
                 source = "params"
             if loss_scale is None:
-                objective, weights = comb.combine(torch.stack(loss_list))
+                objective, weights = comb.combine(self._global(torch.stack(loss_list), detached))
                 objective.backward()
             else:  # the combiner sees the true losses; only the backward is scaled
-                objective, weights = comb.combine(torch.stack([loss / loss_scale for loss in loss_list]))
+                objective, weights = comb.combine(self._global(torch.stack([loss / loss_scale for loss in loss_list]), detached))
                 (objective * loss_scale).backward()
+            self.dist.average_grads(self.params)  # one coalesced all-reduce (combiner parameters are already global)
             objective = objective.detach()
         elif isinstance(comb, GradientAggregator):
             source = comb.grad_source
@@ -294,6 +355,7 @@ class GradientEngine:
                 raise ValueError(f"grad_source='{source}' with this engine needs the heads applied to engine.leaves(rep)")
             if source == "params":
                 grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True, leaves=leaves)
+                self.dist.average_(grads)  # DDP: the global-batch G, before any rank aggregates it
                 grads = self._unscale(grads, loss_scale)
                 if grads is None:
                     return self._skip(detached)
@@ -304,14 +366,20 @@ class GradientEngine:
                 else:
                     write_flat_grad(self.shared, self._rescale(self._owned(agg.direction, grads), loss_scale))
                 self._write_heads(head_grads, weights)
+                self.dist.average_grads(self.head_params)
             elif source == "representation":
                 reps = as_tuple(rep)
                 grads, head_grads, post = self._gradient_rows(loss_list, list(as_tuple(leaves)), with_heads=True,
                                                               keep_graph=False, with_shared=True)
-                grads = self._unscale(grads, loss_scale)
-                if grads is None:
-                    return self._skip(detached)
-                agg = comb.aggregate(grads, detached)
+                if self.dist.enabled:
+                    grads, agg = self._representation_ddp(grads, detached, loss_scale)
+                    if agg is None:
+                        return self._skip(detached)
+                else:
+                    grads = self._unscale(grads, loss_scale)
+                    if grads is None:
+                        return self._skip(detached)
+                    agg = comb.aggregate(grads, detached)
                 weights = self._weights(agg, detached)
                 direction = self._rescale(agg.direction, loss_scale)
                 cot, offset = [], 0
@@ -325,8 +393,10 @@ class GradientEngine:
                     for p, g in zip(self.shared, post[k]):
                         if g is not None:
                             accumulate_grad(p, g * weights[k].to(g.dtype))
+                self.dist.average_grads(self.params)
             elif source == "last_shared":
                 grads, _, _ = self._gradient_rows(loss_list, self.last_shared, with_heads=False, keep_graph=True)
+                self.dist.average_(grads)
                 grads = self._unscale(grads, loss_scale)
                 if grads is None:
                     return self._skip(detached)
@@ -335,6 +405,7 @@ class GradientEngine:
                     raise ConfigError(f"combiner '{comb.name}' returned no weights; it cannot use grad_source=last_shared")
                 weights = agg.weights.detach()
                 sum(w * loss for w, loss in zip(weights.to(detached.dtype), loss_list)).backward()
+                self.dist.average_grads(self.params)
             else:  # pragma: no cover - validated by Combiner.__init__
                 raise ConfigError(f"unknown gradient source '{source}'")
             objective = (weights.to(detached.dtype) * detached).sum()
@@ -375,3 +446,10 @@ class GradientEngine:
     @staticmethod
     def _weights(agg, detached: torch.Tensor) -> torch.Tensor:
         return agg.weights.detach().to(detached.dtype) if agg.weights is not None else torch.ones_like(detached)
+
+
+def exact_on_representation(combiner: Combiner) -> bool:
+    """Whether DDP can reproduce ``combiner`` under ``grad_source=representation`` exactly: a Gramian weighting
+    whose update is the base class's ``wᵀG`` (subclasses that override ``aggregate`` — norm clipping, rescaled
+    heads — or non-Gramian aggregators need the whole per-sample G on one process)."""
+    return isinstance(combiner, GramianWeighting) and type(combiner).aggregate is GramianWeighting.aggregate

@@ -30,3 +30,14 @@ class NonFiniteLossError(MTLBenchError, FloatingPointError):
             f"non-finite loss {value} for task '{task}' at global step {step} (epoch {epoch}); "
             f"training stopped, {kept}"
         )
+
+
+class PreemptedError(MTLBenchError):
+    """The run received a preemption signal; a resumable checkpoint was written before stopping."""
+
+    def __init__(self, signal_name: str, step: int, epoch: int, checkpoint: str, exit_code: int):
+        self.signal_name, self.step, self.epoch, self.checkpoint, self.exit_code = signal_name, step, epoch, checkpoint, exit_code
+        super().__init__(
+            f"{signal_name} received: stopped after global step {step} (epoch {epoch}) with a resumable checkpoint at "
+            f"{checkpoint}; exit code {exit_code} (restart in the same output folder to resume)"
+        )

@@ -40,7 +40,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from mtl_bench.errors import ConfigError, NonFiniteLossError
+from mtl_bench.errors import ConfigError, NonFiniteLossError, PreemptedError
+from mtl_bench.preemption import PreemptionGuard
 from mtl_bench.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -192,11 +193,34 @@ class ForkMerge:
         self.main.model.load_state_dict(merge_states(states, weights))
         return self.main.evaluate("val")[self.metric]
 
+    def _state(self) -> dict[str, Any]:
+        """What a resumed run needs besides the main trainer's state: the branches (model, optimizer, scheduler,
+        data generator), the branch layout (so a top-k ranking is not redone) and the merge history."""
+        return {
+            "period": self._period, "merges": list(self.merges), "branch_time": self.branch_time,
+            "branch_specs": [[n, list(a)] for n, a in self.branch_specs.items()], "active": list(self._branches),
+            "branches": {n: b.state_dict() for n, b in self._branches.items()},
+        }
+
     def fit(self) -> dict[str, Any]:
+        """Train, merging every period; checkpoints (``main``'s ``last.pt``, branches included) at merge boundaries,
+        so a resumed run continues after its last saved merge.  A preemption signal stops at the next merge."""
         main, s = self.main, self.main.settings
-        specs = self._branch_specs()
+        saved = main.loaded_extra.get("forkmerge")
+        specs = [(n, list(a)) for n, a in saved["branch_specs"]] if saved else self._branch_specs()
         self.branch_specs = {name: auxs for name, auxs in specs}
         branches = {name: self.make_branch(name, auxs) for name, auxs in specs}
+        for b in branches.values():  # branches are checkpointed inside the main checkpoint, at merges only
+            b.settings.checkpoint_every_n_steps, b.settings.checkpoint_every_min = 0, 0.0
+        start = 1
+        if saved:
+            branches = {n: branches[n] for n in saved["active"]}
+            for n, b in branches.items():  # (each branch state holds the same RNG streams as the main state)
+                b.load_state_dict(saved["branches"][n], f"{main.last_checkpoint} [branch {n}]")
+                b.logger.truncate(int(saved["branches"][n]["metrics_offset"]))
+            self.merges, self.branch_time, start = list(saved["merges"]), float(saved["branch_time"]), int(saved["period"]) + 1
+        self._branches, self._period = branches, start - 1
+        main.extra_state["forkmerge"] = self._state
         if self.spec.merge_unit == "epochs":
             periods = math.ceil(s.epochs / self.spec.merge_every)
             steps = None
@@ -206,8 +230,10 @@ class ForkMerge:
             for b in branches.values():
                 b.settings.max_steps_per_epoch = steps
         merged = copy.deepcopy(main.model.state_dict())
+        guard = PreemptionGuard(s.preemption.signals)
         try:
-            for period in range(1, periods + 1):
+            guard.__enter__()
+            for period in range(start, periods + 1):
                 states, scores = {}, {}
                 t0 = time.monotonic()
                 for name, b in branches.items():
@@ -248,14 +274,23 @@ class ForkMerge:
                     keep = sorted(names, key=lambda n: -chosen[n])[: self.spec.prune_to]
                     branches = {n: branches[n] for n in names if n in keep}
                     log.info("pruned the branches to %s", keep)
-                if s.checkpoint_every and period % s.checkpoint_every == 0:
+                self._branches, self._period = branches, period
+                saved_now = bool(s.checkpoint_every) and period % s.checkpoint_every == 0
+                if saved_now or guard.requested:
                     main._save_last()
+                if guard.requested:
+                    main._stop_preempted(guard.requested)
             main._save_last()
             results = main._final_results()
+        except PreemptedError:
+            guard.chain()
+            raise
         except NonFiniteLossError as e:
             main.logger.log_event("error", {"error": str(e), "global_step": e.step, "epoch": e.epoch, "task": e.task})
             main.write_summary("diverged", error=str(e), failed_step=e.step, failed_task=e.task)
             raise
+        finally:
+            guard.restore()
         results["forkmerge"] = self.describe(periods)
         return main.finish(results)
 

@@ -31,7 +31,9 @@ from mtl_bench.config.schema import TrainerConf
 from mtl_bench.config.validate import validate_config
 from mtl_bench.data.base import Benchmark
 from mtl_bench.engine import GradientObserver
-from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError
+from mtl_bench.checkpoint import load_checkpoint
+from mtl_bench.distributed import DistContext, cleanup, init_distributed
+from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError
 from mtl_bench.diagnostics.au import AUMonitor
 from mtl_bench.loggers.run_logger import RunLogger, WandbSettings
 from mtl_bench.forkmerge import ForkMerge
@@ -141,18 +143,80 @@ def wandb_settings(cfg: DictConfig, ident: Mapping[str, Any], output_dir: Path, 
     )
 
 
+# config keys that may differ between a run and its resumption (where, how fast and how often, not what)
+RESUME_MAY_CHANGE = (
+    "trainer.epochs", "trainer.resume", "trainer.device", "trainer.num_workers", "trainer.num_threads",
+    "trainer.progress_bar", "trainer.checkpoint_every", "trainer.checkpoint_every_n_steps", "trainer.checkpoint_every_min",
+    "trainer.preemption", "trainer.eval_batch_size", "paths", "logger", "tags",
+)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def resume_checkpoint(settings: TrainerConf, output_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checkpoint a run continues from: ``trainer.resume=auto`` → ``<output_dir>/checkpoints/last.pt`` when it
+    exists (a requeued or restarted job), ``never`` → none, otherwise the given path (which must exist)."""
+    if settings.resume == "never":
+        return None, None
+    path = output_dir / "checkpoints" / "last.pt" if settings.resume == "auto" else Path(settings.resume)
+    if not path.is_file():
+        if settings.resume != "auto":
+            raise ConfigError(f"trainer.resume={settings.resume}: no such checkpoint file (use auto, never or a path to a last.pt)")
+        return None, None
+    state = load_checkpoint(path)
+    if "partial_epoch" not in state:
+        raise ConfigError(f"{path} was written by an older mtl_bench without resume information; use trainer.resume=never")
+    return state, path
+
+
+def check_resume_config(saved: Mapping[str, Any] | None, current: Mapping[str, Any], path: Path) -> None:
+    """A run resumes only into the same experiment: differing keys (other than RESUME_MAY_CHANGE) are an error."""
+    if saved is None:
+        return
+    a, b = _flatten(saved), _flatten(current)
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE))
+    if differ:
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differ[:6])
+        raise ConfigError(
+            f"{path} belongs to a run with a different config ({shown}{', ...' if len(differ) > 6 else ''}); "
+            f"resume it unchanged, or start over with trainer.resume=never or in another output folder"
+        )
+
+
 def build_and_train(
     cfg: DictConfig, output_dir: str | os.PathLike | None = None, observers: Sequence[GradientObserver] = ()
 ) -> dict[str, Any]:
-    """Build every component from ``cfg`` and train; returns the run summary (also in summary.json)."""
+    """Build every component from ``cfg`` and train; returns the run summary (also in summary.json).
+    Under ``torchrun`` every process calls this; rank 0 writes the files (see docs/distributed.md)."""
     validate_config(cfg)
-    output_dir = Path(output_dir if output_dir is not None else cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     settings: TrainerConf = OmegaConf.to_object(cfg.trainer)
+    dist = init_distributed(settings)
+    try:
+        return _build_and_train(cfg, output_dir, observers, settings, dist)
+    finally:
+        if dist.enabled:
+            cleanup()
+
+
+def _build_and_train(
+    cfg: DictConfig, output_dir: str | os.PathLike | None, observers: Sequence[GradientObserver], settings: TrainerConf,
+    dist: DistContext,
+) -> dict[str, Any]:
+    # ranks compose their own (timestamped) folders: rank 0's is the run's
+    output_dir = Path(dist.broadcast_object(str(output_dir if output_dir is not None else cfg.paths.output_dir)))
+    if dist.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     configure_determinism(settings.deterministic)
-    device = resolve_device(settings.device)
+    device = dist.device if dist.enabled else resolve_device(settings.device)
     seed_everything(cfg.seed)
 
     benchmark: Benchmark = instantiate_checked(cfg.dataset, "dataset")
@@ -160,6 +224,7 @@ def build_and_train(
     encoder_factory = instantiate_checked(cfg.backbone, "backbone")
     model = build_model(encoder_factory, head_factories(cfg.heads, list(tasks), list(benchmark.tasks)), tasks, benchmark.input_shape)
     model.to(device)
+    model = dist.prepare_model(model)  # torchrun: SyncBatchNorm if trainer.sync_bn, rank 0's initial weights everywhere
     combiner: Combiner = instantiate_checked(cfg.combiner, "combiner")
     if not isinstance(combiner, Combiner):
         raise ConfigError(f"combiner._target_ must build a Combiner; registered combiners: {sorted(COMBINERS)}")
@@ -202,7 +267,11 @@ def build_and_train(
     selector = ModelSelector(sel.rule, sel.metric, sel.mode, sel.k, directions)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
+    resume_state, resume_path = resume_checkpoint(settings, output_dir)
+    if resume_state is not None:
+        check_resume_config(resume_state.get("config"), resolved, resume_path)
+    if dist.is_main:
+        (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
     ident = hydra_identity()
     choices = ident.get("choices", {})
     run_info = {
@@ -227,9 +296,15 @@ def build_and_train(
         "hydra": {k: v for k, v in ident.items() if k != "choices"},
         "choices": choices,
         "mtl_bench_version": __version__,
+        "distributed": dist.describe(),
         "config": resolved,
     }
-    logger = RunLogger(output_dir, {**resolved, "hydra_choices": choices}, wandb_settings(cfg, ident, output_dir, directions))
+    wb = wandb_settings(cfg, ident, output_dir, directions)
+    if wb is not None and resume_state is not None:  # continue the same W&B run (same step axes offline)
+        id_file = output_dir / "wandb_run_id.txt"
+        wb.run_id = resume_state.get("wandb_run_id") or (id_file.read_text().strip() if id_file.is_file() else None)
+    logger = RunLogger(output_dir, {**resolved, "hydra_choices": choices}, wb if dist.is_main else None,
+                       truncate_to=int(resume_state["metrics_offset"]) if resume_state is not None else 0, enabled=dist.is_main)
     run_info["wandb"] = logger.wandb_info
     log.info(
         "%s run on %s: tasks=%s combiner=%s optimizer=%s lr=%s seed=%d -> %s",
@@ -243,6 +318,8 @@ def build_and_train(
         monitors=monitors, targets=targets,
         post_train_epochs=int(cfg.mode.get("post_train_epochs", 0) or 0),
     )
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state, resume_path)
     exit_code = 1
     try:
         if cfg.mode.name == "forkmerge":
@@ -261,7 +338,8 @@ def build_and_train(
                 return Trainer(
                     model=branch_model, benchmark=benchmark, tasks=tasks, combiner=branch_comb, optimizer=branch_opt,
                     scheduler=branch_sched, settings=copy.deepcopy(settings),
-                    selector=ModelSelector("last", "val/loss", "auto", 1, directions), logger=RunLogger(branch_dir, {}),
+                    selector=ModelSelector("last", "val/loss", "auto", 1, directions),
+                    logger=RunLogger(branch_dir, {}, enabled=dist.is_main),
                     output_dir=branch_dir, device=device, seed=cfg.seed, delta=delta, transforms=transforms, targets=targets,
                 )
 
@@ -273,7 +351,8 @@ def build_and_train(
         logger.finish(exit_code)
     if logger.wandb_info.get("mode") == "offline":
         log.info("W&B offline run: %s (upload later with `wandb sync <dir>`)", logger.wandb_info["dir"])
-    log.info("results of %s\n%s", output_dir, trainer.results_table(summary))
+    if dist.is_main:
+        log.info("results of %s\n%s", output_dir, trainer.results_table(summary))
     return summary
 
 
@@ -281,6 +360,9 @@ def build_and_train(
 def main(cfg: DictConfig) -> float | None:
     try:
         summary = build_and_train(cfg)
+    except PreemptedError as e:  # not a failure: the job is to be requeued and resumes from its checkpoint
+        log.warning("%s", e)
+        sys.exit(e.exit_code)
     except MTLBenchError as e:
         log.error("%s", e)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -23,16 +24,18 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mtl_bench import __version__
-from mtl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from mtl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mtl_bench.combiners.base import Combiner
 from mtl_bench.config.schema import TrainerConf
 from mtl_bench.data.base import Benchmark, make_loader
+from mtl_bench.distributed import current as current_dist
 from mtl_bench.engine import GradientEngine, GradientObserver, StepResult
-from mtl_bench.errors import ConfigError, NonFiniteLossError
+from mtl_bench.errors import ConfigError, NonFiniteLossError, PreemptedError
 from mtl_bench.loggers.run_logger import RunLogger
 from mtl_bench.metrics.delta_tracking import DeltaMSpec
 from mtl_bench.models.mtl_model import MultiTaskModel
 from mtl_bench.optim import group_lrs
+from mtl_bench.preemption import PreemptionGuard
 from mtl_bench.selection import ModelSelector
 from mtl_bench.tasks import Task
 from mtl_bench.utils import format_table, to_jsonable
@@ -116,15 +119,26 @@ class Trainer:
                 f"trainer.grad_clip_norm={settings.grad_clip_norm} cannot be used with the task-wise optimizer "
                 f"{type(optimizer).__name__}: its shared parameters receive per-task gradients, not one summed gradient to clip"
             )
+        self.dist = current_dist()  # under torchrun: the DistContext of mtl_bench/distributed.py; a no-op otherwise
         self.engine = GradientEngine(
             self.model, self.combiner, self.task_names, [*observers, *self.monitors], settings.per_task_backward,
-            task_sink=optimizer.set_task_gradients if self.task_wise else None,
+            task_sink=optimizer.set_task_gradients if self.task_wise else None, dist=self.dist,
         )
         self.global_step = 0
         self.epoch = 0
         self.last_checkpoint: Path | None = None
         self.best_val: dict[str, float] = {}
         self.data_generator = torch.Generator().manual_seed(seed)
+        self.preemption: PreemptionGuard | None = None  # active during fit()
+        self._resume_partial: dict[str, Any] | None = None  # mid-epoch position of a loaded checkpoint
+        self._epoch_start_generator: torch.Tensor | None = None
+        self._epoch_progress: tuple[int, torch.Tensor, int] = (0, torch.zeros(0), 0)  # batches done, loss sums, samples
+        self._last_save_time = time.monotonic()
+        self.resumes: list[dict[str, Any]] = []  # one entry per resumption of this run
+        self._wall_before = 0.0  # wall time of the run's earlier (interrupted) processes
+        # extra state of a driver around this trainer (ForkMerge: branches, merges), saved under "extra"
+        self.extra_state: dict[str, Callable[[], Any]] = {}
+        self.loaded_extra: dict[str, Any] = {}
         pin = device.type == "cuda"
         n_train = len(benchmark.splits["train"])
         if n_train == 0:
@@ -134,8 +148,11 @@ class Trainer:
         if n_train < settings.batch_size:
             log.warning("trainer.batch_size=%d exceeds the %d training samples: one batch of %d per epoch",
                         settings.batch_size, n_train, n_train)
+        train_set = benchmark.splits["train"]
+        if self.dist.enabled:  # every rank draws the same global batches and loads only its slice of each
+            train_set, drop_last = self.dist.shard_dataset(train_set, settings.batch_size, settings.drop_last), True
         self.train_loader = make_loader(
-            benchmark.splits["train"], settings.batch_size, shuffle=True, generator=self.data_generator,
+            train_set, settings.batch_size, shuffle=True, generator=self.data_generator,
             num_workers=settings.num_workers, drop_last=drop_last, pin_memory=pin,
         )
         eval_bs = settings.eval_batch_size or settings.batch_size
@@ -193,9 +210,10 @@ class Trainer:
             outputs = self.model.decode(leaves, self.task_names)
             raw = self.task_losses(outputs, targets)  # separate scalars
             losses = self.transform(raw)  # what the combiner sees (loss_transforms; identity by default)
-        stacked = torch.stack([raw[t].detach().float() for t in self.task_names])
+        # float32 K-vectors; under DDP the global-batch means on every rank, so logs and the checks below agree
+        stacked, seen = self.dist.stack_means([raw[t] for t in self.task_names], [losses[t] for t in self.task_names])
         if self.settings.check_finite:
-            self._check_losses(torch.stack([losses[t].detach().float() for t in self.task_names]))
+            self._check_losses(seen)
         scale = None
         if self.scaler is not None:
             self.scaler.scale(stacked)  # initialises the scaler's state on first use (the product is unused)
@@ -203,6 +221,7 @@ class Trainer:
         if self.in_post_training:  # fine-tune on the targets alone: Σ_targets L_t, one backward, no combiner
             objective = sum(losses[t] for t in self.targets)
             (objective * (scale or 1.0)).backward()
+            self.dist.average_grads(self.engine.params)  # DDP: the global-batch gradient (no-op on one process)
             weights = torch.tensor([1.0 if t in self.targets else 0.0 for t in self.task_names], device=stacked.device)
             result = StepResult(objective.detach(), weights, None, None)
         else:
@@ -228,7 +247,7 @@ class Trainer:
         if self.combiner.needs_post_step_losses:  # e.g. FAMO: losses after the step, same batch
             with torch.no_grad(), self.autocast():
                 post_losses = self.transform(self.task_losses(self.model(x, self.task_names), targets))
-                post = torch.stack([post_losses[t].float() for t in self.task_names])
+                (post,) = self.dist.stack_means([post_losses[t] for t in self.task_names])
         self.combiner.after_step(post)
         self.global_step += 1
         return stacked, result
@@ -248,18 +267,34 @@ class Trainer:
         return min(n, self.settings.max_steps_per_epoch) if self.settings.max_steps_per_epoch else n
 
     def train_epoch(self) -> dict[str, float]:
+        """One pass over the training split (continuing a loaded mid-epoch checkpoint where there is one)."""
         self.model.train()
-        sums = torch.zeros(len(self.task_names), dtype=torch.float64, device=self.device)
-        count = 0
+        partial, self._resume_partial = self._resume_partial, None
         steps = self._steps_per_epoch()
+        resumable = getattr(self.train_loader, "resumable", None)
+        if partial is not None:  # redraw this epoch's permutation and skip the batches already trained on
+            self.data_generator.set_state(partial["data_generator_epoch_start"])
+            start, count = int(partial["batches_done"]), int(partial["count"])
+            sums = partial["sums"].to(device=self.device, dtype=torch.float64)
+            if resumable is None:
+                raise ConfigError("this training loader cannot skip batches; mid-epoch checkpoints cannot be resumed")
+            resumable.skip = start
+        else:
+            start, count = 0, 0
+            sums = torch.zeros(len(self.task_names), dtype=torch.float64, device=self.device)
+        self._epoch_start_generator = self.data_generator.get_state()
+        batches = iter(self.train_loader)
+        if partial is not None:
+            # creating the iterator may draw from the global RNG (the loader's base seed), which the original
+            # run did before the checkpointed steps: the checkpoint's streams are the ones to continue from
+            set_rng_state(partial["rng"])
+        self._epoch_progress = (start, sums, count)
         bar = tqdm(
-            total=steps, desc=f"epoch {self.epoch}/{self.settings.epochs}", leave=False, dynamic_ncols=True,
+            total=steps, initial=start, desc=f"epoch {self.epoch}/{self.settings.epochs}", leave=False, dynamic_ncols=True,
             mininterval=1.0, disable=None if self.settings.progress_bar is None else not self.settings.progress_bar,
         )
-        for i, batch in enumerate(self.train_loader):
-            if i >= steps:
-                break
-            x, targets = self._to_device(batch)
+        for i in range(start, steps):
+            x, targets = self._to_device(next(batches))
             stacked, result = self.train_step(x, targets)
             n = x.shape[0]
             sums += stacked.double() * n
@@ -272,7 +307,17 @@ class Trainer:
                 self.logger.log_step(record, global_step=self.global_step, epoch=self.epoch)
                 bar.set_postfix(loss=f"{record['train/objective']:.4g}")
             bar.update(1)
+            self._epoch_progress = (i + 1, sums, count)
+            self._after_step_checkpoint()
+        if steps == len(self.train_loader):
+            # run the sampler to its end, as a plain `for batch in loader` does (the shuffling sampler then draws
+            # from the data generator once more; no sample is loaded), so the data order of the next epochs does
+            # not depend on whether this epoch was resumed
+            next(batches, None)
         bar.close()
+        self.dist.average_buffers(self.model)  # DDP: every rank evaluates and saves the same BatchNorm statistics
+        if resumable is not None:
+            resumable.skip = 0
         return dict(zip(self.task_names, (sums / max(count, 1)).tolist()))
 
     @torch.no_grad()
@@ -309,15 +354,32 @@ class Trainer:
         return "  ".join(f"{k}={val[k]:.4g}" for k in keys)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, mid_epoch: bool = False) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit-identically: model, optimizer (and optimizer-wrapper)
+        state, scheduler, combiner, selector (best so far), monitors, RNG streams, data order and — for a
+        ``mid_epoch`` checkpoint — the position inside the current epoch."""
+        partial = None
+        if mid_epoch:
+            done, sums, count = self._epoch_progress
+            partial = {"epoch": self.epoch, "batches_done": done, "sums": sums.detach().cpu(), "count": count,
+                       "data_generator_epoch_start": self._epoch_start_generator,
+                       "data_generator": self.data_generator.get_state(), "rng": rng_state()}
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "combiner": self.combiner.state_dict(),
             "selector": self.selector.state_dict(),
-            "epoch": self.epoch,
+            "epoch": self.epoch - 1 if mid_epoch else self.epoch,  # completed epochs
+            "partial_epoch": partial,
             "global_step": self.global_step,
+            "best_val": dict(self.best_val),
+            "monitors": {m.summary_key: m.state_dict() for m in self.monitors if hasattr(m, "state_dict")},
+            "metrics_offset": self.logger.position(),
+            "wandb_run_id": self.logger.wandb_info.get("id"),
+            "resumes": list(self.resumes),
+            "extra": {name: fn() for name, fn in self.extra_state.items()},
+            "wall_time_s": self._wall_before + time.monotonic() - self._t0,
             "rng": rng_state(),
             "data_generator": self.data_generator.get_state(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -326,10 +388,69 @@ class Trainer:
             "config": self.run_info.get("config"),
         }
 
-    def _save_last(self) -> None:
-        self.last_checkpoint = save_checkpoint(self.state_dict(), self.ckpt_dir / "last.pt")
+    def _save_last(self, mid_epoch: bool = False) -> None:
+        """``checkpoints/last.pt`` (rank 0 only under torchrun: every rank holds the same model)."""
+        if self.dist.is_main:
+            self.last_checkpoint = save_checkpoint(self.state_dict(mid_epoch), self.ckpt_dir / "last.pt")
+        else:
+            self.last_checkpoint = self.ckpt_dir / "last.pt"
+        self._last_save_time = time.monotonic()
+
+    def load_state_dict(self, state: Mapping[str, Any], path: str | os.PathLike | None = None) -> None:
+        """Continue from a checkpoint written by :meth:`state_dict` (the global RNG streams included)."""
+        if list(state["task_names"]) != self.task_names:
+            raise ConfigError(f"checkpoint {path} was trained on tasks {state['task_names']}, this run has {self.task_names}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.combiner.load_state_dict(state["combiner"])
+        self.selector.load_state_dict(state["selector"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        for m in self.monitors:
+            if m.summary_key in state.get("monitors", {}):
+                m.load_state_dict(state["monitors"][m.summary_key])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.best_val = dict(state.get("best_val") or {})
+        self.data_generator.set_state(state["data_generator"])
+        self._resume_partial = state.get("partial_epoch")
+        self.loaded_extra = dict(state.get("extra") or {})
+        self._wall_before = float(state.get("wall_time_s") or 0.0)
+        self.resumes = [*state.get("resumes", []), {
+            "checkpoint": str(path) if path is not None else None, "global_step": self.global_step,
+            "epoch": self.epoch, "mid_epoch": self._resume_partial is not None,
+            "batches_done": self._resume_partial["batches_done"] if self._resume_partial else 0,
+        }]
+        self.last_checkpoint = Path(path) if path is not None else None
+        set_rng_state(state["rng"])
+        log.info("resuming from %s: %d completed epoch(s), global step %d%s", path, self.epoch, self.global_step,
+                 f", {self._resume_partial['batches_done']} batch(es) into epoch {self.epoch + 1}" if self._resume_partial else "")
+
+    def _after_step_checkpoint(self) -> None:
+        """Mid-epoch checkpoints: on a preemption signal (then stop) and on the step / time cadences."""
+        s = self.settings
+        signal_name = self.preemption.requested if self.preemption is not None else None
+        time_due = s.checkpoint_every_min > 0 and time.monotonic() - self._last_save_time >= 60.0 * s.checkpoint_every_min
+        if self.dist.enabled:  # rank-local triggers: every rank must stop / save at the same step
+            stop, time_due = self.dist.agree(signal_name is not None, time_due)
+            signal_name = (signal_name or "a signal on another rank") if stop else None
+        if signal_name is not None:
+            self._save_last(mid_epoch=True)
+            self._stop_preempted(signal_name)
+        if time_due or (bool(s.checkpoint_every_n_steps) and self.global_step % s.checkpoint_every_n_steps == 0):
+            self._save_last(mid_epoch=True)
+
+    def _stop_preempted(self, signal_name: str) -> None:
+        err = PreemptedError(signal_name, self.global_step, self.epoch, str(self.last_checkpoint), self.settings.preemption.exit_code)
+        self.logger.log_event("preempted", {"signal": signal_name, "global_step": self.global_step, "epoch": self.epoch,
+                                            "checkpoint": str(self.last_checkpoint)})
+        self.write_summary("preempted", error=str(err), resumable_checkpoint=str(self.last_checkpoint))
+        raise err
 
     def _save_best(self, val: Mapping[str, float]) -> None:
+        if not self.dist.is_main:
+            return
         state = {"model": self.model.state_dict(), "combiner": self.combiner.state_dict(), "epoch": self.epoch,
                  "val": dict(val), "selection": self.selector.describe()}
         save_checkpoint(state, self.ckpt_dir / "best.pt")
@@ -338,7 +459,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         s = self.settings
         try:
-            with logging_redirect_tqdm():
+            with logging_redirect_tqdm(), PreemptionGuard(s.preemption.signals) as guard:
+                self.preemption = guard
                 for epoch in range(self.epoch + 1, s.epochs + 1):
                     self.epoch = epoch
                     t_epoch = time.monotonic()
@@ -346,7 +468,10 @@ class Trainer:
                     train_time = time.monotonic() - t_epoch
                     self.combiner.on_epoch_end(epoch, train_losses)
                     if self.scheduler is not None:
-                        self.scheduler.step()
+                        with warnings.catch_warnings():
+                            # false alarm when a resumed epoch had no step left in this process (or fp16 skipped it)
+                            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                            self.scheduler.step()
                     record: dict[str, float] = {f"train_epoch/{t}/loss": v for t, v in train_losses.items()}
                     if epoch % s.eval_every == 0 or epoch == s.epochs:
                         val = self.evaluate_and_select(epoch, record)
@@ -358,9 +483,19 @@ class Trainer:
                     self.logger.log_epoch(record, epoch=epoch, global_step=self.global_step)
                     if s.checkpoint_every and epoch % s.checkpoint_every == 0:
                         self._save_last()
-            if s.checkpoint_every == 0 or s.epochs % s.checkpoint_every != 0:
-                self._save_last()
-            results = self._final_results()
+                    stop = guard.requested
+                    if self.dist.enabled:
+                        stop = (stop or "a signal on another rank") if self.dist.agree(stop is not None)[0] else None
+                    if stop:  # a signal during evaluation: stop at the epoch boundary
+                        if not (s.checkpoint_every and epoch % s.checkpoint_every == 0):
+                            self._save_last()
+                        self._stop_preempted(stop)
+                if s.checkpoint_every == 0 or s.epochs % s.checkpoint_every != 0 or self.last_checkpoint is None:
+                    self._save_last()
+                results = self._final_results()
+        except PreemptedError:
+            self.preemption.chain()  # e.g. submitit's requeue, now that the checkpoint is on disk
+            raise
         except NonFiniteLossError as e:
             self.logger.log_event("error", {"error": str(e), "global_step": e.step, "epoch": e.epoch, "task": e.task})
             self.write_summary("diverged", error=str(e), failed_step=e.step, failed_task=e.task)
@@ -387,6 +522,8 @@ class Trainer:
         return summary
 
     def _final_results(self) -> dict[str, Any]:
+        if not self.dist.is_main:  # torchrun: rank 0 evaluates, selects and reports
+            return {"final": {}, "selected": {}, "selection": self.selector.describe()}
         final_val = self.evaluate("val")
         final_test = self.evaluate("test")
         final = {**final_val, **final_test}
@@ -453,17 +590,21 @@ class Trainer:
         return head + "\n" + format_table(["task", "metric", "val (selected)", "test (selected)", "test (final)"], rows)
 
     def write_summary(self, status: str, **results: Any) -> dict[str, Any]:
+        """``summary.json`` (written by rank 0 only under torchrun); returns the summary."""
         summary = {
             **{k: v for k, v in self.run_info.items() if k != "config"},
             "status": status,
             "epochs_completed": self.epoch if status == "completed" else self.epoch - 1,
             "global_steps": self.global_step,
-            "wall_time_s": time.monotonic() - self._t0,
+            "wall_time_s": self._wall_before + time.monotonic() - self._t0,
+            "resumed": list(self.resumes),
             "metric_directions": {k.split("/", 1)[1]: v for k, v in self.directions.items() if k.startswith("test/")},
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             **results,
         }
         summary = to_jsonable(summary)
+        if not self.dist.is_main:
+            return summary
         path = self.output_dir / "summary.json"
         tmp = path.with_name("summary.json.tmp")
         tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")

@@ -69,8 +69,13 @@ def compose_cfg(overrides: Sequence[str] = (), output_dir: Path | None = None, t
 
 @pytest.fixture
 def make_cfg(tmp_path):
+    """Composes a tiny config; each call gets its own output folder (``run``, ``run_1``, ...), because a run
+    started in a folder that holds a checkpoint resumes from it (``trainer.resume=auto``)."""
+    calls = [0]
+
     def _make(*overrides: str, tiny: bool = True) -> DictConfig:
-        return compose_cfg(overrides, tmp_path / "run", tiny=tiny)
+        n, calls[0] = calls[0], calls[0] + 1
+        return compose_cfg(overrides, tmp_path / ("run" if n == 0 else f"run_{n}"), tiny=tiny)
 
     yield _make
     GlobalHydra.instance().clear()

@@ -175,6 +175,11 @@ def test_wandb_offline_run_is_written_in_the_run_dir(make_cfg, tmp_path, monkeyp
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and str(offline[0]) == summary["wandb"]["dir"]
     assert list(offline[0].glob("run-*.wandb"))
+    # a resumed job (more epochs, same folder) continues the same W&B run id on the same step axes
+    assert (tmp_path / "run" / "wandb_run_id.txt").read_text().strip() == summary["wandb"]["id"]
+    resumed = build_and_train(make_cfg("logger=wandb", "trainer.epochs=2"), output_dir=tmp_path / "run")
+    assert resumed["wandb"]["id"] == summary["wandb"]["id"] and resumed["resumed"][0]["epoch"] == 1
+    assert len(list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{summary['wandb']['id']}"))) == 2
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -27,6 +27,16 @@ class SelectionConf:
 
 
 @dataclass
+class PreemptionConf:
+    """Cluster preemption: on one of ``signals`` the trainer finishes the current step, writes a checkpoint
+    (with the data-loader position) and exits with ``exit_code``; a handler installed before ours (e.g.
+    submitit's USR1 requeue) is called after the checkpoint is on disk."""
+
+    signals: List[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    exit_code: int = 75  # EX_TEMPFAIL ("try again"): the job is meant to be requeued and resumed
+
+
+@dataclass
 class TrainerConf:
     epochs: int = 20
     batch_size: int = 128
@@ -44,10 +54,17 @@ class TrainerConf:
     per_task_backward: str = "sequential"
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + dynamic loss scaling); GPU options
     channels_last: bool = False  # NHWC memory format for image models (GPU throughput)
+    sync_bn: bool = False  # torchrun: SyncBatchNorm (global-batch statistics; CUDA only), see docs/distributed.md
     deterministic: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads (None: torch default)
     progress_bar: Optional[bool] = None  # None: only when stderr is a terminal
     checkpoint_every: int = 1  # epochs between checkpoints/last.pt writes (0: only at the end)
+    checkpoint_every_n_steps: int = 0  # also mid-epoch (with the data-loader position) every N steps (0: off)
+    checkpoint_every_min: float = 0.0  # and every N minutes of wall time (0: off); keep it below the cluster's signal delay
+    # auto: continue from <output_dir>/checkpoints/last.pt when it exists (requeued or restarted jobs) |
+    # never: start from scratch (an existing run in the folder is overwritten) | <path>: continue from that checkpoint
+    resume: str = "auto"
+    preemption: PreemptionConf = field(default_factory=PreemptionConf)
     selection: SelectionConf = field(default_factory=SelectionConf)
 
 

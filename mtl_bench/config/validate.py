@@ -28,6 +28,12 @@ def validate_config(cfg: DictConfig) -> None:
     _positive_int(t.num_workers, "trainer.num_workers", minimum=0)
     _positive_int(t.checkpoint_every, "trainer.checkpoint_every", minimum=0)
     _positive_int(t.num_threads, "trainer.num_threads", allow_none=True)
+    _positive_int(t.checkpoint_every_n_steps, "trainer.checkpoint_every_n_steps", minimum=0)
+    if not t.checkpoint_every_min >= 0:
+        raise ConfigError(f"trainer.checkpoint_every_min must be >= 0, got {t.checkpoint_every_min!r}")
+    from mtl_bench.preemption import check_signals  # noqa: PLC0415 (signal names depend on the platform)
+
+    check_signals(list(t.preemption.signals))
     if t.grad_clip_norm is not None and not t.grad_clip_norm > 0:
         raise ConfigError(f"trainer.grad_clip_norm must be positive or null, got {t.grad_clip_norm!r}")
     _positive_int(cfg.seed, "seed", minimum=0)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from mtl_bench.errors import ConfigError
 from mtl_bench.tasks import Task
@@ -77,6 +77,30 @@ class TensorDictDataset(Dataset):
         return self.inputs[index], {k: v[index] for k, v in self.targets.items()}
 
 
+class ResumableBatchSampler(Sampler[list[int]]):
+    """A batch sampler that can start its next pass after ``skip`` batches.
+
+    Resuming a run mid-epoch restores the data generator to its state at the start of the epoch, so the
+    epoch's permutation is drawn again, and skips the batches already trained on: only index lists are
+    drawn for them, no sample is loaded (and no augmentation randomness is consumed).
+    """
+
+    def __init__(self, inner: Sampler[list[int]]):
+        self.inner = inner
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        it = iter(self.inner)
+        for _ in range(skip):
+            if next(it, None) is None:
+                return
+        yield from it
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -90,25 +114,24 @@ def make_loader(
     """A DataLoader over ``dataset``; batch-indexable datasets are gathered a whole batch at a time.
 
     Shuffling draws from ``generator`` only, so the data order is a function of the seed and does not
-    consume the global torch RNG stream.
+    consume the global torch RNG stream.  Shuffled loaders batch through a :class:`ResumableBatchSampler`
+    (``loader.resumable``) so that a resumed run can continue mid-epoch.
     """
     extra: dict[str, Any] = {}
     if num_workers > 0:
         # Safe under Hydra's joblib (loky) launcher, where the default start method breaks workers.
         extra = {"multiprocessing_context": "fork", "persistent_workers": True}
+    base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    batches: Sampler[list[int]] = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
+    if shuffle:
+        batches = ResumableBatchSampler(batches)
     if getattr(dataset, "batch_indexing", False):
-        base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-        sampler = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
-        return DataLoader(
-            dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **extra
+        loader = DataLoader(
+            dataset, sampler=batches, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **extra
         )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        **extra,
-    )
+    else:  # the same sampler chain DataLoader(shuffle=..., generator=...) builds, with the resumable wrapper
+        loader = DataLoader(
+            dataset, batch_sampler=batches, generator=generator, num_workers=num_workers, pin_memory=pin_memory, **extra
+        )
+    loader.resumable = batches if shuffle else None  # type: ignore[attr-defined]
+    return loader

@@ -257,10 +257,28 @@ class CelebADataset(Dataset):
             raise DatasetError(f"cannot decode {path} as an image ({e}); expected a JPEG of the aligned CelebA faces") from None
         return torch.from_numpy(pixels).permute(2, 0, 1).contiguous().float().div(255)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image = normalize_image(self.load_image(index), self.normalize)
+    # The stages of ``__getitem__`` (read -> augment -> normalise), exposed for wrappers such as
+    # ``mtl_bench.corruptions`` that change the image before normalisation.  CelebA has no augmentation.
+
+    def raw_sample(self, index: int, with_image: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Sample ``index`` before normalisation: float32 3×H×W image in [0, 1] (exactly k/255; ``None`` if
+        ``with_image=False``) and the attribute targets."""
+        image = self.load_image(index) if with_image else None
         row = torch.from_numpy(self.labels[index].astype(np.float32))
         return image, {a: row[k : k + 1] for k, a in enumerate(self.attributes)}
+
+    def augment_sample(self, image: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """No augmentation for CelebA: the inputs unchanged."""
+        return image, targets
+
+    def normalize_sample(self, image: torch.Tensor) -> torch.Tensor:
+        """The configured normalisation of a float [0, 1] image."""
+        return normalize_image(image, self.normalize)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, targets = self.raw_sample(index)
+        image, targets = self.augment_sample(image, targets)
+        return self.normalize_sample(image), targets
 
     def info(self) -> dict[str, Any]:
         """Provenance for a run summary."""

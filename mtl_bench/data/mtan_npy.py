@@ -238,13 +238,31 @@ class MtanNpyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    # The three stages of ``__getitem__``, exposed so that wrappers (``mtl_bench.corruptions``) can change
+    # the image between them: read (float [0, 1], as stored) -> augment (training only) -> normalise.
+
+    def raw_sample(self, index: int, with_image: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Sample ``index`` as stored: float32 3×H×W image in [0, 1] (``None`` if ``with_image=False``) and targets;
+        neither augmented nor normalised."""
         i = self.indices[index]
-        image = self._read(_IMAGE, i, self.image_size)
+        image = self._read(_IMAGE, i, self.image_size) if with_image else None
         targets = {task: self._read(field, i, self.image_size) for task, field in self.fields.items()}
-        if self.transform is not None:
-            image, targets = self.transform(image, targets)
-        return normalize_image(image, self.normalize), targets
+        return image, targets
+
+    def augment_sample(self, image: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training augmentation (one random draw) when ``augment=True``; otherwise the inputs unchanged."""
+        if self.transform is None:
+            return image, targets
+        return self.transform(image, targets)
+
+    def normalize_sample(self, image: torch.Tensor) -> torch.Tensor:
+        """The configured normalisation of a float [0, 1] image (the last stage of ``__getitem__``)."""
+        return normalize_image(image, self.normalize)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, targets = self.raw_sample(index)
+        image, targets = self.augment_sample(image, targets)
+        return self.normalize_sample(image), targets
 
     def info(self) -> dict[str, Any]:
         """Provenance for a run summary."""

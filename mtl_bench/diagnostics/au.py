@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -71,10 +71,25 @@ class AUMonitor:
         self.names = [n for n, _ in shared_named]
         self.params = [p for _, p in shared_named]
         self.sizes = [p.numel() for p in self.params]
-        shared_ids = {id(p) for p in self.params}
-        self.group = next((g for g in optimizer.param_groups if any(id(p) in shared_ids for p in g["params"])), None)
+        self._shared_ids = {id(p) for p in self.params}
         if self.group is None:
             raise ConfigError("diagnostics.au: the optimizer has no parameter group with the shared parameters")
+
+    @property
+    def group(self) -> dict[str, Any] | None:
+        """The optimizer's parameter group of the shared parameters, looked up each time: loading optimizer state
+        (a resumed run) replaces the group dicts, and a scheduler changes their learning rate."""
+        return next((g for g in self.optimizer.param_groups if any(id(p) in self._shared_ids for p in g["params"])), None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running squared-update averages, the per-task moments and the per-epoch history (checkpoints)."""
+        return {"au": self.au, "momentum": self.momentum, "history": list(self.history)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        device = self.params[0].device if getattr(self, "params", None) else "cpu"
+        self.au = state["au"].to(device) if state["au"] is not None else None
+        self.momentum = state["momentum"].to(device) if state["momentum"] is not None else None
+        self.history = list(state["history"])
 
     # ------------------------------------------------------------------ engine observer protocol
     def probe(self, step: int) -> bool:

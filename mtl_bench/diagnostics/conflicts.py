@@ -547,11 +547,27 @@ class ConflictProbe:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "method": self.method, "probe_steps": self.probe_steps}
+        """Everything a resumed run needs for identical statistics: the sampling generator, the per-sample
+        method chosen, this epoch's pair values so far and the earlier epochs' records."""
+        return {
+            "generator": self.generator.get_state(), "method": self.method, "fallback_reason": self.fallback_reason,
+            "probe_steps": self.probe_steps, "epoch_probes": self._epoch_probes, "averaged_source": dict(self.averaged_source),
+            "buffers": {p: [t.detach().cpu() for t in v] for p, v in self._buffers.items()},
+            "history": [{"epoch": h["epoch"], "record": dict(h["record"])} for h in self.history],
+            "all_values": {p: [torch.from_numpy(a) for a in v] for p, v in self._all_values.items()},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.generator.set_state(state["generator"])
         self.method, self.probe_steps = state["method"], state["probe_steps"]
+        if "buffers" not in state:  # a state written before full checkpoints: generator and method only
+            return
+        self.fallback_reason, self._epoch_probes = state["fallback_reason"], state["epoch_probes"]
+        self.averaged_source = dict(state["averaged_source"])
+        device = self.params[0].device if getattr(self, "params", None) else "cpu"
+        self._buffers = {p: [t.to(device) for t in v] for p, v in state["buffers"].items()}
+        self.history = [{"epoch": h["epoch"], "record": dict(h["record"])} for h in state["history"]]
+        self._all_values = {p: [t.numpy() for t in v] for p, v in state["all_values"].items()}
 
     # ------------------------------------------------------------------ figures
     def save_figures(self, output_dir: str | Path) -> dict[str, Path]:

@@ -54,6 +54,7 @@ class WandbSettings:
     notes: str | None = None
     system_stats: bool = True
     summary_directions: dict[str, bool] = field(default_factory=dict)  # metric key -> higher is better
+    run_id: str | None = None  # continue this W&B run (a resumed job): same run online, same step axes offline
 
 
 class _WandbSink:
@@ -77,6 +78,8 @@ class _WandbSink:
                 notes=settings.notes,
                 config=dict(config),
                 dir=str(run_dir),
+                id=settings.run_id,
+                resume="allow" if settings.run_id else None,
                 reinit="finish_previous",
                 settings=wandb.Settings(console="off", quiet=True, x_disable_stats=not settings.system_stats),
             )
@@ -142,20 +145,55 @@ class _WandbSink:
 class RunLogger:
     """Writes ``metrics.jsonl`` in the run directory and mirrors every record to W&B when enabled."""
 
-    def __init__(self, run_dir: str | os.PathLike, config: Mapping[str, Any], wandb: WandbSettings | None = None):
+    def __init__(
+        self, run_dir: str | os.PathLike, config: Mapping[str, Any], wandb: WandbSettings | None = None,
+        truncate_to: int | None = None, enabled: bool = True,
+    ):
+        """``truncate_to``: cut ``metrics.jsonl`` to this many bytes first (0 for a fresh start in a reused folder,
+        a checkpoint's :meth:`position` when resuming: records logged after that checkpoint are dropped because
+        the resumed run logs them again); ``None`` appends.  ``enabled=False`` (torchrun ranks other than 0) writes
+        nothing at all."""
         self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.wandb_info: dict[str, Any] = {}
+        self._wandb = None
+        self._t0 = time.monotonic()
+        if not enabled:
+            self._file = None
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        if truncate_to is not None and self.metrics_path.exists():
+            with open(self.metrics_path, "r+b") as f:
+                f.truncate(min(truncate_to, f.seek(0, os.SEEK_END)))
         self._file = open(self.metrics_path, "a", buffering=1, encoding="utf-8")
-        self._t0 = time.monotonic()
         self._wandb = _WandbSink(wandb, config, self.run_dir) if wandb is not None else None
         self.wandb_info = self._wandb.info() if self._wandb is not None else {}
+        if self.wandb_info.get("id"):  # a requeued job finds its W&B run again even before its first checkpoint
+            (self.run_dir / "wandb_run_id.txt").write_text(self.wandb_info["id"] + "\n")
+
+    def truncate(self, size: int) -> None:
+        """Cut ``metrics.jsonl`` back to ``size`` bytes (records after a checkpoint that a resumed run logs again)."""
+        if self._file is None:
+            return
+        self._file.flush()
+        os.truncate(self.metrics_path, min(size, self.metrics_path.stat().st_size))
+        self._file.seek(0, os.SEEK_END)
+
+    def position(self) -> int:
+        """Byte length of ``metrics.jsonl`` so far (stored in checkpoints)."""
+        if self._file is None:
+            return 0
+        self._file.flush()
+        return self._file.tell()
 
     @property
     def wandb_active(self) -> bool:
         return self._wandb is not None and self._wandb.active
 
     def _write(self, kind: str, record: Mapping[str, Any]) -> None:
+        if self._file is None:
+            return
         line = {"type": kind, "time": round(time.monotonic() - self._t0, 3), **record}
         self._file.write(json.dumps(to_jsonable(line)) + "\n")
         if self._wandb is not None:
@@ -169,6 +207,8 @@ class RunLogger:
 
     def log_event(self, kind: str, payload: Mapping[str, Any]) -> None:
         """A non-metric record (e.g. a merge decision or an error) kept in ``metrics.jsonl`` only."""
+        if self._file is None:
+            return
         line = {"type": kind, "time": round(time.monotonic() - self._t0, 3), **payload}
         self._file.write(json.dumps(to_jsonable(line)) + "\n")
 
@@ -189,5 +229,5 @@ class RunLogger:
     def finish(self, exit_code: int = 0) -> None:
         if self._wandb is not None:
             self._wandb.finish(exit_code)
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()

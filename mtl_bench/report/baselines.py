@@ -1,0 +1,133 @@
+"""Δm baselines for a report and per-run Δm, built on :mod:`mtl_bench.metrics.delta_m` (nothing re-implemented).
+
+Where the baselines come from, first match wins (the report names the source):
+
+1. ``--stl DIR ...``: STL runs given explicitly (:func:`~mtl_bench.metrics.delta_m.stl_baselines_from_runs`:
+   mean over seeds per task; val compared with val, test with test).  Problems here are errors (exit 2).
+2. Completed ``mode=stl`` runs among the report's folders (same function).  Problems switch Δm off with the reason.
+3. The baselines the runs themselves used (``summary["delta_m"]["source"]``): their ``delta_m.stl_runs`` folders if
+   they still exist, or the published baseline id (test values, used for both splits).  Only if every run
+   recorded the same source.
+4. Otherwise no Δm; the report says why.
+
+Per run, Δm is computed on the run's **targets** only (every task for MTL, ``mode.targets`` for aux/ForkMerge runs)
+over the selected ``<split>/<task>/<metric>`` values except task losses, with the run's recorded metric directions
+and the chosen convention.  A group's Δm is the mean ± std of its runs' Δm; since Δm is linear in the metric values
+for fixed baselines, the mean equals the Δm of the seed-averaged metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from mtl_bench.baselines import load_published
+from mtl_bench.errors import ConfigError
+from mtl_bench.metrics.delta_m import delta_m, metrics_for_split, stl_baselines_from_runs
+from mtl_bench.report.runs import ReportError, Run
+
+
+@dataclass
+class Baselines:
+    """``values[split]["<task>/<metric>"]`` and where they came from."""
+
+    values: dict[str, dict[str, float]]
+    kind: str  # stl_option | stl_runs | recorded_stl_runs | published
+    description: str
+    runs_per_task: dict[str, int] = field(default_factory=dict)
+    seeds: dict[str, list[int]] = field(default_factory=dict)
+    datasets: dict[str, str] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _from_stl(paths: Sequence[str | Path], kind: str, description: str) -> Baselines:
+    per_split = {split: stl_baselines_from_runs([str(p) for p in paths], split=split) for split in ("val", "test")}
+    test = per_split["test"]
+    return Baselines({s: b.values for s, b in per_split.items()}, kind, description, test.runs_per_task, test.seeds,
+                     test.datasets, test.skipped)
+
+
+def _check_dataset(baselines: Baselines, runs: Sequence[Run]) -> None:
+    used = {r.dataset for r in runs if r.dataset}
+    base = set(baselines.datasets.values())
+    if base and used and not used <= base:
+        raise ConfigError(f"the baselines were trained on {sorted(base)}, the runs on {sorted(used)}")
+
+
+def _recorded(runs: Sequence[Run]) -> tuple[Baselines | None, str]:
+    sources = []
+    for run in runs:
+        dm = run.summary.get("delta_m")
+        if not isinstance(dm, dict) or not dm.get("enabled") or not isinstance(dm.get("source"), dict):
+            return None, f"run {run.name} recorded no Δm baselines"
+        sources.append(dm["source"])
+    if not sources:
+        return None, "no runs"
+    first = json.dumps({k: sources[0].get(k) for k in ("kind", "paths", "id")}, sort_keys=True)
+    if any(json.dumps({k: s.get(k) for k in ("kind", "paths", "id")}, sort_keys=True) != first for s in sources):
+        return None, "the runs recorded different Δm baselines"
+    source = sources[0]
+    if source.get("kind") == "stl_runs":
+        paths = [str(p) for p in source.get("paths") or []]
+        absent = [p for p in paths if not Path(p).exists()]
+        if absent:
+            return None, f"the runs' STL baseline folders {absent} no longer exist"
+        return _from_stl(paths, "recorded_stl_runs", f"STL runs the runs were trained against (delta_m.stl_runs={paths})"), ""
+    if source.get("kind") == "published":
+        entry = load_published(str(source.get("id")))
+        desc = f"published baseline '{entry['id']}' ({entry['source'].get('paper')}; test values, also used for val)"
+        return Baselines({"val": entry["metrics"], "test": entry["metrics"]}, "published", desc,
+                         datasets={t.rpartition("/")[0]: entry["dataset"] for t in entry["metrics"]}), ""
+    return None, f"unknown recorded Δm source kind {source.get('kind')!r}"
+
+
+def resolve_baselines(stl_option: Sequence[str | Path] | None, stl_runs: Sequence[Run],
+                      runs: Sequence[Run]) -> tuple[Baselines | None, str]:
+    """The report's baselines (see the module docstring) or ``None`` and the reason."""
+    if stl_option:
+        try:
+            baselines = _from_stl(stl_option, "stl_option", f"STL runs from --stl {' '.join(map(str, stl_option))}")
+            _check_dataset(baselines, runs)
+        except ConfigError as e:
+            raise ReportError(f"--stl: {e}") from e
+        return baselines, ""
+    done = [r for r in stl_runs if r.completed]
+    reasons = []
+    if done:
+        try:
+            baselines = _from_stl([r.path / "summary.json" for r in done], "stl_runs",
+                                  f"the {len(done)} completed STL run(s) among the given folders")
+            _check_dataset(baselines, runs)
+            return baselines, ""
+        except ConfigError as e:
+            reasons.append(f"STL runs among the given folders unusable: {e}")
+    else:
+        reasons.append("no STL runs among the given folders and no --stl")
+    try:
+        baselines, why = _recorded(runs)
+    except ConfigError as e:
+        baselines, why = None, str(e)
+    if baselines is not None:
+        return baselines, ""
+    reasons.append(f"no common recorded baselines ({why})")
+    return None, "; ".join(reasons)
+
+
+def run_delta_m(run: Run, baselines: Baselines, split: str, convention: str, allow_missing: bool,
+                source: str = "selected") -> tuple[float, str | None]:
+    """Δm% of ``run`` on its targets (NaN and the reason when it cannot be computed)."""
+    results = run.results(source)
+    targets = set(run.targets)
+    metrics = {k: v for k, v in metrics_for_split(results, split).items() if k.rpartition("/")[0] in targets}
+    if not metrics:
+        return math.nan, f"{run.name}: no selected {split} metrics of its targets {sorted(targets)}"
+    try:
+        d = delta_m(metrics, baselines.values[split], run.directions, convention, allow_missing)
+    except ConfigError as e:
+        return math.nan, f"{run.name} ({split}): {e}"
+    gaps = [*d.missing_baselines, *d.undefined_baselines]
+    return d.value, (f"{run.name} ({split}): Δm leaves out {gaps}" if gaps else None)
+

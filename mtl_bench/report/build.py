@@ -1,0 +1,322 @@
+"""Turning runs into a report: groups, mean ± std, Δm, Pareto counts, AU and conflict summaries (no file output).
+
+Which runs enter the table: completed runs that are not STL runs (STL runs serve as Δm baselines and are listed
+in their own section); if every completed run is an STL run, the STL runs are the table.  Failed runs never
+enter it.  Metrics: the selected (``--results final``: final) ``<split>/<task>/<metric>`` values of each run's
+tasks, task losses excluded unless ``include_loss``; splits ``test`` (and ``val`` when asked).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from mtl_bench.metrics.delta_m import CONVENTIONS
+from mtl_bench.report.baselines import Baselines, resolve_baselines, run_delta_m
+from mtl_bench.report.grouping import Group, Stat, default_group_keys, group_runs, lookup, matches, mean_std, parse_key_values
+from mtl_bench.report.pareto import against_reference, pareto_optimal
+from mtl_bench.report.runs import ReportError, Run
+
+CONFLICT_PAIRS = ("inter_task", "inter_sample", "inter_task_averaged", "inter_sample_averaged")
+CONFLICT_METRICS = ("cos", "mag_sim", "sign_conflict")
+
+
+@dataclass
+class ReportOptions:
+    group_by: list[str] | None = None  # None: keys that vary across runs, minus the seed
+    stl: list[str] | None = None  # explicit STL baseline folders
+    convention: str = "per_metric"
+    allow_missing: bool = False
+    splits: tuple[str, ...] = ("test",)
+    source: str = "selected"  # selected | final
+    include_loss: bool = False
+    pareto_metrics: list[str] | None = None  # "<task>/<metric>" keys; None: every target metric all runs report
+    pareto_split: str = "test"
+    pareto_ref: str | None = None  # "key=value[,key=value]"
+    pareto_within: list[str] | None = None  # compare only runs sharing these keys' values (e.g. combiner)
+    scatter: list[str] | None = None  # two "<task>/<metric>" keys; None: first metric of the first two targets
+
+
+@dataclass
+class GroupRow:
+    group: Group
+    stats: dict[str, Stat]  # "<split>/<task>/<metric>" -> Stat
+    delta: dict[str, Stat]  # split -> Stat of the runs' Δm
+    selection: list[str]
+    pareto_optimal: int | None = None
+    pareto_n: int = 0  # runs of the group in the Pareto comparison
+    ref_not_dominated: int | None = None
+    ref_dominating: int | None = None
+
+
+@dataclass
+class Report:
+    options: ReportOptions
+    runs: list[Run]
+    table_runs: list[Run]
+    failed: list[Run]
+    stl_runs: list[Run]
+    group_keys: list[str]
+    rows: list[GroupRow]
+    metric_keys: list[str]  # "<split>/<task>/<metric>" columns
+    directions: dict[str, bool]  # "<task>/<metric>" -> higher is better
+    baselines: Baselines | None
+    baseline_reason: str
+    run_metrics: dict[str, dict[str, float]]  # run path -> "<split>/<task>/<metric>" -> value (table runs)
+    run_delta: dict[str, dict[str, float]]  # run path -> split -> Δm
+    pareto_metrics: list[str]
+    pareto_flags: dict[str, bool | None]  # run path -> Pareto-optimal in its pool (None: not comparable)
+    pareto_ref: dict[str, str] | None
+    scatter: list[str] | None
+    selection_rules: list[str]
+    au: dict[str, dict[str, Any]] = field(default_factory=dict)  # group label -> {"mean_rau": {task: Stat}, "dominated": Stat}
+    conflicts: dict[str, dict[str, dict[str, Stat]]] = field(default_factory=dict)  # group -> pair -> metric -> Stat
+    notes: list[str] = field(default_factory=list)
+
+    def group_of(self, run: Run) -> str:
+        """The label of the group ``run`` belongs to ("" for runs outside the table)."""
+        for row in self.rows:
+            if any(r is run for r in row.group.runs):
+                return row.group.label
+        return ""
+
+
+def conflict_stats(run: Run) -> dict[str, dict[str, float]]:
+    """``{pair_type: {metric: mean}}`` over the whole run: ``summary["conflicts"]["all_epochs"]`` where present,
+    else the equal-weight mean over epochs of the ``conflict/<pair>/<metric>/all/mean`` entries of metrics.jsonl."""
+    conf = run.summary.get("conflicts")
+    out: dict[str, dict[str, float]] = {}
+    if isinstance(conf, dict) and isinstance(conf.get("all_epochs"), dict) and conf["all_epochs"]:
+        for pair, stats in conf["all_epochs"].items():
+            if isinstance(stats, dict):
+                vals = {m: stats[m].get("mean") for m in CONFLICT_METRICS if isinstance(stats.get(m), dict)}
+                vals = {m: float(v) for m, v in vals.items() if isinstance(v, (int, float))}
+                if vals:
+                    out[str(pair)] = vals
+        return out
+    jsonl = run.path / "metrics.jsonl"
+    if not jsonl.is_file():
+        return out
+    sums: dict[tuple[str, str], list[float]] = {}
+    try:
+        lines = jsonl.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or record.get("type") != "epoch":
+            continue
+        for key, value in record.items():
+            parts = key.split("/")
+            if len(parts) == 5 and parts[0] == "conflict" and parts[3] == "all" and parts[4] == "mean" \
+                    and parts[2] in CONFLICT_METRICS and isinstance(value, (int, float)):
+                sums.setdefault((parts[1], parts[2]), []).append(float(value))
+    for (pair, metric), values in sums.items():
+        out.setdefault(pair, {})[metric] = math.fsum(values) / len(values)
+    return out
+
+
+def au_stats(run: Run) -> tuple[dict[str, float], float] | None:
+    """``(mean_rau per task, dominated_fraction)`` from ``summary["au"]``, or ``None``."""
+    au = run.summary.get("au")
+    if not isinstance(au, dict) or not isinstance(au.get("mean_rau"), dict):
+        return None
+    rau = {str(t): float(v) for t, v in au["mean_rau"].items() if isinstance(v, (int, float))}
+    dom = au.get("dominated_fraction")
+    return rau, float(dom) if isinstance(dom, (int, float)) else math.nan
+
+
+def _strip_split(key: str, split: str) -> str:
+    return key[len(split) + 1:] if key.startswith(split + "/") else key
+
+
+def _ordered_metric_keys(runs: Sequence[Run], split: str, include_loss: bool, source: str) -> list[str]:
+    keys: list[str] = []
+    for run in runs:
+        for key in run.task_metrics(split, source, include_loss):
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def build_report(runs: Sequence[Run], options: ReportOptions) -> Report:
+    """Everything the outputs show, computed from ``runs`` (the failed ones included) and ``options``."""
+    if options.convention not in CONVENTIONS:
+        raise ReportError(f"--delta-convention '{options.convention}' is invalid; choose one of {list(CONVENTIONS)}")
+    notes: list[str] = []
+    completed = [r for r in runs if r.completed]
+    failed = [r for r in runs if not r.completed]
+    stl_runs = [r for r in runs if r.is_stl]
+    table_runs = [r for r in completed if not r.is_stl] or [r for r in completed if r.is_stl]
+    only_stl = bool(table_runs) and all(r.is_stl for r in table_runs)
+    if only_stl:
+        notes.append("every completed run is an STL run: the table shows the STL runs, without Δm")
+
+    group_keys = list(options.group_by) if options.group_by is not None else default_group_keys(table_runs)
+    groups = group_runs(table_runs, group_keys)
+    for g in groups:
+        seeds = [r.seed for r in g.runs]
+        if len(set(map(str, seeds))) < len(seeds):
+            notes.append(f"group '{g.label}' holds several runs with the same seed {sorted(map(str, seeds))}: "
+                         "they differ in something the group keys do not show (pass --group-by)")
+
+    metric_keys: list[str] = []
+    for split in options.splits:
+        metric_keys += _ordered_metric_keys(table_runs, split, options.include_loss, options.source)
+    directions: dict[str, bool] = {}
+    for run in table_runs:
+        for key, hib in run.directions.items():
+            if key in directions and directions[key] != hib:
+                notes.append(f"runs disagree on the direction of {key}; using the first one seen")
+            directions.setdefault(key, hib)
+
+    # Δm
+    baselines: Baselines | None = None
+    reason = "only STL runs" if only_stl else ("" if table_runs else "no completed run")
+    run_delta: dict[str, dict[str, float]] = {}
+    if not only_stl and table_runs:
+        baselines, reason = resolve_baselines(options.stl, stl_runs, table_runs)
+    if baselines is not None:
+        for run in table_runs:
+            for split in options.splits:
+                value, note = run_delta_m(run, baselines, split, options.convention, options.allow_missing, options.source)
+                run_delta.setdefault(str(run.path), {})[split] = value
+                if note:
+                    notes.append(f"Δm: {note}")
+
+    run_metrics = {str(r.path): {k: v for split in options.splits for k, v in r.task_metrics(split, options.source,
+                                                                                          options.include_loss).items()}
+                   for r in table_runs}
+    rows = []
+    for g in groups:
+        stats = {k: mean_std(run_metrics[str(r.path)][k] for r in g.runs if k in run_metrics[str(r.path)]) for k in metric_keys}
+        stats = {k: s for k, s in stats.items() if s.n}
+        for k, s in stats.items():
+            if s.n != len(g.runs):
+                notes.append(f"group '{g.label}': {k} is reported by {s.n} of its {len(g.runs)} runs")
+        delta = {split: mean_std(run_delta[str(r.path)][split] for r in g.runs) for split in options.splits} if baselines else {}
+        selection = sorted({r.selection_rule() for r in g.runs})
+        if len(selection) > 1:
+            notes.append(f"group '{g.label}': its runs used different model-selection rules {selection}")
+        rows.append(GroupRow(g, stats, delta, selection))
+    selection_rules = sorted({r.selection_rule() for r in table_runs})
+    if len(selection_rules) > 1:
+        notes.append(f"model-selection rules differ between runs: {selection_rules} (see the selection column)")
+
+    pareto_metrics, flags, ref, scatter = _pareto(table_runs, rows, directions, options, notes)
+
+    report = Report(options, list(runs), table_runs, failed, stl_runs, group_keys, rows, metric_keys, directions, baselines,
+                    reason, run_metrics, run_delta, pareto_metrics, flags, ref, scatter, selection_rules, notes=notes)
+    _diagnostics(report)
+    return report
+
+
+def _pareto(table_runs: list[Run], rows: list[GroupRow], directions: dict[str, bool], options: ReportOptions,
+            notes: list[str]) -> tuple[list[str], dict[str, bool | None], dict[str, str] | None, list[str] | None]:
+    split = options.pareto_split
+    if options.pareto_metrics:
+        metrics = [_strip_split(m, split) for m in options.pareto_metrics]
+    else:
+        common: list[str] | None = None
+        for run in table_runs:
+            keys = [_strip_split(k, split) for k in run.task_metrics(split, options.source, options.include_loss, run.targets)]
+            common = keys if common is None else [k for k in common if k in keys]
+        metrics = common or []
+    unknown = [m for m in metrics if m not in directions]
+    if unknown:
+        raise ReportError(f"Pareto metric(s) {unknown} are not reported by the runs; known: {sorted(directions)}")
+    hib = [directions[m] for m in metrics]
+
+    points: dict[str, list[float]] = {}
+    flags: dict[str, bool | None] = {str(r.path): None for r in table_runs}
+    if metrics:
+        for run in table_runs:
+            res = run.results(options.source)
+            vec = [res.get(f"{split}/{m}", math.nan) for m in metrics]
+            if all(math.isfinite(v) for v in vec):
+                points[str(run.path)] = vec
+            else:
+                notes.append(f"Pareto: {run.name} lacks a finite value of {metrics} and is left out")
+    within = options.pareto_within or []
+
+    def pool_key(run: Run) -> tuple[str | None, ...]:
+        return tuple(lookup(run, k) for k in within)
+
+    pools: dict[tuple[str | None, ...], list[Run]] = {}
+    for run in table_runs:
+        if str(run.path) in points:
+            pools.setdefault(pool_key(run), []).append(run)
+    for pool in pools.values():
+        for run, ok in zip(pool, pareto_optimal([points[str(r.path)] for r in pool], hib)):
+            flags[str(run.path)] = ok
+
+    ref = parse_key_values(options.pareto_ref, "--pareto-ref") if options.pareto_ref else None
+    if ref is not None and not any(matches(r, ref) for r in table_runs):
+        seen = {k: sorted({str(lookup(r, k)) for r in table_runs}) for k in ref}
+        raise ReportError(f"--pareto-ref '{options.pareto_ref}' matches no run; values seen: {seen}")
+    for row in rows:
+        eligible = [r for r in row.group.runs if str(r.path) in points]
+        row.pareto_n = len(eligible)
+        row.pareto_optimal = sum(1 for r in eligible if flags[str(r.path)]) if metrics else None
+        if ref is not None and metrics:
+            nd = dom = 0
+            for run in eligible:
+                refs = [points[str(r.path)] for r in pools[pool_key(run)] if matches(r, ref)]
+                a, b = against_reference([points[str(run.path)]], refs, hib)
+                nd, dom = nd + a, dom + b
+            row.ref_not_dominated, row.ref_dominating = nd, dom
+
+    scatter: list[str] | None
+    if options.scatter:
+        scatter = [_strip_split(m, split) for m in options.scatter]
+        if len(scatter) != 2 or any(m not in directions for m in scatter):
+            raise ReportError(f"--scatter needs two '<task>/<metric>' keys the runs report, got {options.scatter}; "
+                              f"known: {sorted(directions)}")
+    else:
+        first: dict[str, str] = {}
+        for m in metrics:
+            first.setdefault(m.rpartition("/")[0], m)
+        scatter = list(first.values())[:2] if len(first) >= 2 else None
+        if scatter is None and table_runs:
+            notes.append("no Pareto scatter plot: the Pareto metrics cover fewer than two tasks (choose two with --scatter)")
+    return metrics, flags, ref, scatter
+
+
+def _diagnostics(report: Report) -> None:
+    for row in report.rows:
+        label = row.group.label
+        aus = [a for a in (au_stats(r) for r in row.group.runs) if a is not None]
+        if aus:
+            tasks = [t for t in aus[0][0]]
+            report.au[label] = {"mean_rau": {t: mean_std(a[0][t] for a in aus if t in a[0]) for t in tasks},
+                                "dominated": mean_std(a[1] for a in aus)}
+        confs = [c for c in (conflict_stats(r) for r in row.group.runs) if c]
+        if confs:
+            pairs = [p for p in CONFLICT_PAIRS if any(p in c for c in confs)] + \
+                    sorted({p for c in confs for p in c} - set(CONFLICT_PAIRS))
+            report.conflicts[label] = {
+                p: {m: mean_std(c[p][m] for c in confs if m in c.get(p, {})) for m in CONFLICT_METRICS
+                    if any(m in c.get(p, {}) for c in confs)}
+                for p in pairs
+            }
+
+
+def metric_label(key: str, directions: dict[str, bool]) -> str:
+    """``test/t0/mse ↓``: a ``<split>/<task>/<metric>`` key and its direction arrow."""
+    hib = directions.get(key.split("/", 1)[1]) if "/" in key else None
+    return key + ("" if hib is None else (" ↑" if hib else " ↓"))
+
+
+def relpath(path: Path, bases: Sequence[Path]) -> str:
+    """``path`` relative to the parent of the first given folder containing it (``sweep/3_seed=1``), else as is."""
+    for base in bases:
+        base = base.resolve()
+        if path.resolve() == base or base in path.resolve().parents:
+            return str(path.resolve().relative_to(base.parent))
+    return str(path)

@@ -1,0 +1,123 @@
+"""``python -m mtl_bench.report DIR [DIR ...] [options]``: the command line of the sweep report.
+
+Exit codes: 0 report written; 1 report written but no completed run to tabulate (only failed jobs); 2 bad input
+(a folder that does not exist or holds no runs, an invalid option value, unusable ``--stl`` runs), printed as one
+line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from mtl_bench.report.runs import ReportError
+
+DESCRIPTION = """Summarise mtl_bench runs (multirun folders, experiment folders or run folders): per-group mean ± std over
+seeds, Δm% against STL baselines, Pareto counts, failed jobs; writes report.md, report.csv, runs.csv and PNG figures."""
+
+EPILOG = """examples:
+  python -m mtl_bench.report outputs/elich_optimizers/multiruns/2025-01-01_12-00-00
+  python -m mtl_bench.report outputs/elich_optimizers --stl outputs/synthetic_stl_baselines/stl --delta-convention per_task
+  python -m mtl_bench.report SWEEP --group-by combiner,optimizer --pareto-ref optimizer=adam --pareto-within combiner"""
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mtl_bench.report", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dirs", nargs="*", type=Path, help="multirun folders, experiment folders or run folders")
+    p.add_argument("--out", type=Path, help="output folder (default: <first dir>/report)")
+    p.add_argument("--group-by", type=_csv_list, metavar="K1,K2",
+                   help="group keys, e.g. combiner,optimizer,optimizer.lr (default: the overrides that vary, minus seed)")
+    p.add_argument("--stl", nargs="+", metavar="DIR", help="STL baseline runs for Δm (default: STL runs among DIRs, then "
+                   "the baselines recorded in the runs' summaries)")
+    p.add_argument("--delta-convention", choices=["per_metric", "per_task"], default="per_metric",
+                   help="Δm aggregation: per_metric (Nash-MTL/FAMO) or per_task (LibMTL); default per_metric")
+    p.add_argument("--allow-missing", action="store_true", help="compute Δm over the metrics that have a baseline")
+    p.add_argument("--val", action="store_true", help="also tabulate the validation metrics (and Δm)")
+    p.add_argument("--results", choices=["selected", "final"], default="selected",
+                   help="which results of summary.json: the selected model (default) or the final one")
+    p.add_argument("--include-loss", action="store_true", help="also tabulate the per-task losses")
+    p.add_argument("--pareto-metrics", type=_csv_list, metavar="T/M,...",
+                   help="metrics for Pareto dominance, e.g. t0/mse,t1/mse (default: every target metric all runs report)")
+    p.add_argument("--pareto-split", choices=["test", "val"], default="test", help="split of the Pareto metrics")
+    p.add_argument("--pareto-ref", metavar="K=V[,K=V]", help="reference runs, e.g. optimizer=adam: per group, how many runs "
+                   "no reference run dominates and how many dominate one")
+    p.add_argument("--pareto-within", type=_csv_list, metavar="K1,K2",
+                   help="compare only runs that share these keys' values (e.g. combiner: Adam vs SGD per method)")
+    p.add_argument("--scatter", type=_csv_list, metavar="T/M,T/M",
+                   help="the two metrics of the Pareto scatter plot (default: first metric of the first two targets)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT[:GROUP]", help="also read runs from the W&B API (needs network)")
+    p.add_argument("--log-wandb", action="store_true", help="log the table (wandb.Table + artifact) and figures to W&B "
+                   "(mode from WANDB_MODE; a no-op when disabled)")
+    p.add_argument("--wandb-project", default="mtl_bench", help="W&B project of --log-wandb (default mtl_bench)")
+    return p
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from mtl_bench.report.build import ReportOptions, build_report
+    from mtl_bench.report.outputs import render_markdown, results_table, write_csvs
+    from mtl_bench.report.runs import load_runs
+
+    if not args.dirs and not args.wandb:
+        raise ReportError("give at least one run/multirun/experiment folder (or --wandb ENTITY/PROJECT)")
+    for d in args.dirs:
+        if not d.exists():
+            raise ReportError(f"'{d}' does not exist")
+    if args.out is not None:
+        out = args.out
+    elif args.dirs:
+        first = args.dirs[0].parent if args.dirs[0].is_file() else args.dirs[0]
+        out = first / "report"
+    else:
+        out = Path("report")
+    runs = load_runs(args.dirs, exclude=[out]) if args.dirs else []
+    if args.wandb:
+        from mtl_bench.report.wandb_io import pull_runs
+
+        runs += pull_runs(args.wandb)
+    options = ReportOptions(
+        group_by=args.group_by, stl=args.stl, convention=args.delta_convention, allow_missing=args.allow_missing,
+        splits=("test", "val") if args.val else ("test",), source=args.results, include_loss=args.include_loss,
+        pareto_metrics=args.pareto_metrics, pareto_split=args.pareto_split, pareto_ref=args.pareto_ref,
+        pareto_within=args.pareto_within, scatter=args.scatter,
+    )
+    report = build_report(runs, options)
+    out.mkdir(parents=True, exist_ok=True)
+    dirs = list(args.dirs)
+    report_csv, _ = write_csvs(report, out, dirs)
+    figures = []
+    if not args.no_plots:
+        from mtl_bench.report.plots import write_plots
+
+        figures = write_plots(report, out)
+    (out / "report.md").write_text(render_markdown(report, dirs, [str(f) for f in figures]))
+
+    print(results_table(report) if report.rows else "no completed run")
+    if report.baselines is not None:
+        print(f"Δm% ({options.convention}): baselines = {report.baselines.description}")
+    else:
+        print(f"Δm% not computed: {report.baseline_reason}")
+    print(f"{len(report.table_runs)} run(s) in {len(report.rows)} group(s), {len(report.failed)} failed job(s); "
+          f"report: {out / 'report.md'}")
+    if args.log_wandb:
+        from mtl_bench.report.wandb_io import log_report
+
+        name = "report_" + (args.dirs[0].resolve().name if args.dirs else args.wandb.replace("/", "_"))
+        print(log_report(report_csv, figures, args.wandb_project, name))
+    return 0 if report.rows else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_report(args)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

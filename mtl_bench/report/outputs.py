@@ -1,0 +1,216 @@
+"""Writing a :class:`~mtl_bench.report.build.Report`: ``report.md``, ``report.csv`` (one row per group) and ``runs.csv``
+(one row per job, failed ones included).
+
+CSV columns: ``group``, the group keys, ``n``, ``seeds`` (``;``-separated), ``selection``, then
+``<split>/<task>/<metric>/mean`` and ``.../std`` per metric (std empty for n = 1), ``<split>/delta_m/mean|std`` when
+Δm was computed, ``pareto_optimal`` / ``pareto_n`` and, with a reference, ``ref_not_dominated`` / ``ref_dominating``.
+Floats are written with full precision.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from mtl_bench.report.build import Report, metric_label, relpath
+from mtl_bench.report.grouping import Stat, lookup
+
+CONVENTION_TEXT = {
+    "per_metric": "per_metric (mean of the signed relative changes over all metrics; Nash-MTL/FAMO)",
+    "per_task": "per_task (mean over tasks of each task's mean relative change; LibMTL)",
+}
+
+
+def _num(x: float | None, fmt: str = ".4g") -> str:
+    if x is None:
+        return ""
+    return "nan" if isinstance(x, float) and math.isnan(x) else format(x, fmt)
+
+
+def _stat(s: Stat | None, fmt: str = ".4g") -> str:
+    if s is None or s.n == 0:
+        return ""
+    return _num(s.mean, fmt) if s.std is None else f"{_num(s.mean, fmt)} ± {_num(s.std, fmt.lstrip('+'))}"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_table(report: Report) -> str:
+    """The main Markdown table: one row per group."""
+    splits = report.options.splits
+    headers = ["group", "n", "seeds"]
+    if len(report.selection_rules) > 1:
+        headers.append("selection")
+    headers += [metric_label(k, report.directions) for k in report.metric_keys]
+    if report.baselines is not None:
+        headers += [f"Δm% {s} ↓" for s in splits]
+    if report.pareto_metrics:
+        headers.append("Pareto-optimal")
+        if report.pareto_ref is not None:
+            headers += ["not dominated by ref", "dominates ref"]
+    rows = []
+    for row in report.rows:
+        cells: list[Any] = [row.group.label, len(row.group.runs), ",".join(map(str, row.group.seeds))]
+        if len(report.selection_rules) > 1:
+            cells.append("; ".join(row.selection))
+        cells += [_stat(row.stats.get(k)) for k in report.metric_keys]
+        if report.baselines is not None:
+            cells += [_stat(row.delta.get(s), "+.2f") for s in splits]
+        if report.pareto_metrics:
+            cells.append(f"{row.pareto_optimal}/{row.pareto_n}")
+            if report.pareto_ref is not None:
+                cells += [f"{row.ref_not_dominated}/{row.pareto_n}", f"{row.ref_dominating}/{row.pareto_n}"]
+        rows.append(cells)
+    return md_table(headers, rows)
+
+
+def _arrowed(name: str, higher_is_better: bool | None) -> str:
+    return name + ("" if higher_is_better is None else (" ↑" if higher_is_better else " ↓"))
+
+
+def metadata_lines(report: Report, dirs: Sequence[Path]) -> list[str]:
+    o = report.options
+    n_stl = sum(1 for r in report.stl_runs if r.completed)
+    stl_table = bool(report.table_runs) and report.table_runs[0].is_stl
+    lines = [
+        f"- **folders**: {', '.join(f'`{d}`' for d in dirs)}",
+        f"- **runs**: {len(report.runs)} job folder(s): {len(report.table_runs)} in the table"
+        + (f", {n_stl} completed STL run(s)" if n_stl and not stl_table else "") + f", {len(report.failed)} failed",
+        f"- **groups**: {len(report.rows)}, by "
+        + (", ".join(f"`{k}`" for k in report.group_keys) or "nothing (every run differs only in the seed)")
+        + (" (from --group-by)" if o.group_by is not None else " (the overrides that vary, seed excluded)")
+        + "; cells are mean ± sample std (ddof=1) over the group's runs",
+        f"- **results**: the `{o.source}` metrics of each run's summary.json; model selection: "
+        + (", ".join(f"`{r}`" for r in report.selection_rules) or "unknown")
+        + (" — **the runs used different selection rules**" if len(report.selection_rules) > 1 else ""),
+    ]
+    aux = sorted({t for r in report.table_runs for t in r.tasks if t not in r.targets})
+    if aux:
+        targets = sorted({t for r in report.table_runs for t in r.targets})
+        lines.append(f"- **targets**: {', '.join(targets)}; auxiliary task(s) in some runs: {', '.join(aux)} "
+                     "(their metrics are shown; Δm and the default Pareto metrics use each run's targets only)")
+    if report.baselines is not None:
+        b = report.baselines
+        per_task = ", ".join(f"{t}: {n} run(s), seeds {b.seeds.get(t, [])}" for t, n in b.runs_per_task.items())
+        lines.append(f"- **Δm%**: convention {CONVENTION_TEXT[o.convention]}; baselines: {b.description}"
+                     + (f" ({per_task})" if per_task else "")
+                     + "; r = (−1)^higher_is_better · (M − B)/|B|, lower is better; computed on each run's targets, "
+                     "task losses excluded; a group's Δm is the mean ± std of its runs' Δm")
+    else:
+        lines.append(f"- **Δm%**: not computed ({report.baseline_reason})")
+    if report.pareto_metrics:
+        pool = "runs sharing " + ", ".join(f"`{k}`" for k in o.pareto_within) if o.pareto_within else "all runs of the table"
+        text = (f"- **Pareto**: on {', '.join(metric_label(o.pareto_split + '/' + m, report.directions) for m in report.pareto_metrics)}; "
+                f"a run is Pareto-optimal if no run of its pool ({pool}) is at least as good on every metric and strictly "
+                "better on one; `k/n` = k of the group's n runs")
+        if report.pareto_ref is not None:
+            spec = ",".join(f"{k}={v}" for k, v in report.pareto_ref.items())
+            n_ref = sum(1 for r in report.table_runs if all(lookup(r, k) == v for k, v in report.pareto_ref.items()))
+            text += (f"; reference `{spec}` ({n_ref} runs): *not dominated by ref* = runs no reference run dominates, "
+                     "*dominates ref* = runs that dominate at least one reference run")
+        lines.append(text)
+    else:
+        lines.append("- **Pareto**: not computed (no metric common to all runs)")
+    return lines
+
+
+def render_markdown(report: Report, dirs: Sequence[Path], figures: Sequence[str] = ()) -> str:
+    parts = ["# mtl_bench report", "", *metadata_lines(report, dirs), ""]
+    splits = "/".join(report.options.splits)
+    parts += [f"## Results ({splits})", "", results_table(report) if report.rows else "_no completed run_", ""]
+    if report.baselines is not None and report.baselines.values:
+        b = report.baselines
+        keys = list(dict.fromkeys([*b.values.get("test", {}), *b.values.get("val", {})]))
+        rows = [[_arrowed(k, report.directions.get(k)), _num(b.values.get("val", {}).get(k)), _num(b.values.get("test", {}).get(k))]
+                for k in keys]
+        parts += ["## Δm baselines", "", md_table(["task/metric", "val", "test"], rows), ""]
+    if report.au:
+        tasks = list(dict.fromkeys(t for a in report.au.values() for t in a["mean_rau"]))
+        rows = [[g, *[_stat(a["mean_rau"].get(t)) for t in tasks], _stat(a["dominated"])] for g, a in report.au.items()]
+        parts += ["## AU task dominance (AdaTask)", "",
+                  "Mean rAU per task over the shared parameters and the fraction of shared parameters dominated by one task "
+                  "(from each run's summary `au`; mean ± std over runs).", "",
+                  md_table(["group", *[f"rAU {t}" for t in tasks], "dominated fraction"], rows), ""]
+    if report.conflicts:
+        rows = [[g, pair, *[_stat(stats.get(m)) for m in ("cos", "mag_sim", "sign_conflict")]]
+                for g, pairs in report.conflicts.items() for pair, stats in pairs.items()]
+        parts += ["## Gradient conflicts", "",
+                  "Mean over the run of the per-pair cosine, magnitude similarity and opposite-sign fraction (whole shared "
+                  "vector; summary `conflicts.all_epochs`), mean ± std over runs.", "",
+                  md_table(["group", "pairs", "cos", "mag_sim", "sign_conflict"], rows), ""]
+    if report.notes:
+        parts += ["## Notes", "", *[f"- {n}" for n in dict.fromkeys(report.notes)], ""]
+    parts += [f"## Failed jobs ({len(report.failed)})", ""]
+    if report.failed:
+        rows = [[relpath(r.path, dirs), r.status, r.error or "", " ".join(r.override_list)] for r in report.failed]
+        parts += [md_table(["job", "status", "error", "overrides"], rows), ""]
+    else:
+        parts += ["none", ""]
+    if figures:
+        parts += ["## Figures", "", *[f"![{Path(f).stem}]({Path(f).name})" for f in figures], ""]
+    return "\n".join(parts)
+
+
+def _csv_value(x: Any) -> Any:
+    if x is None:
+        return ""
+    return repr(x) if isinstance(x, float) else x
+
+
+def write_csvs(report: Report, out: Path, dirs: Sequence[Path]) -> tuple[Path, Path]:
+    splits = report.options.splits
+    has_delta = report.baselines is not None
+    has_ref = report.pareto_ref is not None
+    headers = ["group", *report.group_keys, "n", "seeds", "selection"]
+    for k in report.metric_keys:
+        headers += [f"{k}/mean", f"{k}/std"]
+    if has_delta:
+        for s in splits:
+            headers += [f"{s}/delta_m/mean", f"{s}/delta_m/std"]
+    headers += ["pareto_optimal", "pareto_n"] + (["ref_not_dominated", "ref_dominating"] if has_ref else [])
+    group_file = out / "report.csv"
+    with group_file.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(headers)
+        for row in report.rows:
+            cells: list[Any] = [row.group.label, *[row.group.values[k] for k in report.group_keys], len(row.group.runs),
+                                ";".join(map(str, row.group.seeds)), "; ".join(row.selection)]
+            for k in report.metric_keys:
+                s = row.stats.get(k)
+                cells += [s.mean, s.std] if s else [None, None]
+            if has_delta:
+                for s in splits:
+                    cells += [row.delta[s].mean, row.delta[s].std]
+            cells += [row.pareto_optimal, row.pareto_n] + ([row.ref_not_dominated, row.ref_dominating] if has_ref else [])
+            w.writerow([_csv_value(c) for c in cells])
+
+    run_headers = ["run", "status", "group", "seed", *report.group_keys, "selection", "error", *report.metric_keys]
+    run_headers += [f"{s}/delta_m" for s in splits] if has_delta else []
+    run_headers.append("pareto_optimal")
+    runs_file = out / "runs.csv"
+    with runs_file.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(run_headers)
+        in_table = {id(r) for r in report.table_runs}
+        for run in [*report.table_runs, *[r for r in report.runs if id(r) not in in_table]]:
+            key = str(run.path)
+            metrics = report.run_metrics.get(key, {})
+            group = report.group_of(run) if id(run) in in_table else ("STL baseline" if run.is_stl and run.completed else "")
+            cells = [relpath(run.path, dirs), run.status, group, run.seed,
+                     *[lookup(run, k) for k in report.group_keys], run.selection_rule() if run.summary else "", run.error,
+                     *[metrics.get(k) for k in report.metric_keys]]
+            if has_delta:
+                cells += [report.run_delta.get(key, {}).get(s) for s in splits]
+            cells.append(report.pareto_flags.get(key))
+            w.writerow([_csv_value(c) for c in cells])
+    return group_file, runs_file

@@ -1,0 +1,264 @@
+"""Finding job folders and reading them into :class:`Run` records that never raise.
+
+A **job folder** is a directory holding at least one of ``.hydra/``, ``summary.json`` or ``config_resolved.yaml``
+(what ``python -m mtl_bench.train`` writes for every single run and every multirun job).  The search descends
+into the given folders (a multirun root, an experiment folder holding several multiruns, a run folder) and stops
+at the first job folder on each path; ``.hydra``, ``checkpoints``, ``wandb`` and the report's own output folder are
+never entered.
+
+A job is **completed** when its ``summary.json`` parses, says ``status: completed`` and holds a ``selected``
+results dict.  Everything else is a **failed** job with a status naming why (``no_summary``, ``unreadable_summary``,
+``incomplete_summary`` or the summary's own status such as ``diverged``) and, where one is known, the error message
+(the summary's ``error``, else the last line mentioning an error in ``train.log``).  Reading a job never raises:
+a broken job is listed, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from mtl_bench.errors import MTLBenchError
+
+MARKERS = (".hydra", "summary.json", "config_resolved.yaml")
+SKIP_DIRS = frozenset({".hydra", "checkpoints", "wandb", "__pycache__", ".git"})
+_READ_ERRORS = (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError)  # json.JSONDecodeError is a ValueError
+
+
+class ReportError(MTLBenchError):
+    """A user mistake (missing folder, no runs, bad option): printed as one line, exit code 2."""
+
+
+def is_job_dir(path: Path) -> bool:
+    return (path / ".hydra").is_dir() or (path / "summary.json").is_file() or (path / "config_resolved.yaml").is_file()
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """Sort ``2_x`` before ``10_x``: digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def find_job_dirs(paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()) -> list[Path]:
+    """Job folders in or under ``paths`` (in the given order, naturally sorted within each path, deduplicated).
+
+    Raises :class:`ReportError` when a path does not exist, is not a folder (a ``summary.json`` file stands for
+    its folder) or holds no job folder.
+    """
+    excluded = {Path(p).resolve() for p in exclude}
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for item in paths:
+        path = Path(item).expanduser()
+        if not path.exists():
+            raise ReportError(f"'{path}' does not exist")
+        if path.is_file():
+            if path.name != "summary.json":
+                raise ReportError(f"'{path}' is a file; pass a run folder, a multirun folder or an experiment folder")
+            path = path.parent
+        jobs: list[Path] = []
+        if is_job_dir(path):
+            jobs.append(path)
+        else:
+            for root, dirnames, _ in os.walk(path):
+                here = Path(root)
+                if here != path and is_job_dir(here):
+                    jobs.append(here)
+                    dirnames[:] = []
+                    continue
+                dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and (here / d).resolve() not in excluded]
+        if not jobs:
+            raise ReportError(
+                f"no runs in '{path}': expected a run folder or folders below it holding summary.json, .hydra/ or "
+                "config_resolved.yaml (a multirun folder, or an experiment folder with multiruns/ and runs/)"
+            )
+        for job in sorted(jobs, key=_natural_key):
+            key = job.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(job)
+    return found
+
+
+def parse_overrides(items: Iterable[Any]) -> dict[str, str]:
+    """Hydra override strings → ``{key: value}`` (``+``/``++`` prefixes dropped, ``~key`` deletions kept as ``~``)."""
+    out: dict[str, str] = {}
+    for item in items:
+        text = str(item).strip()
+        if text.startswith("~"):
+            out[text[1:].partition("=")[0]] = "~"
+            continue
+        key, sep, value = text.lstrip("+").partition("=")
+        if sep and key:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _last_error_line(log_file: Path) -> str | None:
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "Error" in line or "ERROR" in line:
+            return line.strip()[:500]
+    return None
+
+
+@dataclass
+class Run:
+    """One job folder: its status, ``summary.json`` (``{}`` when missing) and parsed overrides."""
+
+    path: Path
+    status: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)
+    override_list: list[str] = field(default_factory=list)
+    error: str | None = None
+    config_data: dict[str, Any] | None = None  # the resolved config when given (W&B); else read lazily from the folder
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def mode(self) -> str | None:
+        mode = self.summary.get("mode")
+        return mode if isinstance(mode, str) else None
+
+    @property
+    def is_stl(self) -> bool:
+        return self.mode == "stl"
+
+    @property
+    def seed(self) -> Any:
+        return self.summary.get("seed")
+
+    @property
+    def tasks(self) -> list[str]:
+        tasks = self.summary.get("tasks")
+        return [str(t) for t in tasks] if isinstance(tasks, list) else []
+
+    @property
+    def targets(self) -> list[str]:
+        """The tasks that count (Δm, Pareto): ``targets`` of aux/ForkMerge runs, else every task."""
+        targets = self.summary.get("targets")
+        return [str(t) for t in targets] if isinstance(targets, list) and targets else self.tasks
+
+    @property
+    def dataset(self) -> str | None:
+        dataset = self.summary.get("dataset")
+        name = dataset.get("name") if isinstance(dataset, dict) else None
+        return name if isinstance(name, str) else None
+
+    @property
+    def directions(self) -> dict[str, bool]:
+        """``"<task>/<metric>"`` → higher is better, as the run recorded it."""
+        d = self.summary.get("metric_directions")
+        return {str(k): bool(v) for k, v in d.items() if "/" in str(k)} if isinstance(d, dict) else {}
+
+    def results(self, source: str = "selected") -> dict[str, float]:
+        """The summary's ``selected`` (or ``final``) results as floats (NaN for anything not a number)."""
+        data = self.summary.get(source)
+        return {str(k): _number(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def task_metrics(self, split: str, source: str = "selected", include_loss: bool = False,
+                     tasks: Iterable[str] | None = None) -> dict[str, float]:
+        """``{"<split>/<task>/<metric>": value}`` for the run's tasks (or ``tasks``); task losses only if asked."""
+        wanted = set(self.tasks if tasks is None else tasks)
+        out: dict[str, float] = {}
+        for key, value in self.results(source).items():
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == split and parts[1] in wanted and (include_loss or parts[2] != "loss"):
+                out[key] = value
+        return out
+
+    def selection_rule(self) -> str:
+        """``best val/loss (min)``, ``last``, ``last_k (k=10)`` or ``unknown``."""
+        sel = self.summary.get("selection")
+        if not isinstance(sel, dict) or not sel.get("rule"):
+            return "unknown"
+        rule = str(sel["rule"])
+        if rule == "best":
+            return f"best {sel.get('metric')} ({sel.get('mode')})"
+        if rule == "last_k":
+            return f"last_k (k={sel.get('k')})"
+        return rule
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config (``config_resolved.yaml``), ``{}`` if absent or unreadable; read once."""
+        if self.config_data is None:
+            self.config_data = {}
+            try:
+                data = yaml.safe_load((self.path / "config_resolved.yaml").read_text())
+            except _READ_ERRORS:
+                data = None
+            if isinstance(data, dict):
+                self.config_data = data
+        return self.config_data
+
+
+def load_run(path: Path) -> Run:
+    """Read one job folder into a :class:`Run`; never raises (a broken job becomes a failed :class:`Run`)."""
+    override_list: list[str] = []
+    try:
+        data = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text())
+        if isinstance(data, list):
+            override_list = [str(x) for x in data]
+    except _READ_ERRORS:
+        pass
+    summary_file = path / "summary.json"
+    if not summary_file.is_file():
+        error = _last_error_line(path / "train.log")
+        return Run(path, "no_summary", {}, parse_overrides(override_list), override_list,
+                   error or "no summary.json: the job crashed before writing it, or is still running")
+    try:
+        summary = json.loads(summary_file.read_text())
+    except _READ_ERRORS as e:
+        return Run(path, "unreadable_summary", {}, parse_overrides(override_list), override_list, f"summary.json: {e}")
+    if not isinstance(summary, dict):
+        return Run(path, "unreadable_summary", {}, parse_overrides(override_list), override_list,
+                   f"summary.json holds a {type(summary).__name__}, not a JSON object")
+    hydra = summary.get("hydra")
+    if isinstance(hydra, dict) and isinstance(hydra.get("overrides"), list):
+        override_list = [str(x) for x in hydra["overrides"]]
+    status = summary.get("status")
+    status = status if isinstance(status, str) else "unknown"
+    error = summary.get("error")
+    error = str(error) if error is not None else None
+    if status == "completed" and not isinstance(summary.get("selected"), dict):
+        status, error = "incomplete_summary", "status is completed but the summary has no 'selected' results"
+    if status != "completed" and error is None:
+        error = _last_error_line(path / "train.log")
+    return Run(path, status, summary, parse_overrides(override_list), override_list, error)
+
+
+def load_runs(paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()) -> list[Run]:
+    """:func:`find_job_dirs` + :func:`load_run` for each (errors only for missing/empty folders)."""
+    return [load_run(p) for p in find_job_dirs(paths, exclude)]
+
+
+def dotted(data: Mapping[str, Any], key: str) -> tuple[bool, Any]:
+    """``(True, value)`` for ``"a.b.c"`` in nested dicts, else ``(False, None)``."""
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
