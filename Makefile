@@ -2,6 +2,10 @@
 #   make train   create .venv if missing, install, run the default experiment (synthetic, MTL, EW, Adam)
 #   make test    install if needed, run the test suite
 # Extra Hydra overrides go in ARGS, e.g.  make train ARGS="combiner=ew optimizer=sgd trainer.epochs=5"
+# Studies (docs/sweeps.md):
+#   make quick-studies            every study's `_quick` preset (minutes on 2 CPU cores)
+#   make study-dibs_transforms    one study's full grid; study-elich_optimizers also runs its STL baselines first
+#   LAUNCHER=joblib_local | submitit_slurm picks the Hydra launcher of a study target
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -11,17 +15,20 @@ PY          := $(VENV)/bin/python
 TORCH_PIN   ?= torch==2.14.1 torchvision==0.29.1
 ARGS        ?=
 PYTEST_ARGS ?=
+LAUNCHER    ?=
+LAUNCH      := $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER),)
+STUDIES     := elich_optimizers adatask_dominance elich_conflicts dibs_transforms forkmerge_synthetic
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install train test test-all clean-outputs sync-wandb
+.PHONY: install train test test-all clean-outputs sync-wandb quick-studies study-elich_optimizers
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,hpo]"
 	@touch $@
 
 train: install
@@ -32,6 +39,20 @@ test: install
 
 test-all: install
 	WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
+
+quick-studies: install
+	@set -e; for s in $(STUDIES); do \
+		echo "== experiment=$${s}_quick"; $(PY) -m mtl_bench.train experiment=$${s}_quick $(LAUNCH) $(ARGS); \
+	done
+
+# Elich et al.'s grid selects on validation Δm against the STL baselines, and AdaTask (Adam only) is its own row.
+study-elich_optimizers: install
+	$(PY) -m mtl_bench.train experiment=synthetic_stl_baselines $(LAUNCH) $(ARGS)
+	$(PY) -m mtl_bench.train experiment=elich_optimizers $(LAUNCH) $(ARGS)
+	$(PY) -m mtl_bench.train experiment=elich_optimizers optimizer=adatask_adam combiner=ew $(LAUNCH) $(ARGS)
+
+study-%: install
+	$(PY) -m mtl_bench.train experiment=$* $(LAUNCH) $(ARGS)
 
 clean-outputs:
 	rm -rf outputs/*/

@@ -1,8 +1,8 @@
 """Preemption handling: a signal turns into "checkpoint after this step, then exit for requeue".
 
 Clusters announce the end of a job with a signal: SLURM sends SIGTERM on preemption (and before the
-``KillWait`` SIGKILL) and, with ``--signal=USR1@<s>`` (submitit's ``signal_delay_s``), SIGUSR1 some seconds
-before the time limit.  :class:`PreemptionGuard` installs handlers for the configured signals that only
+``KillWait`` SIGKILL) and, with ``--signal=USR1@<s>``, SIGUSR1 some seconds before the time limit; submitit
+asks SLURM for SIGUSR2 (``signal_delay_s`` before the limit) and installs its own requeue handler for it.  :class:`PreemptionGuard` installs handlers for the configured signals that only
 record the signal; the trainer polls :attr:`PreemptionGuard.requested` after every optimizer step, writes a
 resumable checkpoint (including the data-loader position) and raises :class:`~mtl_bench.errors.PreemptedError`,
 which the entry point turns into the requeue exit code.  A Python handler that was installed before ours
@@ -39,7 +39,7 @@ def check_signals(names: Sequence[str]) -> list[signal.Signals]:
 class PreemptionGuard:
     """Context manager: record the first configured signal received while active."""
 
-    def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1")):
+    def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGUSR2")):
         self.signals = check_signals(signals)
         self.received: signal.Signals | None = None
         self._frame: FrameType | None = None

@@ -13,6 +13,7 @@ import copy
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -43,8 +44,9 @@ from mtl_bench.metrics.delta_tracking import build_delta_m
 from mtl_bench.models.mtl_model import build_model
 from mtl_bench.optim import build_optimizer, build_scheduler
 from mtl_bench.selection import ModelSelector
+from mtl_bench import transfer
 from mtl_bench.trainer import Trainer, metric_directions
-from mtl_bench.utils import configure_determinism, resolve_device, seed_everything
+from mtl_bench.utils import configure_determinism, flatten_dict, resolve_device, seed_everything
 
 log = logging.getLogger("mtl_bench")
 
@@ -151,15 +153,6 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 def resume_checkpoint(settings: TrainerConf, output_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
     """The checkpoint a run continues from: ``trainer.resume=auto`` → ``<output_dir>/checkpoints/last.pt`` when it
     exists (a requeued or restarted job), ``never`` → none, otherwise the given path (which must exist)."""
@@ -180,7 +173,7 @@ def check_resume_config(saved: Mapping[str, Any] | None, current: Mapping[str, A
     """A run resumes only into the same experiment: differing keys (other than RESUME_MAY_CHANGE) are an error."""
     if saved is None:
         return
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten_dict(dict(saved)), flatten_dict(dict(current))
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE))
     if differ:
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differ[:6])
@@ -220,20 +213,35 @@ def _build_and_train(
     seed_everything(cfg.seed)
 
     benchmark: Benchmark = instantiate_checked(cfg.dataset, "dataset")
-    tasks = benchmark.select_tasks(active_task_names(cfg.mode, benchmark, cfg))
+    source = None
+    if cfg.mode.name == "transfer":  # the backbone to study: found, or trained first (a run of its own)
+        source = transfer.ensure_source(cfg, list(benchmark.tasks), lambda c, d: build_and_train(c, output_dir=d))
+        if source.kind == "path":
+            transfer.check_architecture(cfg, source)
+        seed_everything(cfg.seed)
+        tasks = benchmark.select_tasks(transfer.transfer_tasks(cfg, source))
+    else:
+        tasks = benchmark.select_tasks(active_task_names(cfg.mode, benchmark, cfg))
     encoder_factory = instantiate_checked(cfg.backbone, "backbone")
     model = build_model(encoder_factory, head_factories(cfg.heads, list(tasks), list(benchmark.tasks)), tasks, benchmark.input_shape)
     model.to(device)
+    if source is not None:  # source encoder (frozen) and heads
+        transfer.load_source_weights(model, source, str(cfg.mode.heads))
     model = dist.prepare_model(model)  # torchrun: SyncBatchNorm if trainer.sync_bn, rank 0's initial weights everywhere
     combiner: Combiner = instantiate_checked(cfg.combiner, "combiner")
     if not isinstance(combiner, Combiner):
         raise ConfigError(f"combiner._target_ must build a Combiner; registered combiners: {sorted(COMBINERS)}")
+    if source is not None:  # the heads are independent given the frozen encoder: equal weights
+        combiner = COMBINERS["ew"]()
     combiner.setup(list(tasks))
     targets = aux_roles(cfg.mode, benchmark, cfg)[0] if cfg.mode.name in ("aux", "forkmerge") else list(tasks)
     set_roles = getattr(combiner, "set_roles", None)
     if set_roles is not None:  # auxiliary-aware combiners (GCS, OL_AUX, ...) need to know the targets
         set_roles(targets)
     combiner.to(device)
+    if source is not None:  # clean evaluation split kept; train/val corrupted at random per sample
+        eval_base = benchmark.splits[str(cfg.mode.eval_split)]
+        corrupt_info = transfer.corrupt_training_splits(benchmark, cfg.mode)
     optimizer = build_optimizer(instantiate_checked(cfg.optimizer, "optimizer"), model, combiner)
     sched_target = cfg.scheduler.get("_target_") if cfg.scheduler is not None else None
     scheduler = build_scheduler(instantiate_checked(cfg.scheduler, "scheduler") if sched_target else None, optimizer)
@@ -318,6 +326,8 @@ def _build_and_train(
         monitors=monitors, targets=targets,
         post_train_epochs=int(cfg.mode.get("post_train_epochs", 0) or 0),
     )
+    if source is not None:
+        trainer.result_hooks["transfer"] = transfer.CorruptionEvaluation(trainer, eval_base, cfg.mode, source, corrupt_info)
     if resume_state is not None:
         trainer.load_state_dict(resume_state, resume_path)
     exit_code = 1
@@ -384,4 +394,7 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 if __name__ == "__main__":
     sys.argv = normalize_argv(sys.argv)
+    # configs/hydra/launcher/submitit_slurm.yaml deliberately replaces the plugin's config of the same name (our
+    # cluster defaults, still validated against the plugin's schema); Hydra warns about that name match
+    warnings.filterwarnings("ignore", message=r".*validated against ConfigStore schema with the same name")
     main()

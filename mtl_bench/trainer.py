@@ -138,6 +138,8 @@ class Trainer:
         self._wall_before = 0.0  # wall time of the run's earlier (interrupted) processes
         # extra state of a driver around this trainer (ForkMerge: branches, merges), saved under "extra"
         self.extra_state: dict[str, Callable[[], Any]] = {}
+        # extra summary blocks computed from the final results (transfer: the corruption evaluation)
+        self.result_hooks: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self.loaded_extra: dict[str, Any] = {}
         pin = device.type == "cuda"
         n_train = len(benchmark.splits["train"])
@@ -283,6 +285,9 @@ class Trainer:
             start, count = 0, 0
             sums = torch.zeros(len(self.task_names), dtype=torch.float64, device=self.device)
         self._epoch_start_generator = self.data_generator.get_state()
+        set_epoch = getattr(self.train_loader.dataset, "set_epoch", None)
+        if set_epoch is not None:  # per-epoch random draws that are a function of (seed, epoch, index)
+            set_epoch(self.epoch)
         batches = iter(self.train_loader)
         if partial is not None:
             # creating the iterator may draw from the global RNG (the loader's base seed), which the original
@@ -321,12 +326,13 @@ class Trainer:
         return dict(zip(self.task_names, (sums / max(count, 1)).tolist()))
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, float]:
+    def evaluate(self, split: str, loader: Any | None = None) -> dict[str, float]:
+        """Metrics ``<split>/<task>/<metric>`` on the split's loader (or on ``loader``, e.g. a corrupted copy)."""
         self.model.eval()
         meters = {t: self.tasks[t].metrics() for t in self.task_names}
         loss_sums = torch.zeros(len(self.task_names), dtype=torch.float64, device=self.device)
         n = 0
-        for batch in self.eval_loaders[split]:
+        for batch in loader if loader is not None else self.eval_loaders[split]:
             x, targets = self._to_device(batch)
             with self.autocast():
                 outputs = self.model(x, self.task_names)
@@ -543,6 +549,8 @@ class Trainer:
             else:  # no finite validation value was ever seen
                 selected = dict(final)
         results = {"final": final, "selected": selected, "selection": self.selector.describe()}
+        for name, hook in self.result_hooks.items():
+            results[name] = hook(results)
         for m in self.monitors:
             results[m.summary_key] = m.summary()
             for name, path in m.save_figures(self.output_dir).items():

@@ -72,6 +72,16 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (for comparing configs key by key)."""
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten_dict(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], floatfmt: str = ".4g") -> str:
     """A fixed-width plain-text table (numbers right-aligned)."""
 

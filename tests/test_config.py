@@ -14,7 +14,7 @@ from mtl_bench.config.validate import validate_config
 from mtl_bench.errors import ConfigError
 from tests.conftest import CONFIG_DIR, compose_cfg
 
-GROUPS = ["dataset", "backbone", "heads", "optimizer", "scheduler", "combiner", "mode", "logger", "trainer"]
+GROUPS = ["dataset", "backbone", "heads", "optimizer", "scheduler", "combiner", "mode", "logger", "trainer", "loss_transforms"]
 
 
 def options(group):
@@ -30,9 +30,27 @@ def test_every_group_option_composes_and_resolves(group, option, tmp_path):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_and_resolves(experiment, tmp_path):
+    """Every preset, the study presets and their `_quick` variants included (their grids: tests/test_sweeps.py)."""
     cfg = compose_cfg([f"experiment={experiment}"], tmp_path, tiny=False)
     OmegaConf.to_container(cfg, resolve=True)
-    assert cfg.experiment_name == experiment
+    assert cfg.experiment_name == experiment  # outputs/<experiment>/...
+    validate_config(cfg)
+
+
+@pytest.mark.parametrize("arm", options("elich_arm"))
+def test_every_elich_arm_composes_with_its_quick_preset(arm, tmp_path):
+    cfg = compose_cfg(["experiment=elich_optimizers_quick", f"elich_arm={arm}"], tmp_path, tiny=False)
+    OmegaConf.to_container(cfg, resolve=True)
+    validate_config(cfg)
+    assert cfg.mode.name == ("stl" if arm.startswith("stl_") else "mtl")
+
+
+@pytest.mark.parametrize("search", options("hparams_search"))
+def test_every_hparams_search_composes(search, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cfg = compose_cfg([f"hparams_search={search}"], tmp_path, tiny=False)
+    OmegaConf.to_container(cfg, resolve=True)
+    assert cfg.optimized_metric.startswith("val/")  # sweepers tune on validation, never on test
 
 
 def test_experiment_values_win_over_primary_defaults(tmp_path):

@@ -30,9 +30,10 @@ class SelectionConf:
 class PreemptionConf:
     """Cluster preemption: on one of ``signals`` the trainer finishes the current step, writes a checkpoint
     (with the data-loader position) and exits with ``exit_code``; a handler installed before ours (e.g.
-    submitit's USR1 requeue) is called after the checkpoint is on disk."""
+    submitit's requeue handler) is called after the checkpoint is on disk."""
 
-    signals: List[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    # SIGTERM: SLURM preemption / scancel; SIGUSR1: `sbatch --signal=USR1@<s>`; SIGUSR2: what submitit asks for
+    signals: List[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
     exit_code: int = 75  # EX_TEMPFAIL ("try again"): the job is meant to be requeued and resumed
 
 
@@ -91,6 +92,31 @@ class AuxModeConf:
 
 
 @dataclass
+class TransferModeConf:
+    """Feature transferability under image corruptions (Elich et al., App. A6): freeze a finished run's backbone,
+    fine-tune the heads on randomly corrupted training images, evaluate on every corruption x severity."""
+
+    name: str = "transfer"
+    # the backbone's run: "mtl" | "stl:<task>" (trained here first, or reused, under
+    # <output_root>/<experiment_name>/sources/<source>/seed<seed>) | a run folder | a checkpoint file
+    source: str = "mtl"
+    source_checkpoint: str = "best"  # best (the run's selected model) | last
+    source_epochs: Optional[int] = None  # epochs of an automatically trained source (None: trainer.epochs)
+    tasks: Optional[List[str]] = None  # tasks to fine-tune and evaluate (None: the source's tasks)
+    heads: str = "loaded"  # loaded (the source's heads) | fresh (re-initialised)
+    backend: str = "mtl_bench"  # corruption implementation: mtl_bench | imagecorruptions (the fork, if installed)
+    corruption_seed: int = 0  # corrupted evaluation copies and per-sample training draws
+    train_corruptions: List[str] = field(default_factory=lambda: ["common"])  # names, or common | extra | all
+    train_severities: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    clean_prob: float = 0.0  # probability of a clean training image
+    eval_corruptions: List[str] = field(default_factory=lambda: ["common"])
+    eval_severities: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    eval_split: str = "test"  # the split evaluated clean and corrupted (validation is used, corrupted, for selection)
+    cache_dir: str = "${paths.output_root}/corruption_cache"
+    workers: int = 0  # processes for corrupting the evaluation copies (0: in this process)
+
+
+@dataclass
 class ForkMergeModeConf:
     """ForkMerge (Jiang et al., NeurIPS 2023): fork into branches with different task weights, merge by a
     search on the targets' validation score."""
@@ -145,6 +171,27 @@ class SyntheticDatasetConf:
 
 
 @dataclass
+class SyntheticImagesDatasetConf:
+    """Generated shape scenes (``mtl_bench.data.synthetic_images``); ranges are checked by the builder."""
+
+    _target_: str = "mtl_bench.data.synthetic_images.build_synthetic_images"
+    name: str = "synthetic_images"
+    height: int = 64  # >= 32
+    width: int = 64  # >= 32
+    n_train: int = 512
+    n_val: int = 128
+    n_test: int = 256
+    seed: int = 0  # data seed, independent of the training seed
+    shapes: List[str] = field(default_factory=lambda: ["disc", "square", "triangle", "ring"])  # and/or cross
+    min_objects: int = 1
+    max_objects: int = 4  # <= 16
+    tasks: Optional[List[str]] = None  # None: [seg, depth]; also has_<shape> presence attributes
+    augment: bool = False  # random horizontal flip of training samples
+    aug_seed: int = 0
+    normalize: Optional[str] = None  # null | imagenet | dataset (training split's per-channel mean/std)
+
+
+@dataclass
 class _OptimizerBase:
     _partial_: bool = True
     _convert_: str = "all"  # plain lists in param_groups, so optimizer state saves with weights_only
@@ -178,9 +225,10 @@ class SGDConf(_OptimizerBase):
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "schema/trainer": {"default": TrainerConf},
-    "schema/mode": {"mtl": MTLModeConf, "stl": STLModeConf, "aux": AuxModeConf, "forkmerge": ForkMergeModeConf},
+    "schema/mode": {"mtl": MTLModeConf, "stl": STLModeConf, "aux": AuxModeConf, "forkmerge": ForkMergeModeConf,
+                    "transfer": TransferModeConf},
     "schema/logger": {"wandb": WandbLoggerConf, "none": NoLoggerConf},
-    "schema/dataset": {"synthetic": SyntheticDatasetConf},
+    "schema/dataset": {"synthetic": SyntheticDatasetConf, "synthetic_images": SyntheticImagesDatasetConf},
     "schema/optimizer": {"adam": AdamConf, "adamw": AdamWConf, "sgd": SGDConf},
 }
 

@@ -40,5 +40,5 @@ def validate_config(cfg: DictConfig) -> None:
     lr = cfg.optimizer.get("lr") if isinstance(cfg.optimizer, DictConfig) else None
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"optimizer.lr must be positive, got {lr!r}")
-    if cfg.mode.name not in ("mtl", "stl", "aux", "forkmerge"):
-        raise ConfigError(f"mode.name='{cfg.mode.name}' is invalid; choose one of ['mtl', 'stl', 'aux', 'forkmerge']")
+    if cfg.mode.name not in ("mtl", "stl", "aux", "forkmerge", "transfer"):
+        raise ConfigError(f"mode.name='{cfg.mode.name}' is invalid; choose one of ['mtl', 'stl', 'aux', 'forkmerge', 'transfer']")

@@ -23,6 +23,22 @@ class MultiTaskModel(nn.Module):
         self.encoder = encoder
         self.heads = nn.ModuleDict(dict(heads))
 
+    encoder_frozen = False
+
+    def freeze_encoder(self) -> None:
+        """Freeze the shared encoder: no gradients, and eval mode (BatchNorm running statistics and dropout) even
+        while the model trains — its parameters and buffers then stay bit-identical (transfer fine-tuning)."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder_frozen = True
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> "MultiTaskModel":
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
     @property
     def task_names(self) -> list[str]:
         return list(self.heads.keys())

@@ -7,6 +7,8 @@ differs except the seed, and writes ``report.md``, ``report.csv``, ``runs.csv`` 
 * failed jobs (no summary, unreadable, status ≠ completed): :mod:`mtl_bench.report.runs`;
 * Δm baselines and per-run Δm (reusing :mod:`mtl_bench.metrics.delta_m`): :mod:`mtl_bench.report.baselines`;
 * Pareto dominance and the reference-set counts: :mod:`mtl_bench.report.pareto`;
+* corruption transferability δ of MTL vs STL backbones from ``mode: transfer`` runs (Elich et al., App. A6):
+  :mod:`mtl_bench.report.robustness`;
 * CSV columns and the Markdown layout: :mod:`mtl_bench.report.outputs`; figures: :mod:`mtl_bench.report.plots`.
 """
 

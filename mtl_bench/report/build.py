@@ -3,7 +3,9 @@
 Which runs enter the table: completed runs that are not STL runs (STL runs serve as Δm baselines and are listed
 in their own section); if every completed run is an STL run, the STL runs are the table.  Failed runs never
 enter it.  Metrics: the selected (``--results final``: final) ``<split>/<task>/<metric>`` values of each run's
-tasks, task losses excluded unless ``include_loss``; splits ``test`` (and ``val`` when asked).
+tasks, task losses excluded unless ``include_loss``; splits ``test`` (and ``val`` when asked).  Transfer runs
+(``mode: transfer``) enter the table like any run (their results: the fine-tuned model on the clean split); their
+corruption results also make the δ of :mod:`mtl_bench.report.robustness` (``Report.robustness``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import Any, Sequence
 
 from mtl_bench.metrics.delta_m import CONVENTIONS
 from mtl_bench.report.baselines import Baselines, resolve_baselines, run_delta_m
-from mtl_bench.report.grouping import Group, Stat, default_group_keys, group_runs, lookup, matches, mean_std, parse_key_values
+from mtl_bench.report.grouping import Group, Stat, group_runs, lookup, matches, mean_std, parse_key_values
 from mtl_bench.report.pareto import against_reference, pareto_optimal
+from mtl_bench.report.robustness import Robustness, build_robustness, table_group_keys
 from mtl_bench.report.runs import ReportError, Run
 
 CONFLICT_PAIRS = ("inter_task", "inter_sample", "inter_task_averaged", "inter_sample_averaged")
@@ -38,6 +41,7 @@ class ReportOptions:
     pareto_ref: str | None = None  # "key=value[,key=value]"
     pareto_within: list[str] | None = None  # compare only runs sharing these keys' values (e.g. combiner)
     scatter: list[str] | None = None  # two "<task>/<metric>" keys; None: first metric of the first two targets
+    transfer_group_by: list[str] | None = None  # groups of the MTL-side transfer runs (δ); None: see robustness.py
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Report:
     au: dict[str, dict[str, Any]] = field(default_factory=dict)  # group label -> {"mean_rau": {task: Stat}, "dominated": Stat}
     conflicts: dict[str, dict[str, dict[str, Stat]]] = field(default_factory=dict)  # group -> pair -> metric -> Stat
     notes: list[str] = field(default_factory=list)
+    robustness: Robustness | None = None  # corruption transferability δ, when there are transfer runs
 
     def group_of(self, run: Run) -> str:
         """The label of the group ``run`` belongs to ("" for runs outside the table)."""
@@ -158,7 +163,7 @@ def build_report(runs: Sequence[Run], options: ReportOptions) -> Report:
     if only_stl:
         notes.append("every completed run is an STL run: the table shows the STL runs, without Δm")
 
-    group_keys = list(options.group_by) if options.group_by is not None else default_group_keys(table_runs)
+    group_keys = list(options.group_by) if options.group_by is not None else table_group_keys(table_runs)
     groups = group_runs(table_runs, group_keys)
     for g in groups:
         seeds = [r.seed for r in g.runs]
@@ -214,6 +219,7 @@ def build_report(runs: Sequence[Run], options: ReportOptions) -> Report:
     report = Report(options, list(runs), table_runs, failed, stl_runs, group_keys, rows, metric_keys, directions, baselines,
                     reason, run_metrics, run_delta, pareto_metrics, flags, ref, scatter, selection_rules, notes=notes)
     _diagnostics(report)
+    report.robustness = build_robustness(runs, options.transfer_group_by, options.include_loss)
     return report
 
 

@@ -15,12 +15,14 @@ from typing import Sequence
 from mtl_bench.report.runs import ReportError
 
 DESCRIPTION = """Summarise mtl_bench runs (multirun folders, experiment folders or run folders): per-group mean ± std over
-seeds, Δm% against STL baselines, Pareto counts, failed jobs; writes report.md, report.csv, runs.csv and PNG figures."""
+seeds, Δm% against STL baselines, Pareto counts, failed jobs, and for transfer runs the corruption transferability δ of MTL
+vs STL backbones; writes report.md, report.csv, runs.csv (robustness.csv) and PNG figures."""
 
 EPILOG = """examples:
   python -m mtl_bench.report outputs/elich_optimizers/multiruns/2025-01-01_12-00-00
   python -m mtl_bench.report outputs/elich_optimizers --stl outputs/synthetic_stl_baselines/stl --delta-convention per_task
-  python -m mtl_bench.report SWEEP --group-by combiner,optimizer --pareto-ref optimizer=adam --pareto-within combiner"""
+  python -m mtl_bench.report SWEEP --group-by combiner,optimizer --pareto-ref optimizer=adam --pareto-within combiner
+  python -m mtl_bench.report outputs/elich_transfer --transfer-group-by transfer.source.combiner"""
 
 
 def _csv_list(text: str) -> list[str]:
@@ -52,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare only runs that share these keys' values (e.g. combiner: Adam vs SGD per method)")
     p.add_argument("--scatter", type=_csv_list, metavar="T/M,T/M",
                    help="the two metrics of the Pareto scatter plot (default: first metric of the first two targets)")
+    p.add_argument("--transfer-group-by", type=_csv_list, metavar="K1,K2",
+                   help="groups of the MTL-source transfer runs for the corruption transferability δ (default: the source's "
+                   "combiner and optimizer plus the transfer settings/overrides that vary, seed and source paths excluded)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT[:GROUP]", help="also read runs from the W&B API (needs network)")
     p.add_argument("--log-wandb", action="store_true", help="log the table (wandb.Table + artifact) and figures to W&B "
@@ -62,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_report(args: argparse.Namespace) -> int:
     from mtl_bench.report.build import ReportOptions, build_report
-    from mtl_bench.report.outputs import render_markdown, results_table, write_csvs
+    from mtl_bench.report.outputs import render_markdown, results_table, write_csvs, write_robustness_csv
     from mtl_bench.report.runs import load_runs
 
     if not args.dirs and not args.wandb:
@@ -86,12 +91,14 @@ def run_report(args: argparse.Namespace) -> int:
         group_by=args.group_by, stl=args.stl, convention=args.delta_convention, allow_missing=args.allow_missing,
         splits=("test", "val") if args.val else ("test",), source=args.results, include_loss=args.include_loss,
         pareto_metrics=args.pareto_metrics, pareto_split=args.pareto_split, pareto_ref=args.pareto_ref,
-        pareto_within=args.pareto_within, scatter=args.scatter,
+        pareto_within=args.pareto_within, scatter=args.scatter, transfer_group_by=args.transfer_group_by,
     )
     report = build_report(runs, options)
     out.mkdir(parents=True, exist_ok=True)
     dirs = list(args.dirs)
     report_csv, _ = write_csvs(report, out, dirs)
+    if report.robustness is not None:
+        write_robustness_csv(report.robustness, out)
     figures = []
     if not args.no_plots:
         from mtl_bench.report.plots import write_plots
@@ -104,6 +111,10 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"Δm% ({options.convention}): baselines = {report.baselines.description}")
     else:
         print(f"Δm% not computed: {report.baseline_reason}")
+    if report.robustness is not None:
+        rob = report.robustness
+        print(f"corruption transferability δ: {len(rob.groups)} MTL group(s), "
+              f"{sum(len(g.tasks) for g in rob.groups)} group × task value(s); {out / 'robustness.csv'}")
     print(f"{len(report.table_runs)} run(s) in {len(report.rows)} group(s), {len(report.failed)} failed job(s); "
           f"report: {out / 'report.md'}")
     if args.log_wandb:

@@ -4,7 +4,8 @@
 CSV columns: ``group``, the group keys, ``n``, ``seeds`` (``;``-separated), ``selection``, then
 ``<split>/<task>/<metric>/mean`` and ``.../std`` per metric (std empty for n = 1), ``<split>/delta_m/mean|std`` when
 Δm was computed, ``pareto_optimal`` / ``pareto_n`` and, with a reference, ``ref_not_dominated`` / ``ref_dominating``.
-Floats are written with full precision.
+Floats are written with full precision.  With transfer runs, ``robustness.csv`` (:func:`write_robustness_csv`) holds the
+corruption transferability δ per group × task × metric × corruption × severity and report.md a δ section.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 
 from mtl_bench.report.build import Report, metric_label, relpath
 from mtl_bench.report.grouping import Stat, lookup
+from mtl_bench.report.robustness import Robustness
 
 CONVENTION_TEXT = {
     "per_metric": "per_metric (mean of the signed relative changes over all metrics; Nash-MTL/FAMO)",
@@ -88,7 +90,9 @@ def metadata_lines(report: Report, dirs: Sequence[Path]) -> list[str]:
         + (f", {n_stl} completed STL run(s)" if n_stl and not stl_table else "") + f", {len(report.failed)} failed",
         f"- **groups**: {len(report.rows)}, by "
         + (", ".join(f"`{k}`" for k in report.group_keys) or "nothing (every run differs only in the seed)")
-        + (" (from --group-by)" if o.group_by is not None else " (the overrides that vary, seed excluded)")
+        + (" (from --group-by)" if o.group_by is not None else " (the overrides that vary, seed excluded"
+           + ("; for transfer runs also the `transfer.*` summary fields that vary, source paths excluded)"
+              if report.robustness is not None else ")"))
         + "; cells are mean ± sample std (ddof=1) over the group's runs",
         f"- **results**: the `{o.source}` metrics of each run's summary.json; model selection: "
         + (", ".join(f"`{r}`" for r in report.selection_rules) or "unknown")
@@ -134,6 +138,8 @@ def render_markdown(report: Report, dirs: Sequence[Path], figures: Sequence[str]
         rows = [[_arrowed(k, report.directions.get(k)), _num(b.values.get("val", {}).get(k)), _num(b.values.get("test", {}).get(k))]
                 for k in keys]
         parts += ["## Δm baselines", "", md_table(["task/metric", "val", "test"], rows), ""]
+    if report.robustness is not None:
+        parts += robustness_section(report.robustness, dirs)
     if report.au:
         tasks = list(dict.fromkeys(t for a in report.au.values() for t in a["mean_rau"]))
         rows = [[g, *[_stat(a["mean_rau"].get(t)) for t in tasks], _stat(a["dominated"])] for g, a in report.au.items()]
@@ -159,6 +165,86 @@ def render_markdown(report: Report, dirs: Sequence[Path], figures: Sequence[str]
     if figures:
         parts += ["## Figures", "", *[f"![{Path(f).stem}]({Path(f).name})" for f in figures], ""]
     return "\n".join(parts)
+
+
+DELTA_TEXT = ("δ_{t,m,c,s} = (−1)^hib · (r̄_MTL − r̄_STL) with r = M_corrupted / M_clean of each run (its own clean value), "
+              "r̄ = mean over the runs (seeds) of each side, hib = 1 if higher is better, else 0. "
+              "**δ < 0: the MTL backbone degrades less than the STL backbone** (δ > 0: more). "
+              "A metric's δ is the mean over the corruption × severity cells both sides evaluated; a task's δ_t is the mean over "
+              "its metrics; the group's δ is the mean over its tasks that have an STL baseline. δ is linear in the ratios, so it "
+              "equals the mean of seed-paired differences when the seeds pair up; ± is the sample std (ddof=1) over the MTL runs "
+              "of each run's own δ against the STL mean ratios (none for n = 1).")
+
+
+def robustness_section(rob: Robustness, dirs: Sequence[Path]) -> list[str]:
+    """The "Corruption transferability (δ)" section of report.md (Elich et al., App. A6)."""
+    parts = ["## Corruption transferability (δ)", "", DELTA_TEXT, ""]
+    sev = ", ".join(map(str, rob.severities))
+    parts += [
+        f"- **transfer runs**: {len(rob.mtl_runs)} with an MTL-source backbone, {len(rob.stl_runs)} with an STL-source backbone"
+        + (f", {len(rob.ignored)} unusable (listed below)" if rob.ignored else ""),
+        f"- **corruptions**: {', '.join(rob.backends) or 'unknown'}; {len(rob.corruptions)} corruption(s) × severities {sev or '-'}; "
+        f"split {', '.join(rob.splits) or 'unknown'}; heads {', '.join(rob.heads) or 'unknown'}",
+        "- **MTL groups** by " + (", ".join(f"`{k}`" for k in rob.group_keys) or "nothing") + "; STL baselines: the STL-source "
+        "transfer runs of the task with the same dataset, heads and split (averaged over their seeds)",
+        "- per corruption × severity values: `robustness.csv`, heatmaps `delta_heatmap_<group>.png`",
+        "",
+    ]
+    ignored = [f"- {relpath(r.path, dirs)}: {why}" for r, why in rob.ignored]
+    ignored = ["**Unusable transfer runs**:", "", *ignored, ""] if ignored else []
+    if not rob.groups:
+        return parts + ["_no MTL-source transfer run: no δ_", "", *ignored, *[f"- {n}" for n in dict.fromkeys(rob.notes)], ""]
+    tasks = list(dict.fromkeys(t for g in rob.groups for t in [*(x.task for x in g.tasks), *g.missing]))
+    rows = []
+    for g in rob.groups:
+        cells: list[Any] = [g.group.label, len(g.group.runs), ",".join(map(str, g.group.seeds))]
+        for t in tasks:
+            td = g.task(t)
+            cells.append(_stat(td.delta, "+.4f") if td else ("missing" if t in g.missing else ""))
+        cells.append(_stat(g.delta, "+.4f") if g.tasks else "")
+        rows.append(cells)
+    parts += ["δ_t per task (mean over the task's metrics) and the mean over tasks; lower is better for the MTL backbone.", "",
+              md_table(["group", "n", "seeds", *[f"δ {t}" for t in tasks], "δ mean over tasks"], rows), ""]
+    rows = []
+    for g in rob.groups:
+        for td in g.tasks:
+            stl = f"{len(td.stl_runs)} (seeds {','.join(sorted(map(str, (r.seed for r in td.stl_runs))))})"
+            for m in td.metrics:
+                rows.append([g.group.label, td.task, _arrowed(m.metric, m.higher_is_better), _stat(m.delta, "+.4f"), len(m.cells), stl])
+    parts += ["Per metric (↑/↓: the metric's direction; δ is already signed so that δ < 0 favours MTL):", "",
+              md_table(["group", "task", "metric", "δ", "cells", "STL runs"], rows), ""]
+    missing = [f"- `{g.group.label}`: {t}: {why}" for g in rob.groups for t, why in g.missing.items()]
+    if missing:
+        parts += ["**Tasks without δ** (not in the group's mean over tasks):", "", *missing, ""]
+    left = [f"- `{g.group.label}`: {key}: {why}" for g in rob.groups for key, why in g.left_out]
+    if left:
+        parts += ["**Metrics left out**:", "", *left, ""]
+    parts += ignored
+    notes = list(dict.fromkeys([*rob.notes, *[f"`{g.group.label}`: {n}" for g in rob.groups for n in g.notes]]))
+    if notes:
+        parts += ["**Notes**:", "", *[f"- {n}" for n in notes], ""]
+    return parts
+
+
+ROBUSTNESS_COLUMNS = ["group", "task", "metric", "corruption", "severity", "delta", "delta_raw", "ratio_mtl", "ratio_stl",
+                      "n_mtl", "n_stl", "higher_is_better"]
+
+
+def write_robustness_csv(rob: Robustness, out: Path) -> Path:
+    """``robustness.csv``: one row per group × task × metric × corruption × severity (long format); ``delta`` is the
+    signed δ (< 0: MTL degrades less), ``delta_raw`` = ratio_mtl − ratio_stl (ratios = corrupted / clean, seed means)."""
+    path = out / "robustness.csv"
+    order = {c: i for i, c in enumerate(rob.corruptions)}
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(ROBUSTNESS_COLUMNS)
+        for g in rob.groups:
+            for td in g.tasks:
+                for m in td.metrics:
+                    for (c, sv), cell in sorted(m.cells.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][1])):
+                        w.writerow([_csv_value(x) for x in (g.group.label, td.task, m.metric, c, sv, cell.delta, cell.raw,
+                                                           cell.ratio_mtl, cell.ratio_stl, cell.n_mtl, cell.n_stl, m.higher_is_better)])
+    return path
 
 
 def _csv_value(x: Any) -> Any:

@@ -8,6 +8,10 @@
 * ``conflicts.png``: where runs logged gradient conflicts, the mean cosine / magnitude similarity / opposite-sign
   fraction per pair type and group (error bars = std over runs).
 * ``au_heatmap.png``: where runs have AU statistics, group × task mean rAU and the dominated fraction per group.
+* ``delta_heatmap_<group>.png``: with transfer runs, per MTL group the corruption transferability δ per corruption
+  (rows, standard order noise, blur, weather, digital) × severity (columns): the mean over tasks, plus one panel per
+  task when the group has 2..4 tasks (:meth:`~mtl_bench.report.robustness.Robustness.panels`); diverging colours
+  centred at 0 (blue: δ < 0, the MTL backbone degrades less), values annotated.
 """
 
 from __future__ import annotations
@@ -163,10 +167,49 @@ def au_heatmap(report: Report, out: Path) -> Path | None:
     return path
 
 
+def delta_heatmaps(report: Report, out: Path) -> list[Path]:
+    """One ``delta_heatmap_<group>.png`` per MTL group of the corruption transferability δ."""
+    rob = report.robustness
+    if rob is None or not rob.corruptions or not rob.severities:
+        return []
+    files: list[Path] = []
+    used: set[str] = set()
+    for g in rob.groups:
+        panels = rob.panels(g)
+        finite = [abs(v) for _, m in panels for row in m for v in row if math.isfinite(v)]
+        if not finite:
+            continue
+        lim = max(max(finite), 1e-12)
+        fig = Figure(figsize=(1.2 + 0.75 * len(rob.severities) * len(panels) + 1.2, 1.4 + 0.32 * len(rob.corruptions)),
+                     layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for k, (ax, (title, matrix)) in enumerate(zip(axes, panels)):
+            im = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+            ax.set_xticks(range(len(rob.severities)), [str(s) for s in rob.severities], fontsize=7)
+            ax.set_xlabel("severity", fontsize=8)
+            ax.set_yticks(range(len(rob.corruptions)), rob.corruptions if k == 0 else [""] * len(rob.corruptions), fontsize=7)
+            ax.set_title(title, fontsize=9)
+            for i, row in enumerate(matrix):
+                for j, v in enumerate(row):
+                    ax.text(j, i, "" if math.isnan(v) else f"{v:+.3f}", ha="center", va="center", fontsize=6,
+                            color="white" if math.isfinite(v) and abs(v) > 0.6 * lim else "black")
+        fig.colorbar(im, ax=list(axes), shrink=0.8, label="δ  (< 0: MTL degrades less)")
+        fig.suptitle(f"corruption transferability δ: {_short(g.group.label)}", fontsize=9)
+        name = _safe(g.group.short) or "group"
+        stem, i = name, 2
+        while name in used:
+            name, i = f"{stem}_{i}", i + 1
+        used.add(name)
+        path = out / f"delta_heatmap_{name}.png"
+        fig.savefig(path, dpi=110)
+        files.append(path)
+    return files
+
+
 def write_plots(report: Report, out: Path) -> list[Path]:
     """All figures that apply to ``report``; returns the files written."""
     if not report.rows:
-        return []
+        return delta_heatmaps(report, out)
     files = bar_charts(report, out)
     files += [p for p in (pareto_scatter(report, out), conflicts_plot(report, out), au_heatmap(report, out)) if p is not None]
-    return files
+    return files + delta_heatmaps(report, out)

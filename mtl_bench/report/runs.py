@@ -7,7 +7,8 @@ at the first job folder on each path; ``.hydra``, ``checkpoints``, ``wandb`` and
 never entered.
 
 A job is **completed** when its ``summary.json`` parses, says ``status: completed`` and holds a ``selected``
-results dict.  Everything else is a **failed** job with a status naming why (``no_summary``, ``unreadable_summary``,
+results dict (a ``mode: transfer`` run may instead hold only its ``transfer`` block: its clean metrics then stand
+for the results).  Everything else is a **failed** job with a status naming why (``no_summary``, ``unreadable_summary``,
 ``incomplete_summary`` or the summary's own status such as ``diverged``) and, where one is known, the error message
 (the summary's ``error``, else the last line mentioning an error in ``train.log``).  Reading a job never raises:
 a broken job is listed, never fatal.
@@ -173,9 +174,18 @@ class Run:
         d = self.summary.get("metric_directions")
         return {str(k): bool(v) for k, v in d.items() if "/" in str(k)} if isinstance(d, dict) else {}
 
+    @property
+    def is_transfer(self) -> bool:
+        """A ``mode: transfer`` run (fine-tuned from another run's backbone, evaluated on corruptions)."""
+        return self.mode == "transfer" and isinstance(self.summary.get("transfer"), dict)
+
     def results(self, source: str = "selected") -> dict[str, float]:
-        """The summary's ``selected`` (or ``final``) results as floats (NaN for anything not a number)."""
+        """The summary's ``selected`` (or ``final``) results as floats (NaN for anything not a number); a transfer
+        run without them gives its clean metrics (``transfer.clean``) under its split (``transfer.split``, else test)."""
         data = self.summary.get(source)
+        if not isinstance(data, dict) and self.is_transfer and isinstance(self.summary["transfer"].get("clean"), dict):
+            split = self.summary["transfer"].get("split") or "test"
+            data = {f"{split}/{k}": v for k, v in self.summary["transfer"]["clean"].items()}
         return {str(k): _number(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def task_metrics(self, split: str, source: str = "selected", include_loss: bool = False,
@@ -242,7 +252,8 @@ def load_run(path: Path) -> Run:
     status = status if isinstance(status, str) else "unknown"
     error = summary.get("error")
     error = str(error) if error is not None else None
-    if status == "completed" and not isinstance(summary.get("selected"), dict):
+    transfer = summary.get("mode") == "transfer" and isinstance(summary.get("transfer"), dict)
+    if status == "completed" and not isinstance(summary.get("selected"), dict) and not transfer:
         status, error = "incomplete_summary", "status is completed but the summary has no 'selected' results"
     if status != "completed" and error is None:
         error = _last_error_line(path / "train.log")
