@@ -6,6 +6,8 @@
 #   make quick-studies            every study's `_quick` preset (minutes on 2 CPU cores)
 #   make study-dibs_transforms    one study's full grid; study-elich_optimizers also runs its STL baselines first
 #   LAUNCHER=joblib_local | submitit_slurm picks the Hydra launcher of a study target
+#   make report                   tables + plots of the newest multirun (or DIRS="<multirun dir> ..."),
+#                                 options in REPORT_ARGS, e.g. REPORT_ARGS="--pareto-ref optimizer=adam"
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -17,11 +19,13 @@ ARGS        ?=
 PYTEST_ARGS ?=
 LAUNCHER    ?=
 LAUNCH      := $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER),)
+DIRS        ?=
+REPORT_ARGS ?=
 STUDIES     := elich_optimizers adatask_dominance elich_conflicts dibs_transforms forkmerge_synthetic
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install train test test-all clean-outputs sync-wandb quick-studies study-elich_optimizers
+.PHONY: install train test test-all clean-outputs sync-wandb quick-studies study-elich_optimizers report
 
 install: $(VENV)/.installed
 
@@ -53,6 +57,9 @@ study-elich_optimizers: install
 
 study-%: install
 	$(PY) -m mtl_bench.train experiment=$* $(LAUNCH) $(ARGS)
+
+report: install
+	$(PY) -m mtl_bench.report $(or $(DIRS),$(shell ls -dt outputs/*/multiruns/*/ 2>/dev/null | head -1)) $(REPORT_ARGS)
 
 clean-outputs:
 	rm -rf outputs/*/

@@ -249,6 +249,18 @@ def test_pareto_within_compares_only_runs_sharing_the_keys(tmp_path):
     assert {r.group.label: r.pareto_optimal for r in report.rows} == {"optimizer=adam": 1, "optimizer=sgd": 0}
 
 
+def test_runs_on_different_datasets_are_never_pareto_compared(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep, "0", {"t0/mse": 1.0}, tasks=("t0",), optimizer="adam")
+    hard = write_run(sweep, "1", {"t0/mse": 9.0}, tasks=("t0",), optimizer="sgd")  # worse, but on another dataset
+    summary = json.loads((hard / "summary.json").read_text())
+    summary["choices"]["dataset"] = "synthetic_imbalanced"
+    (hard / "summary.json").write_text(json.dumps(summary))
+    report = build_report(load_runs([sweep]), ReportOptions(group_by=["optimizer"]))
+    assert {r.group.label: r.pareto_optimal for r in report.rows} == {"optimizer=adam": 1, "optimizer=sgd": 1}
+    assert any("within their dataset" in n for n in report.notes)
+
+
 # ----------------------------------------------------------------------------------------- failed jobs and outputs
 
 

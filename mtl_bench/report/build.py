@@ -249,7 +249,10 @@ def _pareto(table_runs: list[Run], rows: list[GroupRow], directions: dict[str, b
                 points[str(run.path)] = vec
             else:
                 notes.append(f"Pareto: {run.name} lacks a finite value of {metrics} and is left out")
-    within = options.pareto_within or []
+    # runs on different datasets (or dataset variants) are never compared with each other
+    within = ["dataset", *[k for k in options.pareto_within or [] if k != "dataset"]]
+    if len({lookup(r, "dataset") for r in table_runs}) > 1:
+        notes.append("Pareto: runs are compared within their dataset only (the runs use several datasets)")
 
     def pool_key(run: Run) -> tuple[str | None, ...]:
         return tuple(lookup(run, k) for k in within)

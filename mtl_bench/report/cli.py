@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pareto-ref", metavar="K=V[,K=V]", help="reference runs, e.g. optimizer=adam: per group, how many runs "
                    "no reference run dominates and how many dominate one")
     p.add_argument("--pareto-within", type=_csv_list, metavar="K1,K2",
-                   help="compare only runs that share these keys' values (e.g. combiner: Adam vs SGD per method)")
+                   help="compare only runs that share these keys' values (e.g. combiner: Adam vs SGD per method); "
+                        "runs are always compared within their dataset")
     p.add_argument("--scatter", type=_csv_list, metavar="T/M,T/M",
                    help="the two metrics of the Pareto scatter plot (default: first metric of the first two targets)")
     p.add_argument("--transfer-group-by", type=_csv_list, metavar="K1,K2",
