@@ -3,11 +3,12 @@
 Clusters announce the end of a job with a signal: SLURM sends SIGTERM on preemption (and before the
 ``KillWait`` SIGKILL) and, with ``--signal=USR1@<s>``, SIGUSR1 some seconds before the time limit; submitit
 asks SLURM for SIGUSR2 (``signal_delay_s`` before the limit) and installs its own requeue handler for it.
-:class:`PreemptionGuard` installs handlers for the configured signals that only record the signal; the trainer polls :attr:`PreemptionGuard.requested` after every optimizer step, writes a
-resumable checkpoint (including the data-loader position) and raises :class:`~mtl_bench.errors.PreemptedError`,
-which the entry point turns into the requeue exit code.  A Python handler that was installed before ours
-(submitit's USR1 handler, which resubmits the Hydra job into the same output folder) is called afterwards
-through :meth:`PreemptionGuard.chain`, once the checkpoint is on disk.
+:class:`PreemptionGuard` installs handlers for the configured signals that only record the signal; the trainer
+polls :attr:`PreemptionGuard.requested` after every optimizer step, writes a resumable checkpoint (including
+the data-loader position) and raises :class:`~mtl_bench.errors.PreemptedError`, which the entry point turns
+into the requeue exit code. A Python handler that was installed before ours (submitit's USR2 handler, which
+resubmits the Hydra job into the same output folder) is called afterwards through
+:meth:`PreemptionGuard.chain`, once the checkpoint is on disk.
 
 Handlers can only be installed from the main thread; elsewhere the guard is inactive (logged once).
 """
