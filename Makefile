@@ -17,11 +17,12 @@ PY          := $(VENV)/bin/python
 TORCH_PIN   ?= torch==2.14.1 torchvision==0.29.1
 ARGS        ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2   # pytest-xdist processes (the CI machine has 2 cores)
 LAUNCHER    ?=
 LAUNCH      := $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER),)
 DIRS        ?=
 REPORT_ARGS ?=
-STUDIES     := elich_optimizers adatask_dominance elich_conflicts dibs_transforms forkmerge_synthetic
+STUDIES     := elich_optimizers adatask_dominance elich_conflicts dibs_transforms forkmerge_synthetic elich_corruptions
 
 export HF_HUB_OFFLINE := 1
 
@@ -39,10 +40,10 @@ train: install
 	$(PY) -m mtl_bench.train $(ARGS)
 
 test: install
-	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-all: install
-	WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
+	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 quick-studies: install
 	@set -e; for s in $(STUDIES); do \

@@ -136,7 +136,10 @@ def source_identity(src_cfg: DictConfig) -> str:
     """A short hash of everything that defines an automatically trained source (combiner, optimizer and its lr,
     epochs, data, network, mode ...; not the seed, which names its own folder), so that a sweep over methods
     never reuses another method's backbone."""
-    flat = flatten_dict(OmegaConf.to_container(src_cfg, resolve=True))
+    probe = copy.deepcopy(src_cfg)
+    with open_dict(probe):
+        probe.seed = 0  # seed-derived values (e.g. dataset.aug_seed: ${seed}) must not change the identity
+    flat = flatten_dict(OmegaConf.to_container(probe, resolve=True))
     kept = {k: v for k, v in sorted(flat.items()) if not k.startswith(NOT_IDENTITY)}
     combiner = str(flat.get("combiner._target_", "")).rsplit(".", 1)[-1]
     digest = hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]

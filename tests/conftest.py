@@ -38,6 +38,11 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 
 import mtl_bench.config.schema  # noqa: E402,F401  (registers the schemas before any compose)
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one torch thread each
+    import torch  # noqa: E402
+
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")
 

@@ -26,7 +26,7 @@ from tests.conftest import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(CONFIG_DIR)
-STUDIES = ["elich_optimizers", "adatask_dominance", "elich_conflicts", "dibs_transforms", "forkmerge_synthetic"]
+STUDIES = ["elich_optimizers", "adatask_dominance", "elich_conflicts", "dibs_transforms", "forkmerge_synthetic", "elich_corruptions"]
 # Hydra 1.3's automatic schema matching of configs/hydra/launcher/submitit_slurm.yaml (see that file)
 DEPRECATED_SCHEMA_MATCH = "ignore:(?s).*is validated against ConfigStore schema with the same name:UserWarning"
 
@@ -394,7 +394,7 @@ def test_optuna_lr_search_runs_trials_and_writes_the_best_lr(tmp_path):
 def test_quick_preset_runs_to_completion(study, tmp_path):
     """(slow: 10-60 s each) `python -m mtl_bench.train experiment=<study>_quick`: every job completes."""
     sweep = tmp_path / study
-    r = cli(f"experiment={study}_quick", "logger=none", f"hydra.sweep.dir={sweep}")
+    r = cli(f"experiment={study}_quick", "logger=none", f"hydra.sweep.dir={sweep}", f"paths.output_root={tmp_path / 'out'}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     runs = summaries(sweep)
     assert len(runs) == documented_grid_sizes()[f"{study}_quick"]
