@@ -323,3 +323,33 @@ def test_with_global_value_routes_the_gradient_to_the_local_losses():
     assert mixed.tolist() == [2.0, 3.0]
     (mixed**2).sum().backward()  # d/dlocal of f evaluated at the global value: 2 · global
     assert local.grad.tolist() == [4.0, 6.0]
+
+
+def test_torchrun_entry_point_matches_one_process(tmp_path):
+    """`torchrun --nproc_per_node=2 -m mtl_bench.train` end to end: rank 0 writes the one summary, whose
+    metrics equal a single-process run's on the same global batches (float32 rounding)."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    args = ["logger=none", "trainer.device=cpu", "trainer.batch_size=64", "trainer.epochs=1", "dataset.n_train=512",
+            "dataset.n_val=128", "dataset.n_test=128", "combiner=pcgrad", "trainer.num_threads=1"]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+                          "-m", "mtl_bench.train", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "mtl_bench.train", *args, f"hydra.run.dir={tmp_path / 'one'}"],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    b = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert a["distributed"]["world_size"] == 2 and b["distributed"]["world_size"] == 1
+    assert a["global_steps"] == b["global_steps"] == 512 // 64
+    for key, value in b["final"].items():
+        assert a["final"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    # only rank 0 wrote: one metrics file whose step records are not duplicated
+    steps = [json.loads(line)["global_step"] for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "step"]
+    assert len(steps) == len(set(steps))
