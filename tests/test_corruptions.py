@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from mtl_bench.corruptions.adapters import reference_scene
 from mtl_bench.corruptions import (
     ALL,
     COMMON,
@@ -47,16 +48,7 @@ from mtl_bench.data.transforms import normalize_image
 from mtl_bench.errors import ConfigError
 
 
-def scene(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
-    """A smooth synthetic RGB scene with hard edges (disc, square), stripes and mild texture, uint8 H×W×3."""
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-    img = np.stack([0.25 + 0.5 * x / w, 0.3 + 0.4 * y / h, 0.5 + 0.2 * np.sin(3 * np.pi * x / w) * np.cos(2 * np.pi * y / h)], -1)
-    img[(x - 0.62 * w) ** 2 + (y - 0.4 * h) ** 2 < (0.22 * min(h, w)) ** 2] = (0.85, 0.2, 0.15)
-    img[int(0.6 * h) : int(0.85 * h), int(0.1 * w) : int(0.35 * w)] = (0.1, 0.12, 0.2)
-    stripes = (np.floor(x / 3) % 2 == 0) & (y < 0.25 * h) & (x < 0.5 * w)
-    img[stripes] = img[stripes] * 0.4 + 0.55
-    img += np.random.default_rng(seed).normal(0, 0.03, size=img.shape)
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+scene = reference_scene
 
 
 SCENES = [scene(seed=s) for s in range(3)]

@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from mtl_bench.data.transforms import check_normalize, normalize_image
+from mtl_bench.data.transforms import StagedImages, check_normalize
 from mtl_bench.errors import ConfigError, DatasetError
 
 ATTR_FILE = "list_attr_celeba.txt"
@@ -190,7 +189,7 @@ def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-class CelebADataset(Dataset):
+class CelebADataset(StagedImages):
     """One official split of CelebA with the selected attributes as binary tasks (see the module docstring).
 
     ``attributes=None`` selects all 40 in file order; a list selects (and orders) a subset by name.
@@ -266,19 +265,6 @@ class CelebADataset(Dataset):
         image = self.load_image(index) if with_image else None
         row = torch.from_numpy(self.labels[index].astype(np.float32))
         return image, {a: row[k : k + 1] for k, a in enumerate(self.attributes)}
-
-    def augment_sample(self, image: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """No augmentation for CelebA: the inputs unchanged."""
-        return image, targets
-
-    def normalize_sample(self, image: torch.Tensor) -> torch.Tensor:
-        """The configured normalisation of a float [0, 1] image."""
-        return normalize_image(image, self.normalize)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image, targets = self.raw_sample(index)
-        image, targets = self.augment_sample(image, targets)
-        return self.normalize_sample(image), targets
 
     def info(self) -> dict[str, Any]:
         """Provenance for a run summary."""

@@ -36,9 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from mtl_bench.data.transforms import RandomScaleCropFlip, check_normalize, normalize_image
+from mtl_bench.data.transforms import RandomScaleCropFlip, StagedImages, check_normalize
 from mtl_bench.errors import ConfigError, DatasetError
 
 FOLDERS = ("train", "val")
@@ -90,7 +89,7 @@ def _listing(directory: Path, layout: str) -> set[int]:
     return found
 
 
-class MtanNpyDataset(Dataset):
+class MtanNpyDataset(StagedImages):
     """A folder (``train`` or ``val``) of an mtan-layout dataset; see the module docstring.
 
     Subclasses fix the modalities (:class:`NYUv2Dataset`, :class:`CityscapesDataset`).  ``indices`` restricts
@@ -254,15 +253,6 @@ class MtanNpyDataset(Dataset):
         if self.transform is None:
             return image, targets
         return self.transform(image, targets)
-
-    def normalize_sample(self, image: torch.Tensor) -> torch.Tensor:
-        """The configured normalisation of a float [0, 1] image (the last stage of ``__getitem__``)."""
-        return normalize_image(image, self.normalize)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image, targets = self.raw_sample(index)
-        image, targets = self.augment_sample(image, targets)
-        return self.normalize_sample(image), targets
 
     def info(self) -> dict[str, Any]:
         """Provenance for a run summary."""

@@ -57,10 +57,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from mtl_bench.data.base import Benchmark
-from mtl_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomScaleCropFlip
+from mtl_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomScaleCropFlip, StagedImages
 from mtl_bench.errors import ConfigError
 from mtl_bench.task_library import attribute_task, depth_task, segmentation_task
 from mtl_bench.tasks import Task
@@ -273,7 +272,7 @@ def check_normalize(normalize: str | None) -> str | None:
     return normalize
 
 
-class SyntheticImageDataset(Dataset):
+class SyntheticImageDataset(StagedImages):
     """One split of generated scenes, rendered eagerly into memory (``uint8`` images, dense labels).
 
     ``tasks``: a subset of ``seg``, ``depth``, ``has_<shape>``.  ``augment=True`` flips image and dense labels
@@ -386,11 +385,6 @@ class SyntheticImageDataset(Dataset):
         if self.mean is None:
             return image
         return (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image, targets = self.raw_sample(index)
-        image, targets = self.augment_sample(image, targets)
-        return self.normalize_sample(image), targets
 
     def info(self) -> dict[str, Any]:
         """Provenance for a run summary."""

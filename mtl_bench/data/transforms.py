@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 import torch.nn.functional as F
 from torch.utils.data import get_worker_info
 
@@ -66,6 +67,32 @@ def normalize_image(image: torch.Tensor, normalize: str | None) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=image.dtype).view(3, 1, 1)
     return (image - mean) / std
+
+
+class StagedImages(Dataset):
+    """Base of the image datasets: ``__getitem__`` is ``raw_sample`` → ``augment_sample`` → ``normalize_sample``.
+
+    The stages are public so that :mod:`mtl_bench.corruptions` can corrupt the ``uint8``-representable image
+    between the raw sample and the normalisation.  Subclasses implement ``raw_sample(index, with_image=True)``
+    (float32 3×H×W in [0, 1] or ``None``, targets) and override the other two stages where needed."""
+
+    normalize: str | None = None
+
+    def raw_sample(self, index: int, with_image: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def augment_sample(self, image: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training augmentation; the inputs unchanged by default."""
+        return image, targets
+
+    def normalize_sample(self, image: torch.Tensor) -> torch.Tensor:
+        """The configured normalisation of a float [0, 1] image (the last stage of ``__getitem__``)."""
+        return normalize_image(image, self.normalize)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, targets = self.raw_sample(index)
+        image, targets = self.augment_sample(image, targets)
+        return self.normalize_sample(image), targets
 
 
 @dataclass(frozen=True)
