@@ -93,7 +93,7 @@ def main() -> None:
     print(table)
     if args.write:
         with open(args.write, "a", encoding="utf-8") as f:
-            f.write(f"\n### bench_forkmerge — {dt.datetime.now():%Y-%m-%d %H:%M}\n\n{head}\n\n{table}\n")
+            f.write(f"\n### ForkMerge vs EW (bench_forkmerge) — {dt.datetime.now():%Y-%m-%d %H:%M}\n\n{head}\n\n{table}\n")
 
 
 if __name__ == "__main__":
