@@ -230,3 +230,23 @@ def test_forkmerge_resumes_after_its_last_merge(make_cfg, monkeypatch):
     assert resumed["forkmerge"]["merges"] == ref["forkmerge"]["merges"]
     assert resumed["resumed"][0]["epoch"] == 2
     assert_same_run(Path(ref_cfg.paths.output_dir), Path(cfg.paths.output_dir))
+
+
+@pytest.mark.parametrize("extra", [
+    ["combiner=famo"],  # its own logits and their optimizer, post-step losses
+    ["combiner=uw"],  # learnable log-variances in the optimizer's combiner group
+    ["combiner=gradnorm"],  # learnable weights, initial losses
+    ["combiner=nash_mtl"],  # warm-started solver state
+    ["combiner=graddrop"],  # its own random generator
+    ["combiner=dwa", "optimizer=adatask_adam"],  # loss history; per-task moments of the task-wise optimizer
+])
+def test_every_stateful_component_resumes_bit_identically(make_cfg, monkeypatch, extra):
+    overrides = [*extra, "trainer.epochs=2"]
+    ref_cfg, cfg = make_cfg(*overrides), make_cfg(*overrides)
+    build_and_train(ref_cfg)
+    with monkeypatch.context() as m:
+        _signal_at(m, 5, signal.SIGTERM)
+        with pytest.raises(PreemptedError):
+            build_and_train(cfg)
+    build_and_train(cfg)
+    assert_same_run(Path(ref_cfg.paths.output_dir), Path(cfg.paths.output_dir))
