@@ -336,17 +336,19 @@ def _build_and_train(
             initial = copy.deepcopy(model.state_dict())
 
             def make_branch(name: str, auxiliaries: list[str]) -> Trainer:
-                """A full copy of the model with its own optimizer/scheduler, trained on targets + ``auxiliaries``."""
+                """A full copy of the model with its own optimizer/scheduler, trained on targets + ``auxiliaries`` with
+                equal weights.  The other tasks' heads are not run at all in this branch (no forward, no gradient, no
+                BatchNorm statistics, no weight decay): they keep the merged values, and merging averages them."""
                 branch_model = copy.deepcopy(model)
                 branch_model.load_state_dict(initial)
-                weights = {t: (1.0 if t in targets or t in auxiliaries else 0.0) for t in tasks}
-                branch_comb = COMBINERS["fixed"](weights=weights)
-                branch_comb.setup(list(tasks))
+                branch_tasks = {t: task for t, task in tasks.items() if t in targets or t in auxiliaries}
+                branch_comb = COMBINERS["fixed"](weights={t: 1.0 for t in branch_tasks})
+                branch_comb.setup(list(branch_tasks))
                 branch_opt = build_optimizer(instantiate_checked(cfg.optimizer, "optimizer"), branch_model, branch_comb)
                 branch_sched = build_scheduler(instantiate_checked(cfg.scheduler, "scheduler") if sched_target else None, branch_opt)
                 branch_dir = output_dir / "branches" / name
                 return Trainer(
-                    model=branch_model, benchmark=benchmark, tasks=tasks, combiner=branch_comb, optimizer=branch_opt,
+                    model=branch_model, benchmark=benchmark, tasks=branch_tasks, combiner=branch_comb, optimizer=branch_opt,
                     scheduler=branch_sched, settings=copy.deepcopy(settings),
                     selector=ModelSelector("last", "val/loss", "auto", 1, directions),
                     logger=RunLogger(branch_dir, {}, enabled=dist.is_main),

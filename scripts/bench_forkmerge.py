@@ -52,7 +52,7 @@ def setups(data_dir: Path, device: str, epochs: int) -> dict[str, list[str]]:
 def run(overrides: list[str], out: Path) -> dict:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+        cfg = compose("train", overrides=[*overrides, "trainer.resume=never"])  # every timed run starts fresh
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
     return build_and_train(cfg, out)

@@ -119,8 +119,9 @@ def test_branches_are_independent_copies(make_cfg, monkeypatch, tmp_path):
     fm = _capture_forkmerge(monkeypatch, cfg, tmp_path)
     main_before = copy.deepcopy(fm.main.model.state_dict())
     target, joint = fm.make_branch("target", []), fm.make_branch("all", ["harmful"])
-    assert target.combiner.weights(torch.ones(2)).tolist() == [1.0, 0.0]  # task order: target, harmful
-    assert joint.combiner.weights(torch.ones(2)).tolist() == [1.0, 1.0]
+    # the target-only branch trains (and runs) the target alone; the joint branch both tasks with equal weights
+    assert target.task_names == ["target"] and target.combiner.weights(torch.ones(1)).tolist() == [1.0]
+    assert joint.task_names == ["target", "harmful"] and joint.combiner.weights(torch.ones(2)).tolist() == [1.0, 1.0]
     models = [fm.main.model, target.model, joint.model]
     ptrs = [{p.data_ptr() for p in m.parameters()} for m in models]
     assert not (ptrs[0] & ptrs[1]) and not (ptrs[0] & ptrs[2]) and not (ptrs[1] & ptrs[2])
