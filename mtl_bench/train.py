@@ -215,7 +215,8 @@ def _build_and_train(
     benchmark: Benchmark = instantiate_checked(cfg.dataset, "dataset")
     source = None
     if cfg.mode.name == "transfer":  # the backbone to study: found, or trained first (a run of its own)
-        source = transfer.ensure_source(cfg, list(benchmark.tasks), lambda c, d: build_and_train(c, output_dir=d))
+        trainer_fn = None if dist.enabled else (lambda c, d: build_and_train(c, output_dir=d))  # no nested process groups
+        source = transfer.ensure_source(cfg, list(benchmark.tasks), trainer_fn)
         if source.kind == "path":
             transfer.check_architecture(cfg, source)
         seed_everything(cfg.seed)

@@ -170,8 +170,8 @@ def load_source(run_dir: Path, which: str, kind: str, checkpoint: Path | None = 
     return SourceRun(run_dir, checkpoint, config, summary, kind, tasks=list(summary.get("tasks") or []))
 
 
-def ensure_source(cfg: DictConfig, task_names: Sequence[str], train: Callable[[DictConfig, Path], Any]) -> SourceRun:
-    """Find (or train) the source run of a transfer job."""
+def ensure_source(cfg: DictConfig, task_names: Sequence[str], train: Callable[[DictConfig, Path], Any] | None) -> SourceRun:
+    """Find (or train, unless ``train`` is None) the source run of a transfer job."""
     spec = str(cfg.mode.source)
     which = str(cfg.mode.source_checkpoint)
     if which not in ("best", "last"):
@@ -194,6 +194,10 @@ def ensure_source(cfg: DictConfig, task_names: Sequence[str], train: Callable[[D
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel jobs (joblib, SLURM arrays) sharing one source wait here
         summary = run_dir / "summary.json"
         if not (summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"):
+            if train is None:
+                raise ConfigError(f"mode.source={spec}: the source run {run_dir} is not trained yet, and it cannot be trained "
+                                  "inside a torchrun job; run the same command once without torchrun (or train the source "
+                                  "as its own torchrun job) first")
             log.info("training the %s source backbone in %s", tag, run_dir)
             t0 = time.monotonic()
             train(src_cfg, run_dir)

@@ -108,5 +108,9 @@ def test_bad_transfer_settings_are_clear_errors(make_cfg, env):
         build_and_train(make_cfg(*overrides(env, "mode.source=/nonexistent/run"), tiny=False))
     with pytest.raises(ConfigError, match="task 'normal' is not one of the dataset's tasks"):
         build_and_train(make_cfg(*overrides(env, "mode.source=stl:normal"), tiny=False))
+    from mtl_bench import transfer
+
+    with pytest.raises(ConfigError, match="cannot be trained inside a torchrun job"):  # (torchrun passes no trainer)
+        transfer.ensure_source(make_cfg(*overrides(env, "mode.source=stl:seg", "optimizer.lr=0.02"), tiny=False), ["seg", "depth"], None)
     with pytest.raises(ConfigError, match="needs an image dataset"):
         build_and_train(make_cfg("mode=transfer", "mode.source=mtl", f"paths.output_root={env / 'syn'}"))
