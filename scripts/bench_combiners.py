@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import platform
 import statistics
 import time
@@ -40,6 +39,7 @@ from mtl_bench.engine import GradientEngine
 from mtl_bench.models.backbones import ConvEncoder, MLPEncoder
 from mtl_bench.models.heads import MLPHead
 from mtl_bench.models.mtl_model import MultiTaskModel
+from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -192,14 +192,7 @@ def main():
         over_s = "" if over is None else f"{over:.2f}"
         lines.append(f"| {n} | {kind} | {ms:.1f} | {rew:.2f} | {rlb:.2f} | {sol_s} | {over_s} |")
     table = "\n".join(lines)
-    print(head)
-    print(table)
-    if args.write:
-        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        block = f"\n### bench_combiners — {stamp}\n\n{head}\n\n{table}\n"
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write(block)
-        print(f"appended to {args.write}")
+    publish("bench_combiners", head, table, args.write)
 
 
 if __name__ == "__main__":

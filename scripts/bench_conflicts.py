@@ -51,6 +51,7 @@ from mtl_bench.models.mtl_model import build_model
 from mtl_bench.optim import build_optimizer
 from mtl_bench.selection import ModelSelector
 from mtl_bench.trainer import Trainer, metric_directions
+from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 PROBES = {  # label -> ConflictProbe kwargs (None: the baseline without the probe)
     "no probe": None,
@@ -204,11 +205,7 @@ def main() -> None:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     table = "\n".join(lines)
-    print(head)
-    print(table)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write(f"\n### bench_conflicts — {dt.datetime.now():%Y-%m-%d %H:%M}\n\n{head}\n\n{table}\n")
+    publish("bench_conflicts", head, table, args.write)
 
 
 if __name__ == "__main__":

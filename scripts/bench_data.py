@@ -16,7 +16,6 @@ measure reading, conversion, checks, augmentation and collation from a warm page
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ from mtl_bench.data.base import make_loader
 from mtl_bench.data.celeba import CelebADataset
 from mtl_bench.data.fixtures import write_fixtures
 from mtl_bench.data.mtan_npy import CityscapesDataset, NYUv2Dataset
+from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 
 class Setting:
@@ -112,13 +112,7 @@ def main() -> None:
     lines = ["| dataset | H×W | augment | workers | batch | samples/s | ms/sample |", "|---|---|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {s} | {a} | {w} | {b} | {r:.1f} | {1e3 / r:.2f} |" for n, s, a, w, b, r in rows]
     table = "\n".join(lines)
-    print(head)
-    print(table)
-    if args.write:
-        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write(f"\n### bench_data — {stamp}\n\n{head}\n\n{table}\n")
-        print(f"appended to {args.write}")
+    publish("bench_data", head, table, args.write)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ B branch trainings + (B + trials) validation passes, against one training + one 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import platform
@@ -30,6 +29,7 @@ from omegaconf import open_dict
 import mtl_bench.config.schema  # noqa: F401  (registers the structured-config schemas)
 from mtl_bench.data.fixtures import write_fixtures
 from mtl_bench.train import build_and_train
+from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 METHODS = {"ew": ["mode=aux", "combiner=ew"], "forkmerge": ["mode=forkmerge"]}
@@ -89,11 +89,7 @@ def main() -> None:
             f"(target, target + all auxiliaries), merged every epoch, greedy search over 6 grid points")
     table = "\n".join(["| setup | epochs | EW (s) | ForkMerge (s) | ratio | branch training share of ForkMerge |",
                        "|---|---:|---:|---:|---:|---:|", *rows])
-    print(head)
-    print(table)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write(f"\n### ForkMerge vs EW (bench_forkmerge) — {dt.datetime.now():%Y-%m-%d %H:%M}\n\n{head}\n\n{table}\n")
+    publish("ForkMerge vs EW (bench_forkmerge)", head, table, args.write)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import platform
 import statistics
 import time
@@ -38,6 +37,7 @@ from mtl_bench.models.heads import MLPHead
 from mtl_bench.models.mtl_model import MultiTaskModel
 from mtl_bench.optim import param_groups
 from mtl_bench.optimizers import AdaTaskAdagrad, AdaTaskAdam, AdaTaskRMSprop, SignSGD, is_task_wise
+from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 OPTIMIZERS = {
     "SGD": lambda g: torch.optim.SGD(g, lr=1e-2),
@@ -157,14 +157,7 @@ def main():
         rk = "" if ratio is None else f"{ratio / k:.2f}"
         lines.append(f"| {k} | {n} | {ms:.2f} | {rsgd:.2f} | {rp} | {rk} | {mem:.2f} |")
     table = "\n".join(lines)
-    print(head)
-    print(table)
-    if args.write:
-        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        block = f"\n### bench_optimizers — {stamp}, {platform.node() or 'unknown host'}\n\n{head}\n\n{table}\n"
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write(block)
-        print(f"appended to {args.write}")
+    publish("bench_optimizers", head, table, args.write, host=platform.node() or "unknown host")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import statistics
 import tempfile
 import time
@@ -32,6 +31,7 @@ from mtl_bench.optim import build_optimizer
 from mtl_bench.selection import ModelSelector
 from mtl_bench.task_library import depth_task, normal_task, segmentation_task
 from mtl_bench.trainer import Trainer, metric_directions
+from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 
 def nyuv2_shaped(n: int, h: int, w: int, gen: torch.Generator) -> TensorDictDataset:
@@ -112,11 +112,7 @@ def main() -> None:
         m = statistics.median(ts)
         lines.append(f"| {c} | {m * 1e3:.1f} | {args.batch / m:.1f} | {fp32 / m:.2f} |")
     table = "\n".join(lines)
-    print(head)
-    print(table)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write(f"\n### bench_train — {dt.datetime.now():%Y-%m-%d %H:%M}\n\n{head}\n\n{table}\n")
+    publish("bench_train", head, table, args.write)
 
 
 if __name__ == "__main__":

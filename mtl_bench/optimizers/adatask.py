@@ -101,6 +101,19 @@ def check_range(group: dict[str, Any], key: str, lo: float, hi: float | None, hi
         raise ConfigError(f"optimizer.{key} must be a number {rng}, got {value!r}{_where(group)}")
 
 
+def dense_grads(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The group's parameters that have a gradient, and those gradients (sparse gradients are refused)."""
+    params, grads = [], []
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            raise RuntimeError(f"{type(optimizer).__name__} does not support sparse gradients")
+        params.append(p)
+        grads.append(p.grad)
+    return params, grads
+
+
 def check_choice(group: dict[str, Any], key: str, choices: Sequence[str]) -> None:
     if group[key] not in choices:
         raise ConfigError(f"optimizer.{key}={group[key]!r} is invalid; choose one of {list(choices)}{_where(group)}")
@@ -262,14 +275,7 @@ class TaskWiseOptimizer(torch.optim.Optimizer):
             if group.get("name") == SHARED:
                 self._step_shared(group)
             else:
-                params, grads = [], []
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    if p.grad.is_sparse:
-                        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                    params.append(p)
-                    grads.append(p.grad)
+                params, grads = dense_grads(self, group)
                 if params:
                     if group["weight_decay"]:
                         torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import torch
 
-from mtl_bench.optimizers.adatask import check_lr, check_range
+from mtl_bench.optimizers.adatask import check_lr, check_range, dense_grads
 
 
 class SignSGD(torch.optim.Optimizer):
@@ -45,14 +45,7 @@ class SignSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads = [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("SignSGD does not support sparse gradients")
-                params.append(p)
-                grads.append(p.grad)
+            params, grads = dense_grads(self, group)
             if not params:
                 continue
             lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
