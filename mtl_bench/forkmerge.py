@@ -230,7 +230,7 @@ class ForkMerge:
             for b in branches.values():
                 b.settings.max_steps_per_epoch = steps
         merged = copy.deepcopy(main.model.state_dict())
-        guard = PreemptionGuard(s.preemption.signals)
+        guard = main.preemption = PreemptionGuard(s.preemption.signals)  # polled through main.requested_stop()
         try:
             guard.__enter__()
             for period in range(start, periods + 1):
@@ -276,10 +276,11 @@ class ForkMerge:
                     log.info("pruned the branches to %s", keep)
                 self._branches, self._period = branches, period
                 saved_now = bool(s.checkpoint_every) and period % s.checkpoint_every == 0
-                if saved_now or guard.requested:
+                stop = main.requested_stop()[0]
+                if saved_now or stop:
                     main._save_last()
-                if guard.requested:
-                    main._stop_preempted(guard.requested)
+                if stop:
+                    main._stop_preempted(stop)
             main._save_last()
             results = main._final_results()
         except PreemptedError:

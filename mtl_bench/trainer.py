@@ -433,14 +433,20 @@ class Trainer:
         log.info("resuming from %s: %d completed epoch(s), global step %d%s", path, self.epoch, self.global_step,
                  f", {self._resume_partial['batches_done']} batch(es) into epoch {self.epoch + 1}" if self._resume_partial else "")
 
+    def requested_stop(self, time_due: bool = False) -> tuple[str | None, bool]:
+        """The preemption signal received (``None`` if none) and ``time_due``, both agreed over the torchrun ranks in
+        one collective: rank-local triggers must make every rank stop or save at the same step."""
+        signal_name = self.preemption.requested if self.preemption is not None else None
+        if self.dist.enabled:
+            stop, time_due = self.dist.agree(signal_name is not None, time_due)
+            signal_name = (signal_name or "a signal on another rank") if stop else None
+        return signal_name, time_due
+
     def _after_step_checkpoint(self) -> None:
         """Mid-epoch checkpoints: on a preemption signal (then stop) and on the step / time cadences."""
         s = self.settings
-        signal_name = self.preemption.requested if self.preemption is not None else None
         time_due = s.checkpoint_every_min > 0 and time.monotonic() - self._last_save_time >= 60.0 * s.checkpoint_every_min
-        if self.dist.enabled:  # rank-local triggers: every rank must stop / save at the same step
-            stop, time_due = self.dist.agree(signal_name is not None, time_due)
-            signal_name = (signal_name or "a signal on another rank") if stop else None
+        signal_name, time_due = self.requested_stop(time_due)
         if signal_name is not None:
             self._save_last(mid_epoch=True)
             self._stop_preempted(signal_name)
@@ -465,8 +471,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         s = self.settings
         try:
-            with logging_redirect_tqdm(), PreemptionGuard(s.preemption.signals) as guard:
-                self.preemption = guard
+            with logging_redirect_tqdm(), PreemptionGuard(s.preemption.signals) as self.preemption:
                 for epoch in range(self.epoch + 1, s.epochs + 1):
                     self.epoch = epoch
                     t_epoch = time.monotonic()
@@ -489,9 +494,7 @@ class Trainer:
                     self.logger.log_epoch(record, epoch=epoch, global_step=self.global_step)
                     if s.checkpoint_every and epoch % s.checkpoint_every == 0:
                         self._save_last()
-                    stop = guard.requested
-                    if self.dist.enabled:
-                        stop = (stop or "a signal on another rank") if self.dist.agree(stop is not None)[0] else None
+                    stop = self.requested_stop()[0]
                     if stop:  # a signal during evaluation: stop at the epoch boundary
                         if not (s.checkpoint_every and epoch % s.checkpoint_every == 0):
                             self._save_last()

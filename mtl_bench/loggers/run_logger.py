@@ -163,10 +163,9 @@ class RunLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        if truncate_to is not None and self.metrics_path.exists():
-            with open(self.metrics_path, "r+b") as f:
-                f.truncate(min(truncate_to, f.seek(0, os.SEEK_END)))
         self._file = open(self.metrics_path, "a", buffering=1, encoding="utf-8")
+        if truncate_to is not None:
+            self.truncate(truncate_to)
         self._wandb = _WandbSink(wandb, config, self.run_dir) if wandb is not None else None
         self.wandb_info = self._wandb.info() if self._wandb is not None else {}
         if self.wandb_info.get("id"):  # a requeued job finds its W&B run again even before its first checkpoint
