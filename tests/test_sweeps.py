@@ -158,13 +158,15 @@ def test_a_preset_grid_gives_way_to_command_line_sweeps_and_to_the_basic_sweeper
 
 
 def test_sweep_subdir_is_the_job_number_never_a_cluster_job_id(monkeypatch):
-    monkeypatch.setenv("SLURM_JOB_ID", "987654")
-    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "987650")
+    # Marker values that cannot occur in a timestamped folder name by chance (a numeric id could: CI once
+    # found "987" among the microseconds).
+    monkeypatch.setenv("SLURM_JOB_ID", "jobid-marker-a")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "jobid-marker-b")
     cfg = compose_with_hydra(["experiment=elich_optimizers_quick"])
     raw = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
     assert raw["subdir"] == "${hydra.job.num}_${hydra.job.override_dirname}"
     assert "job.id" not in raw["dir"] + raw["subdir"] and "SLURM" not in raw["dir"] + raw["subdir"]
-    assert "987" not in cfg.hydra.sweep.dir
+    assert "jobid-marker" not in cfg.hydra.sweep.dir
 
 
 # ------------------------------------------------------------------------------------------------------ launchers
@@ -304,11 +306,13 @@ def test_requeued_slurm_job_finds_its_output_folder_again(tmp_path, monkeypatch)
     from submitit.core.job_environment import _checkpoint
     from submitit.core.utils import DelayedSubmission
 
-    slurm_env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRAY_TASK_ID": "3",
-                 "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    # 11-digit ids: a shorter number could occur by chance among the sweep folder's microseconds.
+    slurm_env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "71828182842", "SLURM_ARRAY_JOB_ID": "71828182840",
+                 "SLURM_ARRAY_TASK_ID": "3", "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0",
+                 "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
     for k, v in slurm_env.items():
         monkeypatch.setenv(k, v)
-    pickled = tmp_path / "4240_3_submitted.pkl"
+    pickled = tmp_path / "71828182840_3_submitted.pkl"
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -331,7 +335,7 @@ def test_requeued_slurm_job_finds_its_output_folder_again(tmp_path, monkeypatch)
             job = DelayedSubmission.load(pickled)  # on the compute node
             first = job.result().return_value
             assert _checkpoint(job, pickled, countdown=2) == ""  # submitit's USR2 handler: checkpoint, then requeue
-            monkeypatch.setenv("SLURM_JOB_ID", "5151")
+            monkeypatch.setenv("SLURM_JOB_ID", "31415926535")
             monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
             time.sleep(0.01)
             second = DelayedSubmission.load(pickled).result().return_value  # the requeued job
@@ -341,8 +345,8 @@ def test_requeued_slurm_job_finds_its_output_folder_again(tmp_path, monkeypatch)
     assert Path(first["output_dir"]) == Path(second["output_dir"]) == expected
     assert first["sweep_dir"] == second["sweep_dir"] == sweep_dir
     assert sweep_dir.startswith(f"{tmp_path}/elich_optimizers_quick/multiruns/")
-    assert first["job_id"] == "4240_3"  # the cluster id is known to the job ...
-    assert not any(i in first["output_dir"] for i in ("4240", "4242", "5151"))  # ... and never names its folder
+    assert first["job_id"] == "71828182840_3"  # the cluster id is known to the job ...
+    assert not any(i in first["output_dir"] for i in ("71828182840", "71828182842", "31415926535"))  # ... and never names its folder
 
 
 # --------------------------------------------------------------------------------------------- runs (subprocess)
