@@ -90,9 +90,9 @@ def test_killed_at_a_random_step_and_resumed_is_bit_identical(tmp_path):
     resumed = run_cli([*CLI_TINY, *STATEFUL, f"hydra.run.dir={run}"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads((run / "summary.json").read_text())
-    # the last checkpoint before the kill: every 3 steps, and at the end of each 8-step epoch (after evaluation,
-    # which a kill inside the epoch's last step never reaches)
-    last = max(kill_at - kill_at % 3, 8 * ((kill_at - 1) // 8))
+    # the last checkpoint before the kill, which comes right after step `kill_at` and before that step's own
+    # checkpoint: every 3 steps, and at the end of each 8-step epoch (after evaluation)
+    last = max(3 * ((kill_at - 1) // 3), 8 * ((kill_at - 1) // 8))
     if last:
         assert summary["resumed"] and summary["resumed"][0]["global_step"] == last, f"kill at {kill_at}"
     else:
