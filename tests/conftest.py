@@ -38,10 +38,25 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 
 import mtl_bench.config.schema  # noqa: E402,F401  (registers the schemas before any compose)
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one torch thread each
-    import torch  # noqa: E402
+import random  # noqa: E402
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one torch thread each
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_generators():
+    """Every test starts from the same global RNG states, whatever ran before it on its xdist worker.
+
+    Tests that draw from the global generators (`torch.randn` without a generator) are then reproducible run
+    to run and do not depend on test order; a test that wants a fresh draw each run uses its own generator.
+    """
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")

@@ -79,7 +79,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 def test_killed_at_a_random_step_and_resumed_is_bit_identical(tmp_path):
     """SIGKILL (no cleanup at all) at a random step; the restart resumes from the last periodic checkpoint."""
-    kill_at = random.randrange(1, STEPS)
+    kill_at = random.Random().randrange(1, STEPS)  # a fresh draw each run (the global generator is seeded per test)
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert run_cli([*CLI_TINY, *STATEFUL, f"hydra.run.dir={ref}"]).returncode == 0
     script = tmp_path / "killer.py"
