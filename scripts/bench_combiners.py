@@ -39,7 +39,7 @@ from mtl_bench.engine import GradientEngine
 from mtl_bench.models.backbones import ConvEncoder, MLPEncoder
 from mtl_bench.models.heads import MLPHead
 from mtl_bench.models.mtl_model import MultiTaskModel
-from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,15 +183,12 @@ def main():
         f"({n_shared / 1e6:.2f} M shared params), input={shape}, K={args.tasks}, per_task_backward={args.per_task_backward}, "
         f"median of {args.repeats} interleaved rounds; EW step {ew * 1e3:.1f} ms, LB {lb * 1e3:.1f} ms ({lb / ew:.2f}× EW)"
     )
-    lines = [
-        "| method | kind | step (ms) | × EW | × LB | solver (ms) | (step − solver) / LB |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for n, kind, ms, rew, rlb, sol, over in rows:
-        sol_s = "" if sol is None else f"{sol:.2f}"
-        over_s = "" if over is None else f"{over:.2f}"
-        lines.append(f"| {n} | {kind} | {ms:.1f} | {rew:.2f} | {rlb:.2f} | {sol_s} | {over_s} |")
-    table = "\n".join(lines)
+    table = markdown_table(
+        ["method", "kind", "step (ms)", "× EW", "× LB", "solver (ms)", "(step − solver) / LB"],
+        ([n, kind, f"{ms:.1f}", f"{rew:.2f}", f"{rlb:.2f}", "" if sol is None else f"{sol:.2f}",
+          "" if over is None else f"{over:.2f}"] for n, kind, ms, rew, rlb, sol, over in rows),
+        "llrrrrr",
+    )
     publish("bench_combiners", head, table, args.write)
 
 

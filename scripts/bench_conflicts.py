@@ -51,7 +51,7 @@ from mtl_bench.models.mtl_model import build_model
 from mtl_bench.optim import build_optimizer
 from mtl_bench.selection import ModelSelector
 from mtl_bench.trainer import Trainer, metric_directions
-from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 PROBES = {  # label -> ConflictProbe kwargs (None: the baseline without the probe)
     "no probe": None,
@@ -200,11 +200,9 @@ def main() -> None:
             f"cnn: ConvEncoder 16-32-64 + FC 64 with BatchNorm, K=3, random 3×{args.image_size}×{args.image_size} images, "
             f"{args.cnn_steps} steps per epoch; "
             "probe every 5 steps, 8 samples, 8 tasks unless stated")
-    lines = ["| setting | run | base ms/step | train s | **train overhead %** | attributed % | probe steps | ms/probe "
-             "| own ms/probe | engine ms/probe | per-sample | total s | total overhead % | figures s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    table = "\n".join(lines)
+    table = markdown_table(["setting", "run", "base ms/step", "train s", "**train overhead %**", "attributed %", "probe steps",
+                            "ms/probe", "own ms/probe", "engine ms/probe", "per-sample", "total s", "total overhead %",
+                            "figures s"], rows, "llrrrrrrrrlrrr")
     publish("bench_conflicts", head, table, args.write)
 
 

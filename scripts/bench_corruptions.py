@@ -31,6 +31,7 @@ import torch
 
 from mtl_bench.corruptions.adapters import reference_scene
 from mtl_bench.corruptions import ALL, COMMON, EXTRA, available_backends, corrupt, corrupted_split_cache, describe, fingerprint_images
+from bench_common import markdown_table  # scripts/ is on sys.path when a script runs
 
 SECTION = "## Corruptions (`scripts/bench_corruptions.py`)"
 RESOLUTIONS = {"NYUv2 288×384": (288, 384), "Cityscapes 128×256": (128, 256)}
@@ -109,11 +110,9 @@ def cache_timing(n: int, severity: int, workers: int) -> tuple[list[str], list[l
     return ["corruption", "cold (s)", "cached (ms)", "cold images/s"], rows, note
 
 
-def markdown(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
-    align = ["---"] * numeric_from + ["---:"] * (len(header) - numeric_from)
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """The first column names the row; the others are numbers."""
+    return markdown_table(header, rows, "l" + "r" * (len(header) - 1))
 
 
 def replace_section(path: Path, text: str) -> None:

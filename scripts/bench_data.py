@@ -30,7 +30,7 @@ from mtl_bench.data.base import make_loader
 from mtl_bench.data.celeba import CelebADataset
 from mtl_bench.data.fixtures import write_fixtures
 from mtl_bench.data.mtan_npy import CityscapesDataset, NYUv2Dataset
-from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 
 class Setting:
@@ -109,9 +109,8 @@ def main() -> None:
         f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"main-process threads={torch.get_num_threads()}; {source}; warm page cache; median of {args.rounds} interleaved rounds"
     )
-    lines = ["| dataset | H×W | augment | workers | batch | samples/s | ms/sample |", "|---|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {s} | {a} | {w} | {b} | {r:.1f} | {1e3 / r:.2f} |" for n, s, a, w, b, r in rows]
-    table = "\n".join(lines)
+    table = markdown_table(["dataset", "H×W", "augment", "workers", "batch", "samples/s", "ms/sample"],
+                           ([n, s, a, w, b, f"{r:.1f}", f"{1e3 / r:.2f}"] for n, s, a, w, b, r in rows), "lllrrrr")
     publish("bench_data", head, table, args.write)
 
 

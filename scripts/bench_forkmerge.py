@@ -29,7 +29,7 @@ from omegaconf import open_dict
 import mtl_bench.config.schema  # noqa: F401  (registers the structured-config schemas)
 from mtl_bench.data.fixtures import write_fixtures
 from mtl_bench.train import build_and_train
-from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 METHODS = {"ew": ["mode=aux", "combiner=ew"], "forkmerge": ["mode=forkmerge"]}
@@ -81,14 +81,14 @@ def main() -> None:
                     if m == "forkmerge":
                         branch.append(summary["forkmerge"]["branch_train_time_s"] / summary["wall_time_s"])
             ew, fm = statistics.median(times["ew"]), statistics.median(times["forkmerge"])
-            rows.append(f"| {name} | {args.epochs} | {ew:.2f} | {fm:.2f} | **{fm / ew:.2f}×** | {100 * statistics.median(branch):.0f}% |")
-            print(rows[-1], flush=True)
+            rows.append([name, args.epochs, f"{ew:.2f}", f"{fm:.2f}", f"**{fm / ew:.2f}×**", f"{100 * statistics.median(branch):.0f}%"])
+            print(" | ".join(map(str, rows[-1])), flush=True)
     cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else cpu
     head = (f"device={device}, torch {torch.__version__}; median of {args.rounds} alternating rounds; ForkMerge = 2 branches "
             f"(target, target + all auxiliaries), merged every epoch, greedy search over 6 grid points")
-    table = "\n".join(["| setup | epochs | EW (s) | ForkMerge (s) | ratio | branch training share of ForkMerge |",
-                       "|---|---:|---:|---:|---:|---:|", *rows])
+    table = markdown_table(["setup", "epochs", "EW (s)", "ForkMerge (s)", "ratio", "branch training share of ForkMerge"], rows,
+                           "lrrrrr")
     publish("ForkMerge vs EW (bench_forkmerge)", head, table, args.write)
 
 

@@ -37,7 +37,7 @@ from mtl_bench.models.heads import MLPHead
 from mtl_bench.models.mtl_model import MultiTaskModel
 from mtl_bench.optim import param_groups
 from mtl_bench.optimizers import AdaTaskAdagrad, AdaTaskAdam, AdaTaskRMSprop, SignSGD, is_task_wise
-from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 OPTIMIZERS = {
     "SGD": lambda g: torch.optim.SGD(g, lr=1e-2),
@@ -148,15 +148,12 @@ def main():
         f"MLP {args.input_dim}→{'→'.join(map(str, args.hidden))} ({n_shared / 1e6:.2f} M shared params, float32), "
         f"heads MLP(128) per task, K ∈ {args.tasks}, median of {args.repeats} interleaved rounds per K"
     )
-    lines = [
-        "| K | optimizer | step (ms) | × SGD | × plain | × plain / K | state / shared bytes |",
-        "|---:|---|---:|---:|---:|---:|---:|",
-    ]
-    for k, n, ms, rsgd, plain, ratio, mem in rows:
-        rp = "" if ratio is None else f"{ratio:.2f} (vs {plain})"
-        rk = "" if ratio is None else f"{ratio / k:.2f}"
-        lines.append(f"| {k} | {n} | {ms:.2f} | {rsgd:.2f} | {rp} | {rk} | {mem:.2f} |")
-    table = "\n".join(lines)
+    table = markdown_table(
+        ["K", "optimizer", "step (ms)", "× SGD", "× plain", "× plain / K", "state / shared bytes"],
+        ([k, n, f"{ms:.2f}", f"{rsgd:.2f}", "" if ratio is None else f"{ratio:.2f} (vs {plain})",
+          "" if ratio is None else f"{ratio / k:.2f}", f"{mem:.2f}"] for k, n, ms, rsgd, plain, ratio, mem in rows),
+        "rlrrrrr",
+    )
     publish("bench_optimizers", head, table, args.write, host=platform.node() or "unknown host")
 
 

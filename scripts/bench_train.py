@@ -31,7 +31,7 @@ from mtl_bench.optim import build_optimizer
 from mtl_bench.selection import ModelSelector
 from mtl_bench.task_library import depth_task, normal_task, segmentation_task
 from mtl_bench.trainer import Trainer, metric_directions
-from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 
 def nyuv2_shaped(n: int, h: int, w: int, gen: torch.Generator) -> TensorDictDataset:
@@ -107,11 +107,9 @@ def main() -> None:
             f"EW + Adam, batch {args.batch} of 3×{args.height}×{args.width}, median of {args.rounds} rounds × {args.steps} steps; "
             f"peak memory (all configurations resident) {peak:.1f} GiB")
     fp32 = statistics.median(times[args.configs[0]])
-    lines = ["| configuration | step (ms) | images/s | × first |", "|---|---:|---:|---:|"]
-    for c, ts in times.items():
-        m = statistics.median(ts)
-        lines.append(f"| {c} | {m * 1e3:.1f} | {args.batch / m:.1f} | {fp32 / m:.2f} |")
-    table = "\n".join(lines)
+    medians = {c: statistics.median(ts) for c, ts in times.items()}
+    table = markdown_table(["configuration", "step (ms)", "images/s", "× first"],
+                           ([c, f"{m * 1e3:.1f}", f"{args.batch / m:.1f}", f"{fp32 / m:.2f}"] for c, m in medians.items()), "lrrr")
     publish("bench_train", head, table, args.write)
 
 
