@@ -37,7 +37,7 @@ from torch import nn
 
 from mtl_bench.combiners.base import Aggregation, Combiner, GradientAggregator, GramianWeighting, LossWeighting
 from mtl_bench.distributed import REPRESENTATION_NOTE, DistContext, current, with_global_value
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.models.mtl_model import MultiTaskModel
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,7 @@ class GradientEngine:
         ``dist``: the distributed context (default: :func:`mtl_bench.distributed.current`, the no-op context
         outside ``torchrun``).  When enabled, every step ends with the same ``.grad`` on every rank, equal to the
         single-process one on the global batch (see "Distributed" below and ``mtl_bench/distributed.py``)."""
-        if per_task_backward not in PER_TASK_BACKWARD:
-            raise ConfigError(f"trainer.per_task_backward='{per_task_backward}' is invalid; choose one of {list(PER_TASK_BACKWARD)}")
+        check_choice("trainer.per_task_backward", per_task_backward, PER_TASK_BACKWARD)
         self.model = model
         self.combiner = combiner
         self.task_names = list(task_names)

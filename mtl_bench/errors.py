@@ -7,6 +7,10 @@ diverged and names the step and the task whose loss went NaN/inf.
 
 from __future__ import annotations
 
+from typing import Any, Iterable, TypeVar
+
+T = TypeVar("T")
+
 
 class MTLBenchError(Exception):
     """Base class of the errors mtl_bench reports to the user without a traceback."""
@@ -14,6 +18,16 @@ class MTLBenchError(Exception):
 
 class ConfigError(MTLBenchError, ValueError):
     """A configuration value is invalid (wrong choice, out of range, inconsistent with the dataset)."""
+
+
+def check_choice(name: str, value: T, choices: Iterable[Any]) -> T:
+    """``value`` if it is one of ``choices``, else a :class:`ConfigError` ``<name>=<value!r> is invalid; choose one of
+    [...]`` — the one message for a wrong config choice.  A bool is not taken for the 1 or 0 it equals unless the
+    choices hold bools."""
+    choices = list(choices)
+    if value not in choices or (isinstance(value, bool) and not any(isinstance(c, bool) for c in choices)):
+        raise ConfigError(f"{name}={value!r} is invalid; choose one of {choices}")
+    return value
 
 
 class DatasetError(MTLBenchError, FileNotFoundError):

@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from mtl_bench.errors import ConfigError, NonFiniteLossError, PreemptedError
+from mtl_bench.errors import ConfigError, NonFiniteLossError, PreemptedError, check_choice
 from mtl_bench.preemption import PreemptionGuard
 from mtl_bench.trainer import Trainer
 
@@ -124,10 +124,8 @@ class ForkMerge:
 
     def __init__(self, main: Trainer, make_branch: Callable[[str, list[str]], Trainer], spec: Any):
         self.main, self.make_branch, self.spec = main, make_branch, spec
-        if spec.search not in ("greedy", "lambda"):
-            raise ConfigError(f"mode.search='{spec.search}' is invalid; choose one of ['greedy', 'lambda']")
-        if spec.merge_unit not in ("epochs", "steps"):
-            raise ConfigError(f"mode.merge_unit='{spec.merge_unit}' is invalid; choose one of ['epochs', 'steps']")
+        check_choice("mode.search", spec.search, ("greedy", "lambda"))
+        check_choice("mode.merge_unit", spec.merge_unit, ("epochs", "steps"))
         if not isinstance(spec.merge_every, int) or spec.merge_every < 1:
             raise ConfigError(f"mode.merge_every must be a positive integer, got {spec.merge_every!r}")
         grid = [float(a) for a in spec.grid]

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 
 KINDS = ("scale", "power", "log", "exp", "custom")
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -40,8 +40,7 @@ def make_transform(task: str, spec: Mapping[str, Any], resolve: Callable[[Any], 
     """One task's transform from its config ``spec`` (see the module docstring)."""
     kind = spec.get("kind")
     allowed = {"scale": {"factor"}, "power": {"exponent"}, "log": {"eps"}, "exp": {"rate"}, "custom": {"fn"}}
-    if kind not in KINDS:
-        raise ConfigError(f"loss_transforms.{task}.kind={kind!r} is invalid; choose one of {list(KINDS)}")
+    check_choice(f"loss_transforms.{task}.kind", kind, KINDS)
     unknown = set(spec) - {"kind"} - allowed[kind]
     if unknown:
         raise ConfigError(f"loss_transforms.{task}: unknown key(s) {sorted(unknown)} for kind '{kind}'; allowed: {sorted(allowed[kind])}")

@@ -16,22 +16,20 @@ import math
 from collections import deque
 from typing import Any, Mapping
 
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 
 RULES = ("best", "last", "last_k")
 
 
 class ModelSelector:
     def __init__(self, rule: str, metric: str, mode: str, k: int, directions: Mapping[str, bool]):
-        if rule not in RULES:
-            raise ConfigError(f"trainer.selection.rule='{rule}' is invalid; choose one of {list(RULES)}")
+        check_choice("trainer.selection.rule", rule, RULES)
         if rule == "best" and metric not in directions:
             raise ConfigError(
                 f"trainer.selection.metric='{metric}' is not a validation metric of this run; "
                 f"available: {sorted(k for k in directions if k.startswith('val/'))}"
             )
-        if mode not in ("auto", "min", "max"):
-            raise ConfigError(f"trainer.selection.mode='{mode}' is invalid; choose one of ['auto', 'min', 'max']")
+        check_choice("trainer.selection.mode", mode, ("auto", "min", "max"))
         if rule == "last_k" and k < 1:
             raise ConfigError(f"trainer.selection.k must be >= 1, got {k}")
         self.rule, self.metric, self.k = rule, metric, k

@@ -32,7 +32,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.metrics._dense import check_dense, resize_to
 from mtl_bench.metrics.attributes import BinaryAttributeMetrics
 from mtl_bench.metrics.depth import DepthMetrics, depth_valid_mask
@@ -109,8 +109,7 @@ def normal_task(name: str = "normal", paper_compatible: bool = False, median: st
     ``median`` ∈ {"exact", "histogram"} selects how the pooled median is obtained (host memory vs 0.01° bins).
     """
     _check_name(name, "normal_task")
-    if median not in MEDIAN_MODES:
-        raise ConfigError(f"normal_task: median='{median}' is invalid; choose one of {list(MEDIAN_MODES)}")
+    check_choice("normal_task: median", median, MEDIAN_MODES)
     metrics = partial(NormalMetrics, paper_compatible=paper_compatible, median=median, task=name)
     metrics()  # validates the median / paper_compatible combination now
     return Task(name=name, loss=partial(normal_loss, paper_compatible=paper_compatible, task=name), metrics=metrics,

@@ -41,7 +41,7 @@ from mtl_bench.checkpoint import load_checkpoint
 from mtl_bench.corruptions import ALL, CorruptedDataset, RandomCorruption, RandomlyCorruptedDataset, describe, names
 from mtl_bench.corruptions.datasets import dataset_fingerprint, load_clean_images
 from mtl_bench.data.base import Benchmark, make_loader
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.models.mtl_model import MultiTaskModel
 from mtl_bench.utils import flatten_dict
 
@@ -174,8 +174,7 @@ def ensure_source(cfg: DictConfig, task_names: Sequence[str], train: Callable[[D
     """Find (or train, unless ``train`` is None) the source run of a transfer job."""
     spec = str(cfg.mode.source)
     which = str(cfg.mode.source_checkpoint)
-    if which not in ("best", "last"):
-        raise ConfigError(f"mode.source_checkpoint='{which}' is invalid; choose one of ['best', 'last']")
+    check_choice("mode.source_checkpoint", which, ("best", "last"))
     auto = auto_source(spec, task_names)
     if auto is None:
         path = Path(spec)
@@ -235,8 +234,7 @@ def transfer_tasks(cfg: DictConfig, source: SourceRun) -> list[str]:
 
 def load_source_weights(model: MultiTaskModel, source: SourceRun, heads: str) -> None:
     """Source encoder (and heads, ``heads=loaded``) into ``model``; then freeze the encoder."""
-    if heads not in ("loaded", "fresh"):
-        raise ConfigError(f"mode.heads='{heads}' is invalid; choose one of ['loaded', 'fresh']")
+    check_choice("mode.heads", heads, ("loaded", "fresh"))
     state = load_checkpoint(source.checkpoint)["model"]
     own = model.state_dict()
     wanted = [k for k in own if k.startswith("encoder.") or (heads == "loaded" and k.startswith("heads."))]
@@ -276,8 +274,7 @@ class CorruptionEvaluation:
         self.corruptions = expand_corruptions(spec.eval_corruptions, "mode.eval_corruptions")
         self.severities = _severities(spec.eval_severities, "mode.eval_severities")
         self.split = str(spec.eval_split)
-        if self.split != "test":  # (the validation split is corrupted at random for model selection)
-            raise ConfigError(f"mode.eval_split='{self.split}' is invalid; choose one of ['test']")
+        check_choice("mode.eval_split", self.split, ("test",))  # (the validation split is corrupted at random for model selection)
 
     def __call__(self, results: Mapping[str, Any]) -> dict[str, Any]:
         tr = self.trainer

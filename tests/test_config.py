@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from mtl_bench.config.validate import validate_config
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 from tests.conftest import CONFIG_DIR, compose_cfg
 
 GROUPS = ["dataset", "backbone", "heads", "optimizer", "scheduler", "combiner", "mode", "logger", "trainer", "loss_transforms"]
@@ -96,3 +96,13 @@ def test_invalid_values_fail_validation_with_one_line(override, message, tmp_pat
     with pytest.raises(ConfigError) as info:
         validate_config(cfg)
     assert str(info.value) == message
+
+
+def test_check_choice_returns_the_value_or_names_every_valid_choice():
+    assert check_choice("combiner.mode", "weighted", ("unweighted", "weighted")) == "weighted"
+    assert check_choice("backbone.output_stride", 16, (8, 16, 32)) == 16
+    with pytest.raises(ConfigError, match=r"^backbone\.norm='layer' is invalid; choose one of \['batch', 'group', 'none'\]$"):
+        check_choice("backbone.norm", "layer", ("batch", "group", "none"))
+    with pytest.raises(ConfigError, match=r"^combiner\.rescale=True is invalid; choose one of \[0, 1, 2\]$"):
+        check_choice("combiner.rescale", True, (0, 1, 2))  # True == 1, but a bool is not a choice here
+    assert check_choice("flag", False, (True, False)) is False

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 
 DATA_FILE = "published.yaml"
 SCHEMA_VERSION = 1
@@ -33,8 +33,7 @@ def _validate_entry(key: str, entry: Any) -> None:
     absent = [k for k in _REQUIRED if k not in entry]
     if absent:
         raise ConfigError(f"{where} lacks field(s) {absent}; every entry needs {list(_REQUIRED)}")
-    if entry["evaluation"] not in EVALUATIONS:
-        raise ConfigError(f"{where}: evaluation={entry['evaluation']!r} is invalid; choose one of {list(EVALUATIONS)}")
+    check_choice(f"{where}: evaluation", entry["evaluation"], EVALUATIONS)
     source = entry["source"]
     if not isinstance(source, dict) or not {"paper", "code"} <= set(source):
         raise ConfigError(f"{where}: 'source' must give 'paper' and 'code'")

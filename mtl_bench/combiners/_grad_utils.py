@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from mtl_bench.combiners.base import GradientAggregator
+from mtl_bench import errors
 from mtl_bench.errors import ConfigError
 
 
@@ -42,10 +43,8 @@ def check_int(key: str, value: Any, *, low: int) -> int:
     return value
 
 
-def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"combiner.{key}={value!r} is invalid; choose one of {list(choices)}")
-    return value
+def check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    return errors.check_choice(f"combiner.{key}", value, choices)
 
 
 def check_bool(key: str, value: Any) -> bool:

@@ -12,7 +12,6 @@ from mtl_bench.combiners._grad_utils import check_choice, check_real
 from mtl_bench.combiners.base import GramianWeighting
 from mtl_bench.combiners.registry import register
 from mtl_bench.combiners.solvers import dual_cone_weights, eigen_rtol, gramian_to_numpy, min_norm_weights
-from mtl_bench.errors import ConfigError
 
 RESCALES = (0, 1, 2)
 REDUCTIONS = ("mean", "sum")
@@ -119,8 +118,7 @@ class CAGrad(GramianWeighting):
     def __init__(self, c: float = 0.5, rescale: int = 1, reduction: str = "mean", grad_source: str | None = None):
         super().__init__(grad_source)
         self.c = check_real("c", c, low=0.0, high=1.0, high_open=True)
-        if isinstance(rescale, bool) or rescale not in RESCALES:
-            raise ConfigError(f"combiner.rescale={rescale!r} is invalid; choose one of {list(RESCALES)}")
+        check_choice("rescale", rescale, RESCALES)
         self.rescale = int(rescale)
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
 

@@ -6,7 +6,7 @@ import torch
 
 from mtl_bench.combiners.base import GramianWeighting
 from mtl_bench.combiners.registry import register
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 
 
 @register("gcs")
@@ -28,8 +28,7 @@ class GradientCosineSimilarity(GramianWeighting):
 
     def __init__(self, mode: str = "unweighted", grad_source: str | None = None):
         super().__init__(grad_source)
-        if mode not in ("unweighted", "weighted"):
-            raise ConfigError(f"combiner.mode='{mode}' is invalid; choose one of ['unweighted', 'weighted']")
+        check_choice("combiner.mode", mode, ("unweighted", "weighted"))
         self.mode = mode
         self.targets: list[str] | None = None
 

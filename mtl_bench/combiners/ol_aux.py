@@ -8,7 +8,7 @@ import torch
 
 from mtl_bench.combiners.base import GramianWeighting
 from mtl_bench.combiners.registry import register
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 
 
 @register("ol_aux")
@@ -36,8 +36,7 @@ class OnlineAuxiliaryWeighting(GramianWeighting):
             raise ConfigError(f"combiner.beta must be a non-negative number, got {beta!r}")
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
             raise ConfigError(f"combiner.update_every must be a positive integer, got {update_every!r}")
-        if similarity not in ("cos", "dot"):
-            raise ConfigError(f"combiner.similarity='{similarity}' is invalid; choose one of ['cos', 'dot']")
+        check_choice("combiner.similarity", similarity, ("cos", "dot"))
         self.beta, self.update_every, self.similarity = float(beta), update_every, similarity
         self.targets: list[str] | None = None
         self.register_buffer("aux_weights", torch.empty(0, dtype=torch.float64))

@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 
 
 def _positive_int(value: Any, key: str, allow_none: bool = False, minimum: int = 1) -> None:
@@ -40,5 +40,4 @@ def validate_config(cfg: DictConfig) -> None:
     lr = cfg.optimizer.get("lr") if isinstance(cfg.optimizer, DictConfig) else None
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"optimizer.lr must be positive, got {lr!r}")
-    if cfg.mode.name not in ("mtl", "stl", "aux", "forkmerge", "transfer"):
-        raise ConfigError(f"mode.name='{cfg.mode.name}' is invalid; choose one of ['mtl', 'stl', 'aux', 'forkmerge', 'transfer']")
+    check_choice("mode.name", cfg.mode.name, ("mtl", "stl", "aux", "forkmerge", "transfer"))

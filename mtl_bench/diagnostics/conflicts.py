@@ -99,7 +99,7 @@ import torch
 from torch import nn
 
 from mtl_bench.diagnostics.gradient_stats import METRICS, gram_pair_metrics, group_pairs
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,6 @@ _VMAP_ERRORS = (RuntimeError, NotImplementedError)
 def _positive_int(key: str, value: Any, minimum: int, why: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"diagnostics.conflicts.{key} must be an integer >= {minimum}{why}, got {value!r}")
-    return value
-
-
-def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ConfigError(f"diagnostics.conflicts.{key}={value!r} is invalid; choose one of {list(choices)}")
     return value
 
 
@@ -158,11 +152,11 @@ class ConflictProbe:
         self.every = _positive_int("every_n_steps", every_n_steps, 1)
         self.max_samples = _positive_int("max_samples", max_samples, 2, " (inter-sample pairs need two samples)")
         self.max_tasks = _positive_int("max_tasks", max_tasks, 2, " (inter-task pairs need two tasks)")
-        self.bn_mode = _choice("bn_mode", bn_mode, BN_MODES)
+        self.bn_mode = check_choice("diagnostics.conflicts.bn_mode", bn_mode, BN_MODES)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"diagnostics.conflicts.seed must be an integer, got {seed!r}")
         self.seed = seed
-        self.per_sample = _choice("per_sample", per_sample, PER_SAMPLE)
+        self.per_sample = check_choice("diagnostics.conflicts.per_sample", per_sample, PER_SAMPLE)
         self.averaged = _flag("averaged", averaged)
         self.per_layer = _flag("per_layer", per_layer)
         if averaged_every_n_steps is None:

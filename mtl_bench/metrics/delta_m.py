@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 
 CONVENTIONS = ("per_metric", "per_task")
 SPLITS = ("val", "test")
@@ -224,8 +224,7 @@ def stl_baselines_from_runs(paths: str | Path | Iterable[str | Path], split: str
     run per seed), runs of one task reporting different metric sets, a missing or non-finite metric, and
     malformed summaries.
     """
-    if split not in SPLITS:
-        raise ConfigError(f"split='{split}' is invalid; choose one of {list(SPLITS)}")
+    check_choice("split", split, SPLITS)
     runs: dict[str, list[tuple[Path, int, dict[str, float]]]] = {}
     datasets: dict[str, tuple[str, Path]] = {}
     skipped: list[tuple[str, str]] = []

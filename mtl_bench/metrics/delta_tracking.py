@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mtl_bench.baselines import load_published
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.metrics.delta_m import CONVENTIONS, DeltaM, delta_m, metrics_for_split, stl_baselines_from_runs
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,7 @@ def build_delta_m(cfg: Mapping[str, Any] | None, dataset: str, directions: Mappi
     if not cfg:
         return None, {"enabled": False, "reason": "no delta_m config"}
     convention = cfg.get("convention", "per_metric")
-    if convention not in CONVENTIONS:
-        raise ConfigError(f"delta_m.convention='{convention}' is invalid; choose one of {list(CONVENTIONS)}")
+    check_choice("delta_m.convention", convention, CONVENTIONS)
     runs = list(cfg.get("stl_runs") or [])
     published = cfg.get("published")
     if runs and published:
@@ -73,8 +72,7 @@ def build_delta_m(cfg: Mapping[str, Any] | None, dataset: str, directions: Mappi
     keyed = {k.split("/", 1)[1]: v for k, v in directions.items() if k.startswith("val/") and k.count("/") == 2}
     keyed = {k: v for k, v in keyed.items() if not k.endswith("/loss")}
     missing_runs = cfg.get("missing_runs", "error")
-    if missing_runs not in ("error", "warn"):
-        raise ConfigError(f"delta_m.missing_runs='{missing_runs}' is invalid; choose one of ['error', 'warn']")
+    check_choice("delta_m.missing_runs", missing_runs, ("error", "warn"))
     if runs and missing_runs == "warn":
         absent = [str(p) for p in runs if not Path(str(p)).exists()]
         if absent:

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.metrics._dense import check_dense, resize_to, synchronize
 from mtl_bench.metrics.base import Metric
 
@@ -87,8 +87,7 @@ class NormalMetrics(Metric):
     higher_is_better = {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True}
 
     def __init__(self, paper_compatible: bool = False, median: str = "exact", task: str = "normal"):
-        if median not in MEDIAN_MODES:
-            raise ConfigError(f"normal task '{task}': median='{median}' is invalid; choose one of {list(MEDIAN_MODES)}")
+        check_choice(f"normal task '{task}': median", median, MEDIAN_MODES)
         if paper_compatible and median != "exact":
             raise ConfigError(
                 f"normal task '{task}': median='{median}' applies to pooled statistics only; paper_compatible=True "

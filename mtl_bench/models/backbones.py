@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -75,8 +75,7 @@ class ConvEncoder(nn.Module):
         super().__init__()
         if len(input_shape) != 3:
             raise ConfigError(f"backbone ConvEncoder needs image inputs (C, H, W), the dataset gives {tuple(input_shape)}")
-        if norm not in ("batch", "group", "none"):
-            raise ConfigError(f"backbone.norm='{norm}' is invalid; choose one of ['batch', 'group', 'none']")
+        check_choice("backbone.norm", norm, ("batch", "group", "none"))
         layers: list[nn.Module] = []
         in_ch = int(input_shape[0])
         for ch in channels:

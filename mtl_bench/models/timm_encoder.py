@@ -36,7 +36,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 
 OUTPUT_STRIDES = (8, 16, 32)
 
@@ -101,8 +101,7 @@ class TimmEncoder(nn.Module):
             raise ConfigError(f"backbone TimmEncoder needs image inputs (C, H, W), the dataset gives {tuple(input_shape)}")
         if not timm.is_model(model_name):
             raise ConfigError(f"backbone.model_name='{model_name}' is not a timm model; e.g. resnet50, resnet18, test_resnet")
-        if output_stride not in OUTPUT_STRIDES:
-            raise ConfigError(f"backbone.output_stride={output_stride} is invalid; choose one of {list(OUTPUT_STRIDES)}")
+        check_choice("backbone.output_stride", output_stride, OUTPUT_STRIDES)
         indices = tuple(int(i) for i in out_indices)
         if not indices:
             raise ConfigError("backbone.out_indices is empty; give at least one feature level, e.g. [4]")
