@@ -368,8 +368,7 @@ class Trainer:
         if mid_epoch:
             done, sums, count = self._epoch_progress
             partial = {"epoch": self.epoch, "batches_done": done, "sums": sums.detach().cpu(), "count": count,
-                       "data_generator_epoch_start": self._epoch_start_generator,
-                       "data_generator": self.data_generator.get_state(), "rng": rng_state()}
+                       "data_generator_epoch_start": self._epoch_start_generator}
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -421,6 +420,8 @@ class Trainer:
         self.best_val = dict(state.get("best_val") or {})
         self.data_generator.set_state(state["data_generator"])
         self._resume_partial = state.get("partial_epoch")
+        if self._resume_partial is not None:  # train_epoch sets the checkpoint's RNG streams again after iter(loader)
+            self._resume_partial = {**self._resume_partial, "rng": state["rng"]}
         self.loaded_extra = dict(state.get("extra") or {})
         self._wall_before = float(state.get("wall_time_s") or 0.0)
         self.resumes = [*state.get("resumes", []), {
