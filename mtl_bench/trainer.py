@@ -255,6 +255,11 @@ class Trainer:
         return stacked, result
 
     @property
+    def wall_time_s(self) -> float:
+        """Wall time of the run so far, its earlier (interrupted) processes included."""
+        return self._wall_before + time.monotonic() - self._t0
+
+    @property
     def in_post_training(self) -> bool:
         return self.post_train_epochs > 0 and self.epoch > self.settings.epochs - self.post_train_epochs
 
@@ -384,7 +389,7 @@ class Trainer:
             "wandb_run_id": self.logger.wandb_info.get("id"),
             "resumes": list(self.resumes),
             "extra": {name: fn() for name, fn in self.extra_state.items()},
-            "wall_time_s": self._wall_before + time.monotonic() - self._t0,
+            "wall_time_s": self.wall_time_s,
             "rng": rng_state(),
             "data_generator": self.data_generator.get_state(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -493,12 +498,10 @@ class Trainer:
                     record["time/train_epoch_s"] = train_time
                     record["time/epoch_s"] = time.monotonic() - t_epoch
                     self.logger.log_epoch(record, epoch=epoch, global_step=self.global_step)
-                    if s.checkpoint_every and epoch % s.checkpoint_every == 0:
+                    stop = self.requested_stop()[0]  # a signal during evaluation: stop at the epoch boundary
+                    if stop or (s.checkpoint_every and epoch % s.checkpoint_every == 0):
                         self._save_last()
-                    stop = self.requested_stop()[0]
-                    if stop:  # a signal during evaluation: stop at the epoch boundary
-                        if not (s.checkpoint_every and epoch % s.checkpoint_every == 0):
-                            self._save_last()
+                    if stop:
                         self._stop_preempted(stop)
                 if s.checkpoint_every == 0 or s.epochs % s.checkpoint_every != 0 or self.last_checkpoint is None:
                     self._save_last()
@@ -608,7 +611,7 @@ class Trainer:
             "status": status,
             "epochs_completed": self.epoch if status == "completed" else self.epoch - 1,
             "global_steps": self.global_step,
-            "wall_time_s": self._wall_before + time.monotonic() - self._t0,
+            "wall_time_s": self.wall_time_s,
             "resumed": list(self.resumes),
             "metric_directions": {k.split("/", 1)[1]: v for k, v in self.directions.items() if k.startswith("test/")},
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
