@@ -317,8 +317,7 @@ class GradientEngine:
 
         if isinstance(comb, LossWeighting) and self.task_sink is not None:
             grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True, keep_graph=True)
-            self.dist.average_(grads)
-            grads = self._unscale(grads, loss_scale)
+            grads = self._global_grads(grads, loss_scale)
             source = "params"
             if grads is None:
                 return self._skip(detached)
@@ -337,8 +336,7 @@ class GradientEngine:
         elif isinstance(comb, LossWeighting):
             if watchers:
                 grads, _ = self.task_gradients(loss_list, rep, with_heads=False, keep_graph=True)
-                self.dist.average_(grads)
-                grads = self._unscale(grads, loss_scale)
+                grads = self._global_grads(grads, loss_scale)
                 source = "params"
             if loss_scale is None:
                 objective, weights = comb.combine(self._global(torch.stack(loss_list), detached))
@@ -354,8 +352,7 @@ class GradientEngine:
                 raise ValueError(f"grad_source='{source}' with this engine needs the heads applied to engine.leaves(rep)")
             if source == "params":
                 grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True, leaves=leaves)
-                self.dist.average_(grads)  # DDP: the global-batch G, before any rank aggregates it
-                grads = self._unscale(grads, loss_scale)
+                grads = self._global_grads(grads, loss_scale)  # DDP: the global-batch G, before any rank aggregates it
                 if grads is None:
                     return self._skip(detached)
                 agg = comb.aggregate(grads, detached)
@@ -395,8 +392,7 @@ class GradientEngine:
                 self.dist.average_grads(self.params)
             elif source == "last_shared":
                 grads, _, _ = self._gradient_rows(loss_list, self.last_shared, with_heads=False, keep_graph=True)
-                self.dist.average_(grads)
-                grads = self._unscale(grads, loss_scale)
+                grads = self._global_grads(grads, loss_scale)
                 if grads is None:
                     return self._skip(detached)
                 agg = comb.aggregate(grads, detached)
@@ -415,6 +411,12 @@ class GradientEngine:
             for o in watchers:
                 o.observe(step, grads, self.task_names, detached, source)
         return StepResult(objective, weights.detach(), grads, source)
+
+    def _global_grads(self, grads: torch.Tensor, loss_scale: float | None) -> torch.Tensor | None:
+        """This rank's per-task gradient rows → the global-batch ones (averaged over the ranks under DDP, before
+        the overflow check, so every rank skips together), unscaled; ``None`` if fp16 overflowed."""
+        self.dist.average_(grads)
+        return self._unscale(grads, loss_scale)
 
     @staticmethod
     def _unscale(grads: torch.Tensor, loss_scale: float | None) -> torch.Tensor | None:
