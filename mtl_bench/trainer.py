@@ -16,8 +16,9 @@ import math
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -534,6 +535,23 @@ class Trainer:
         self.logger.log_table("results", ["task", "metric", "higher_is_better", "selected_val", "selected_test", "final_test"], rows)
         return summary
 
+    @contextmanager
+    def selected_weights(self) -> Iterator[dict[str, Any] | None]:
+        """Under ``rule=best`` with a ``best.pt``: the model holds the selected (best) weights inside the block and
+        its final weights again after it; yields the best checkpoint.  Otherwise the model keeps its final weights
+        (which the rules ``last`` and ``last_k`` evaluate) and ``None`` is yielded."""
+        path = self.ckpt_dir / "best.pt"
+        if self.selector.rule != "best" or not path.is_file():
+            yield None
+            return
+        best = load_checkpoint(path, map_location=self.device)
+        final_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(best["model"])
+        try:
+            yield best
+        finally:
+            self.model.load_state_dict(final_state)
+
     def _final_results(self) -> dict[str, Any]:
         if not self.dist.is_main:  # torchrun: rank 0 evaluates, selects and reports
             return {"final": {}, "selected": {}, "selection": self.selector.describe()}
@@ -546,15 +564,9 @@ class Trainer:
         elif rule == "last_k":
             selected = self.selector.last_k_average()
         else:
-            best_path = self.ckpt_dir / "best.pt"
-            if best_path.exists():
-                best = load_checkpoint(best_path, map_location=self.device)
-                final_state = {k: v.clone() for k, v in self.model.state_dict().items()}
-                self.model.load_state_dict(best["model"])
-                selected = {**best["val"], **self.evaluate("test")}
-                self.model.load_state_dict(final_state)
-            else:  # no finite validation value was ever seen
-                selected = dict(final)
+            with self.selected_weights() as best:
+                # no best.pt: no finite validation value was ever seen
+                selected = {**best["val"], **self.evaluate("test")} if best is not None else dict(final)
         results = {"final": final, "selected": selected, "selection": self.selector.describe()}
         for name, hook in self.result_hooks.items():
             results[name] = hook(results)

@@ -38,8 +38,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtl_bench.checkpoint import load_checkpoint
-from mtl_bench.corruptions import ALL, CorruptedDataset, RandomCorruption, RandomlyCorruptedDataset, describe, names
-from mtl_bench.corruptions.datasets import dataset_fingerprint, load_clean_images
+from mtl_bench.corruptions import ALL, RandomCorruption, RandomlyCorruptedDataset, corrupted_sets, describe, names
 from mtl_bench.data.base import Benchmark, make_loader
 from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.models.mtl_model import MultiTaskModel
@@ -279,33 +278,26 @@ class CorruptionEvaluation:
     def __call__(self, results: Mapping[str, Any]) -> dict[str, Any]:
         tr = self.trainer
         split = self.split
-        selected = results["selected"]
-        clean = {k.split("/", 1)[1]: v for k, v in selected.items() if k.startswith(f"{split}/") and k.count("/") == 2}
-        best = tr.ckpt_dir / "best.pt"
-        restore = None
-        if tr.selector.rule == "best" and best.is_file():  # the selected model, as for the clean numbers
-            restore = {k: v.clone() for k, v in tr.model.state_dict().items()}
-            tr.model.load_state_dict(load_checkpoint(best, map_location=tr.device)["model"])
-        clean_images = load_clean_images(self.base)
-        fingerprint = dataset_fingerprint(self.base, clean_images)
         eval_bs = tr.settings.eval_batch_size or tr.settings.batch_size
         corrupted: dict[str, dict[str, dict[str, float]]] = {}
         rows = []
         t0 = time.monotonic()
-        for c in self.corruptions:
-            corrupted[c] = {}
-            for s in self.severities:
-                ds = CorruptedDataset(self.base, c, s, int(self.spec.corruption_seed), self.spec.cache_dir, backend=str(self.spec.backend),
-                                      fingerprint=fingerprint, clean=clean_images, workers=int(self.spec.workers))
+        sets = corrupted_sets(self.base, self.corruptions, self.severities, int(self.spec.corruption_seed), self.spec.cache_dir,
+                              backend=str(self.spec.backend), workers=int(self.spec.workers))
+        fingerprint = next(iter(sets.values())).fingerprint
+        with tr.selected_weights() as best:  # the model whose clean numbers the corrupted ones are compared with
+            # rule=best: best.pt's; rules last / last_k (and best without a best.pt): the final weights, whose
+            # clean numbers are results["final"] (under last_k, "selected" averages several epochs' evaluations)
+            evaluated = results["selected"] if best is not None else results["final"]
+            clean = {k.split("/", 1)[1]: v for k, v in evaluated.items() if k.startswith(f"{split}/") and k.count("/") == 2}
+            for (c, s), ds in sets.items():
                 loader = make_loader(ds, eval_bs, shuffle=False, num_workers=tr.settings.num_workers)
                 out = tr.evaluate(split, loader=loader)
                 metrics = {k.split("/", 1)[1]: v for k, v in out.items() if k.count("/") == 2}
-                corrupted[c][str(s)] = metrics
+                corrupted.setdefault(c, {})[str(s)] = metrics
                 tr.logger.log_event("corruption", {"corruption": c, "severity": s, "split": split,
                                                    **{f"{split}/{k}": v for k, v in metrics.items()}})
                 rows.extend([c, s, k, v] for k, v in metrics.items())
-        if restore is not None:
-            tr.model.load_state_dict(restore)
         tr.logger.log_table("corruptions", ["corruption", "severity", "metric", "value"], rows)
         return {
             "source": self.source.describe(), "heads": str(self.spec.heads), "split": split,

@@ -58,6 +58,16 @@ def test_transfer_freezes_the_source_backbone_and_evaluates_every_corruption(mak
     assert logged == {("gaussian_noise", 1), ("gaussian_noise", 5), ("fog", 1), ("fog", 5)}
 
 
+def test_last_k_compares_the_corrupted_numbers_with_the_clean_numbers_of_the_same_weights(make_cfg, env):
+    """rule=last_k selects an average over epochs, which no single set of weights has: the corrupted evaluation
+    runs on the final weights, so δ's ratios must divide by the final clean numbers (not the average)."""
+    summary = build_and_train(make_cfg(*overrides(env, "mode.source=stl:depth", "trainer.selection.rule=last_k",
+                                                  "trainer.selection.k=2"), tiny=False))
+    clean, final, selected = summary["transfer"]["clean"], summary["final"], summary["selected"]
+    assert clean == {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("test/depth/")}
+    assert clean["depth/abs_err"] != selected["test/depth/abs_err"]  # the 2-epoch average differs from the final
+
+
 def test_sources_and_corrupted_sets_are_reused(make_cfg, env):
     """A second job over the same source (here a second STL-vs-MTL comparison) trains nothing and corrupts nothing."""
     first = build_and_train(make_cfg(*overrides(env, "mode.source=stl:depth"), tiny=False))

@@ -170,7 +170,7 @@ def corrupted_sets(
     workers: int = 0,
 ) -> dict[tuple[str, int], CorruptedDataset]:
     """``{(corruption, severity): CorruptedDataset}`` for the whole grid (Elich et al.: 15 × 5 copies of the
-    test split).  The clean images are read once, and only if the fingerprint is unknown or an entry misses."""
+    test split).  The clean images are read once and shared by the fingerprint and every entry that misses the cache."""
     clean = load_clean_images(base)
     fp = dataset_fingerprint(base, clean)
     return {
