@@ -29,7 +29,7 @@ import mtl_bench.config.schema  # noqa: F401  (registers the structured-config s
 from mtl_bench import __version__
 from mtl_bench.combiners import COMBINERS, Combiner
 from mtl_bench.config.schema import TrainerConf
-from mtl_bench.config.validate import validate_config
+from mtl_bench.config.validate import RUNTIME_KEYS, validate_config
 from mtl_bench.data.base import Benchmark
 from mtl_bench.engine import GradientObserver
 from mtl_bench.checkpoint import load_checkpoint
@@ -146,11 +146,7 @@ def wandb_settings(cfg: DictConfig, ident: Mapping[str, Any], output_dir: Path, 
 
 
 # config keys that may differ between a run and its resumption (where, how fast and how often, not what)
-RESUME_MAY_CHANGE = (
-    "trainer.epochs", "trainer.resume", "trainer.device", "trainer.num_workers", "trainer.num_threads",
-    "trainer.progress_bar", "trainer.checkpoint_every", "trainer.checkpoint_every_n_steps", "trainer.checkpoint_every_min",
-    "trainer.preemption", "trainer.eval_batch_size", "paths", "logger", "tags",
-)
+RESUME_MAY_CHANGE = ("trainer.epochs", *RUNTIME_KEYS)
 
 
 def resume_checkpoint(settings: TrainerConf, output_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:

@@ -38,6 +38,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtl_bench.checkpoint import load_checkpoint
+from mtl_bench.config.validate import RUNTIME_KEYS
 from mtl_bench.corruptions import ALL, RandomCorruption, RandomlyCorruptedDataset, corrupted_sets, describe, names
 from mtl_bench.data.base import Benchmark, make_loader
 from mtl_bench.errors import ConfigError, check_choice
@@ -125,10 +126,9 @@ def source_config(cfg: DictConfig, kind: str, task: str | None) -> DictConfig:
     return src
 
 
-# keys that do not change what a source run learns (where it runs, how it logs and checkpoints)
-NOT_IDENTITY = ("paths", "logger", "tags", "seed", "experiment_name", "trainer.device", "trainer.num_workers",
-                "trainer.num_threads", "trainer.progress_bar", "trainer.resume", "trainer.preemption", "trainer.checkpoint_every",
-                "trainer.eval_batch_size", "optimized_metric")
+# keys that do not change what a source run learns: where it runs, how it logs and checkpoints, and its seed and
+# names (the seed names its own source folder)
+NOT_IDENTITY = (*RUNTIME_KEYS, "seed", "experiment_name", "optimized_metric")
 
 
 def source_identity(src_cfg: DictConfig) -> str:

@@ -7,6 +7,15 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mtl_bench.errors import ConfigError, check_choice
+from mtl_bench.preemption import check_signals
+
+# Config keys (matched as prefixes of flattened keys) that say where a run runs, how fast, how it checkpoints
+# and logs — never what it learns: a resumed run may change them (mtl_bench.train) and they are not part of a
+# transfer source's identity (mtl_bench.transfer).  "trainer.checkpoint_every" covers its _n_steps/_min siblings.
+RUNTIME_KEYS = (
+    "trainer.resume", "trainer.device", "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
+    "trainer.checkpoint_every", "trainer.preemption", "trainer.eval_batch_size", "paths", "logger", "tags",
+)
 
 
 def _positive_int(value: Any, key: str, allow_none: bool = False, minimum: int = 1) -> None:
@@ -31,8 +40,6 @@ def validate_config(cfg: DictConfig) -> None:
     _positive_int(t.checkpoint_every_n_steps, "trainer.checkpoint_every_n_steps", minimum=0)
     if not t.checkpoint_every_min >= 0:
         raise ConfigError(f"trainer.checkpoint_every_min must be >= 0, got {t.checkpoint_every_min!r}")
-    from mtl_bench.preemption import check_signals  # noqa: PLC0415 (signal names depend on the platform)
-
     check_signals(list(t.preemption.signals))
     if t.grad_clip_norm is not None and not t.grad_clip_norm > 0:
         raise ConfigError(f"trainer.grad_clip_norm must be positive or null, got {t.grad_clip_norm!r}")
