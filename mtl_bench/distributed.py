@@ -163,13 +163,6 @@ class DistContext:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self.group)
         return tuple(bool(v > 0) for v in t.tolist())
 
-    def barrier(self) -> None:
-        if self.enabled:
-            if self.backend == "nccl" and self.device is not None:
-                torch.distributed.barrier(group=self.group, device_ids=[self.device.index])
-            else:
-                torch.distributed.barrier(group=self.group)
-
     def _comm_device(self) -> torch.device:
         return self.device if self.backend == "nccl" and self.device is not None else torch.device("cpu")
 

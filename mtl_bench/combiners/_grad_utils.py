@@ -1,6 +1,8 @@
 """Helpers shared by the direction-based aggregators (PCGrad, GradVac, GradDrop, Aligned-MTL, DiBS-MTL, DB-MTL,
 GradNorm): hyper-parameter checks with one-line ``ConfigError`` s, and the base class of the random methods,
-which own a seeded ``torch.Generator`` whose state is part of ``state_dict``.
+which own a seeded ``torch.Generator`` whose state is part of ``state_dict``; and by the auxiliary-task
+combiners (aux_weight, GCS, OL-AUX): the target/auxiliary roles with a cached target mask, and the zero-safe
+cosine of each task gradient with the summed target gradient, from the Gramian.
 
 Not a method: the package's auto-import skips modules whose name starts with ``_``.
 """
@@ -8,7 +10,7 @@ Not a method: the package's auto-import skips modules whose name starts with ``_
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -77,3 +79,36 @@ class SeededAggregator(GradientAggregator):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "seed": self.seed}
+
+
+class AuxiliaryRoles:
+    """Mixin of the auxiliary-task combiners: ``set_roles(targets)`` (called by ``mode=aux``/``forkmerge``, possibly
+    before ``setup``) and the boolean target mask over ``task_names``, built once per (tasks, targets, device) and
+    reused, so a training step makes no host-to-device copy for it."""
+
+    name: ClassVar[str]
+    task_names: list[str]
+    targets: list[str] | None = None
+    _target_mask_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
+
+    def set_roles(self, targets: list[str]) -> None:
+        self.targets = list(targets)
+
+    def _target_mask(self, device: torch.device) -> torch.Tensor:
+        """Boolean K-vector on ``device``: True for the targets.  A ``ConfigError`` when no roles were set."""
+        if self.targets is None:
+            raise ConfigError(f"combiner '{self.name}' needs target and auxiliary tasks: use mode=aux mode.targets=[...]")
+        key = (tuple(self.task_names), tuple(self.targets), device)
+        cached = self._target_mask_cache
+        if cached is None or cached[0] != key:
+            mask = torch.tensor([t in self.targets for t in self.task_names], device=device)
+            self._target_mask_cache = cached = (key, mask)
+        return cached[1]
+
+
+def cosine_with_target(gramian: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """cos(g_k, g_T) for every task k from the Gramian ``G Gᵀ``, g_T = Σ_targets g_t (``sel``: the target mask in
+    the Gramian's dtype); 0 where a norm is 0 (no division by zero, no NaN)."""
+    dots = gramian @ sel  # g_k · g_T: row k of the Gramian summed over the targets
+    denom = gramian.diagonal().clamp_min(0).sqrt() * (sel @ gramian @ sel).clamp_min(0).sqrt()  # ‖g_k‖ ‖g_T‖
+    return torch.where(denom > 0, dots / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(dots))

@@ -6,13 +6,14 @@ import math
 
 import torch
 
+from mtl_bench.combiners._grad_utils import AuxiliaryRoles
 from mtl_bench.combiners.base import LossWeighting
 from mtl_bench.combiners.registry import register
 from mtl_bench.errors import ConfigError
 
 
 @register("aux_weight")
-class AuxiliaryWeight(LossWeighting):
+class AuxiliaryWeight(AuxiliaryRoles, LossWeighting):
     """Σ_targets L_t + λ Σ_auxiliaries L_a with a constant auxiliary weight λ (``weight``), the fixed-weight
     baseline of auxiliary-task learning (e.g. the λ sweeps in Jiang et al., "ForkMerge: Mitigating Negative
     Transfer in Auxiliary-Task Learning", NeurIPS 2023, and Liu et al.'s Auto-λ, ICLR 2022).  Sweep it with
@@ -30,15 +31,10 @@ class AuxiliaryWeight(LossWeighting):
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (weight >= 0 and math.isfinite(weight)):
             raise ConfigError(f"combiner.weight must be a non-negative number, got {weight!r}")
         self.weight = float(weight)
-        self.targets: list[str] | None = None
-
-    def set_roles(self, targets: list[str]) -> None:
-        self.targets = list(targets)
 
     def weights(self, losses: torch.Tensor) -> torch.Tensor:
-        if self.targets is None:
-            raise ConfigError("combiner 'aux_weight' needs target and auxiliary tasks: use mode=aux mode.targets=[...]")
-        return torch.tensor([1.0 if t in self.targets else self.weight for t in self.task_names], dtype=losses.dtype, device=losses.device)
+        is_target = self._target_mask(losses.device)
+        return losses.new_full((self.num_tasks,), self.weight).masked_fill_(is_target, 1.0)
 
     def describe(self) -> dict:
         return {**super().describe(), "weight": self.weight, "targets": self.targets}

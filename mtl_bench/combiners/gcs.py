@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from mtl_bench.combiners._grad_utils import AuxiliaryRoles, cosine_with_target
 from mtl_bench.combiners.base import GramianWeighting
 from mtl_bench.combiners.registry import register
-from mtl_bench.errors import ConfigError, check_choice
+from mtl_bench.errors import check_choice
 
 
 @register("gcs")
-class GradientCosineSimilarity(GramianWeighting):
+class GradientCosineSimilarity(AuxiliaryRoles, GramianWeighting):
     """Gradient cosine similarity (GCS) for auxiliary losses (Du, Czarnecki, Jayakumar, Farajtabar, Pascanu,
     Lakshminarayanan, "Adapting Auxiliary Losses Using Gradient Similarity", arXiv 1812.02224, 2018/2020).
 
@@ -30,22 +31,10 @@ class GradientCosineSimilarity(GramianWeighting):
         super().__init__(grad_source)
         check_choice("combiner.mode", mode, ("unweighted", "weighted"))
         self.mode = mode
-        self.targets: list[str] | None = None
-
-    def set_roles(self, targets: list[str]) -> None:
-        self.targets = list(targets)
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        if self.targets is None:
-            raise ConfigError("combiner 'gcs' needs target and auxiliary tasks: use mode=aux mode.targets=[...]")
-        is_target = torch.tensor([t in self.targets for t in self.task_names], device=gramian.device)
-        sel = is_target.to(gramian.dtype)
-        # g_a · g_T = (G_aa' ... ) : row a of the Gramian summed over targets; ‖g_T‖² = selᵀ M sel
-        dots = gramian @ sel
-        norm_t = (sel @ gramian @ sel).clamp_min(0).sqrt()
-        norms = gramian.diagonal().clamp_min(0).sqrt()
-        denom = norms * norm_t
-        cos = torch.where(denom > 0, dots / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(dots))
+        is_target = self._target_mask(gramian.device)
+        cos = cosine_with_target(gramian, is_target.to(gramian.dtype))
         aux_w = (cos > 0).to(gramian.dtype) if self.mode == "unweighted" else cos.clamp_min(0)
         return torch.where(is_target, torch.ones_like(cos), aux_w)
 

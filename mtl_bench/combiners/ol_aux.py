@@ -6,13 +6,14 @@ from typing import Any
 
 import torch
 
+from mtl_bench.combiners._grad_utils import AuxiliaryRoles, cosine_with_target
 from mtl_bench.combiners.base import GramianWeighting
 from mtl_bench.combiners.registry import register
 from mtl_bench.errors import ConfigError, check_choice
 
 
 @register("ol_aux")
-class OnlineAuxiliaryWeighting(GramianWeighting):
+class OnlineAuxiliaryWeighting(AuxiliaryRoles, GramianWeighting):
     """OL-AUX (Lin, Baweja, Kantor, Held, "Adaptive Auxiliary Task Weighting for Reinforcement Learning",
     NeurIPS 2019), in the form the ForkMerge code base uses as a baseline (``OLAUX.py`` of
     ``thuml/ForkMerge``): auxiliary weights start at 1; every step the similarity s_a between auxiliary a's
@@ -38,7 +39,6 @@ class OnlineAuxiliaryWeighting(GramianWeighting):
             raise ConfigError(f"combiner.update_every must be a positive integer, got {update_every!r}")
         check_choice("combiner.similarity", similarity, ("cos", "dot"))
         self.beta, self.update_every, self.similarity = float(beta), update_every, similarity
-        self.targets: list[str] | None = None
         self.register_buffer("aux_weights", torch.empty(0, dtype=torch.float64))
         self.register_buffer("accumulated", torch.empty(0, dtype=torch.float64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
@@ -52,26 +52,19 @@ class OnlineAuxiliaryWeighting(GramianWeighting):
             self.accumulated = torch.zeros(self.num_tasks, dtype=torch.float64, device=device)
             self.steps = torch.zeros((), dtype=torch.long, device=device)
 
-    def set_roles(self, targets: list[str]) -> None:
-        self.targets = list(targets)
-
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        if self.targets is None:
-            raise ConfigError("combiner 'ol_aux' needs target and auxiliary tasks: use mode=aux mode.targets=[...]")
+        is_target = self._target_mask(self.accumulated.device)
         gram = gramian.detach().to(self.accumulated)
-        is_target = torch.tensor([t in self.targets for t in self.task_names], device=gram.device)
         sel = is_target.to(gram.dtype)
-        sim = gram @ sel  # g_a · g_T
-        if self.similarity == "cos":
-            denom = gram.diagonal().clamp_min(0).sqrt() * (sel @ gram @ sel).clamp_min(0).sqrt()
-            sim = torch.where(denom > 0, sim / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(sim))
-        # weights used at this step, then the online update (applied every update_every steps, as the code does)
+        sim = cosine_with_target(gram, sel) if self.similarity == "cos" else gram @ sel  # cos or g_a · g_T
+        # weights used at this step, then the online update (applied every update_every steps, as the code does);
+        # the step test stays on the device (no sync): where/masked_fill_ leave the buffers untouched between updates
         weights = torch.where(is_target, torch.ones_like(self.aux_weights), self.aux_weights)
         self.accumulated += torch.where(is_target, torch.zeros_like(sim), self.beta * sim)
         self.steps += 1
-        if int(self.steps) % self.update_every == 0:
-            self.aux_weights += self.accumulated
-            self.accumulated.zero_()
+        due = self.steps % self.update_every == 0
+        self.aux_weights.copy_(torch.where(due, self.aux_weights + self.accumulated, self.aux_weights))
+        self.accumulated.masked_fill_(due, 0.0)
         return weights.to(device=gramian.device, dtype=gramian.dtype)
 
     def describe(self) -> dict[str, Any]:
