@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from mtl_bench.errors import ConfigError
+from mtl_bench.optimizers import is_task_wise
 
 SUPPORTED = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad")
 
@@ -59,7 +60,7 @@ class AUMonitor:
 
     def setup(self, optimizer: torch.optim.Optimizer, shared_named: Sequence[tuple[str, torch.nn.Parameter]], task_names: Sequence[str]):
         self.optimizer = optimizer
-        self.task_wise = bool(getattr(optimizer, "task_wise", False))
+        self.task_wise = is_task_wise(optimizer)
         kind = type(optimizer).__name__
         if not self.task_wise and kind not in SUPPORTED:
             raise ConfigError(

@@ -90,7 +90,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -98,8 +97,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl_bench.diagnostics.gradient_stats import METRICS, gram_pair_metrics, group_pairs
+from mtl_bench.diagnostics.gradient_stats import METRICS, gram_pair_metrics, group_pairs, row_statistics
 from mtl_bench.errors import ConfigError, check_choice
+from mtl_bench.optimizers import is_task_wise
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,7 @@ class ConflictProbe:
         self.engine_layout = [id(p) for p in engine_params] == [id(p) for p in self.params]
         self.transformed = sorted(transforms) if transforms else []
         source = getattr(combiner, "grad_source", None)
-        self.engine_computes_grads = (hasattr(combiner, "aggregate") and source == "params") or bool(
-            getattr(optimizer, "task_wise", False))
+        self.engine_computes_grads = (hasattr(combiner, "aggregate") and source == "params") or is_task_wise(optimizer)
 
     @property
     def num_tasks(self) -> int:
@@ -482,7 +481,7 @@ class ConflictProbe:
             self._all_values[ptype].append(values[-1].copy())
             full[f"{PREFIX}/{ptype}/n_pairs"] = values.shape[1]
             for k, metric in enumerate(METRICS):
-                for name, column in _row_statistics(values[:, :, k], split=metric == "cos").items():
+                for name, column in row_statistics(values[:, :, k], split=metric == "cos").items():
                     for layer, v in zip(layers, column):
                         full[f"{PREFIX}/{ptype}/{metric}/{layer}/{name}"] = v
             bad = int((~np.isfinite(values)).sum())
@@ -512,7 +511,7 @@ class ConflictProbe:
             values = np.concatenate(self._all_values[ptype], axis=0)  # (P, 4)
             entry: dict[str, Any] = {"n_pairs": values.shape[0]}
             for k, metric in enumerate(METRICS):
-                stats = _row_statistics(values[None, :, k], split=metric == "cos")
+                stats = row_statistics(values[None, :, k], split=metric == "cos")
                 entry[metric] = {name: col[0] for name, col in stats.items()}
             all_epochs[ptype] = entry
         bn = ("BatchNorm in eval mode (running statistics): per-sample gradients independent of the other samples"
@@ -632,21 +631,3 @@ class ConflictProbe:
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
-
-
-def _row_statistics(values: np.ndarray, split: bool) -> dict[str, list[float]]:
-    """Statistics of each row of ``values`` (``R × P``) over its finite entries: :data:`STATISTICS` and, with
-    ``split``, the supporting/conflicting split of cosines.  Matches ``gradient_stats.summarize``/``cosine_split``."""
-    v = np.where(np.isfinite(values), values, np.nan)
-    count = np.isfinite(v).sum(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN
-        lo, hi = np.nanpercentile(v, [2.5, 97.5], axis=1)
-        out = {"mean": np.nanmean(v, axis=1), "std": np.nanstd(v, axis=1), "p2.5": lo, "p97.5": hi}
-        if split:
-            for name, mask in (("supporting", v > 0), ("conflicting", v < 0)):
-                c = mask.sum(1)
-                out[f"{name}_count"] = c
-                out[f"{name}_fraction"] = np.where(count > 0, c / np.maximum(count, 1), np.nan)
-                out[f"{name}_mean"] = np.where(c > 0, np.where(mask, v, 0.0).sum(1) / np.maximum(c, 1), np.nan)
-    return {k: [int(x) if k.endswith("_count") else float(x) for x in col] for k, col in out.items()}

@@ -28,18 +28,20 @@ Two routes compute the same numbers:
   hoc analyses;
 * :func:`gram_pair_metrics` — any set of pairs among the rows of an ``N × d`` matrix via per-layer Gram
   matrices (one matrix product for the inner products and one for the sign counts per layer), the fast route
-  the conflict probe uses (:func:`within_group_pair_metrics`: all pairs inside groups).  Sign counts are
+  the conflict probe uses (with :func:`group_pairs` for all pairs inside groups; :func:`within_group_pair_metrics`
+  wraps the two for a ``g × k × d`` tensor).  Sign counts are
   products of 0/1 indicator matrices: exact in the gradient dtype up to 2²⁴ coordinates per layer (float32);
   larger layers are counted in float64.
 
-Statistics (:func:`summarize`, :func:`cosine_split`) are computed in float64 on the host: mean, population
-standard deviation (ddof = 0), and the 2.5 % and 97.5 % percentiles with linear interpolation between order
-statistics (NumPy's default ``method="linear"``).
+Statistics (:func:`row_statistics`, vectorised over rows, which the conflict probe uses; :func:`summarize` and
+:func:`cosine_split` are its single-row wrappers) are computed on the host over the finite values, in float64 (the
+probe and the wrappers pass float64): mean, population standard deviation (ddof = 0), and the 2.5 % and 97.5 %
+percentiles with linear interpolation between order statistics (NumPy's default ``method="linear"``).
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -47,8 +49,6 @@ import torch
 
 METRICS = ("cos", "mag_sim", "sign_conflict", "dot")
 STATISTICS = ("mean", "std", "p2.5", "p97.5")
-SPLIT_STATISTICS = ("supporting_count", "supporting_fraction", "supporting_mean",
-                    "conflicting_count", "conflicting_fraction", "conflicting_mean")
 _EXACT_COUNT = {torch.float16: 2**11, torch.bfloat16: 2**8, torch.float32: 2**24, torch.float64: 2**53}
 
 
@@ -160,29 +160,39 @@ def _with_total(parts: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- statistics over pairs
+def row_statistics(values: np.ndarray, split: bool = False) -> dict[str, list[float]]:
+    """Statistics of each row of ``values`` (``R × P``) over its finite entries: :data:`STATISTICS` and, with
+    ``split``, the supporting/conflicting split of cosines (see :func:`cosine_split`); NaN for a row without finite
+    entries.  Counts are ``int``, everything else ``float``."""
+    v = np.where(np.isfinite(values), values, np.nan)
+    if v.shape[1] == 0:  # no entries (np.nanpercentile mishandles empty rows): as rows without finite entries
+        v = np.full((v.shape[0], 1), np.nan, dtype=v.dtype)
+    count = np.isfinite(v).sum(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN
+        lo, hi = np.nanpercentile(v, [2.5, 97.5], axis=1)
+        out = {"mean": np.nanmean(v, axis=1), "std": np.nanstd(v, axis=1), "p2.5": lo, "p97.5": hi}
+        if split:
+            for name, mask in (("supporting", v > 0), ("conflicting", v < 0)):
+                c = mask.sum(1)
+                out[f"{name}_count"] = c
+                out[f"{name}_fraction"] = np.where(count > 0, c / np.maximum(count, 1), np.nan)
+                out[f"{name}_mean"] = np.where(c > 0, np.where(mask, v, 0.0).sum(1) / np.maximum(c, 1), np.nan)
+    return {k: [int(x) if k.endswith("_count") else float(x) for x in col] for k, col in out.items()}
+
+
 def summarize(values: np.ndarray | torch.Tensor | Sequence[float]) -> dict[str, float]:
     """Mean, population std (ddof = 0), 2.5 % and 97.5 % percentiles (linear interpolation) of the finite
-    values; NaN for each when there is none."""
-    v = _finite(values)
-    if v.size == 0:
-        return {s: math.nan for s in STATISTICS}
-    lo, hi = np.percentile(v, [2.5, 97.5])
-    return {"mean": float(v.mean()), "std": float(v.std()), "p2.5": float(lo), "p97.5": float(hi)}
+    values; NaN for each when there is none.  One row of :func:`row_statistics`."""
+    return {k: col[0] for k, col in row_statistics(_finite(values)[None, :]).items()}
 
 
 def cosine_split(cos: np.ndarray | torch.Tensor | Sequence[float]) -> dict[str, float]:
     """Supporting (cos > 0) and conflicting (cos < 0) pairs: counts, fractions of all (finite) pairs and the
     mean cosine of each class (NaN for an empty class).  Pairs with cos = 0 (e.g. a zero gradient) are in
-    neither class but count in the fractions' denominator."""
-    v = _finite(cos)
-    n = v.size
-    out: dict[str, float] = {}
-    for name, mask in (("supporting", v > 0), ("conflicting", v < 0)):
-        c = int(mask.sum())
-        out[f"{name}_count"] = c
-        out[f"{name}_fraction"] = c / n if n else math.nan
-        out[f"{name}_mean"] = float(v[mask].mean()) if c else math.nan
-    return out
+    neither class but count in the fractions' denominator.  One row of :func:`row_statistics` (``split``)."""
+    stats = row_statistics(_finite(cos)[None, :], split=True)
+    return {k: col[0] for k, col in stats.items() if k not in STATISTICS}
 
 
 def _finite(values) -> np.ndarray:
