@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,14 +40,31 @@ def regression_task(name: str, out_dim: int = 1) -> Task:
     return Task(name=name, loss=mse_loss, metrics=RegressionMetrics, out_dim=out_dim, kind="regression")
 
 
+def haar_frame(input_dim: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """d×k float64 Haar-random orthonormal frame: QR of a d×k Gaussian drawn from ``generator``."""
+    gauss = torch.randn(input_dim, k, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(gauss)
+    return q * torch.sign(torch.diagonal(r))  # sign fix makes the orthonormal frame Haar-distributed
+
+
+def sine_labels(proj: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Noise-free labels ``p + Σ_j sin(α_j p + β_j)`` of the projections ``p = wᵀx`` (elementwise over ``proj``)."""
+    return proj + torch.sin(proj.unsqueeze(-1) * alpha + beta).sum(-1)
+
+
+def check_split_sizes(sizes: Mapping[str, int]) -> None:
+    """Every split (``{"train": n_train, ...}``) must hold at least one sample."""
+    for split, n in sizes.items():
+        if n < 1:
+            raise ConfigError(f"dataset.n_{split} must be >= 1, got {n}")
+
+
 def task_weight_vectors(
     num_tasks: int, input_dim: int, correlation: float, scale: float, generator: torch.Generator
 ) -> torch.Tensor:
     """K×d matrix of task weight vectors with pairwise cosine ``correlation`` and norm ``scale``."""
     k = num_tasks
-    gauss = torch.randn(input_dim, k, generator=generator, dtype=torch.float64)
-    q, r = torch.linalg.qr(gauss)
-    u = q * torch.sign(torch.diagonal(r))  # sign fix makes the orthonormal frame Haar-distributed
+    u = haar_frame(input_dim, k, generator)
     corr = (1.0 - correlation) * torch.eye(k, dtype=torch.float64) + correlation * torch.ones(k, k, dtype=torch.float64)
     try:
         factor = torch.linalg.cholesky(corr)
@@ -79,9 +96,7 @@ def validate_synthetic(
             )
         if any(not (s > 0 and math.isfinite(s)) for s in label_scales):
             raise ConfigError(f"dataset.label_scales must be positive and finite, got {list(label_scales)}")
-    for split, n in sizes.items():
-        if n < 1:
-            raise ConfigError(f"dataset.n_{split} must be >= 1, got {n}")
+    check_split_sizes(sizes)
     if num_sin < 0:
         raise ConfigError(f"dataset.num_sin must be >= 0, got {num_sin}")
     if noise_std < 0:
@@ -102,8 +117,7 @@ class MMoEGenerator:
 
     def clean_labels(self, x: torch.Tensor) -> torch.Tensor:
         """Noise-free, unscaled labels ``w_kᵀx + Σ_j sin(α_j w_kᵀx + β_j)`` (n×K)."""
-        proj = x @ self.weights.T
-        return proj + torch.sin(proj.unsqueeze(-1) * self.alpha + self.beta).sum(-1)
+        return sine_labels(x @ self.weights.T, self.alpha, self.beta)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(n, self.weights.shape[1], generator=generator, dtype=torch.float64)

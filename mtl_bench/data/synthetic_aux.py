@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 
 from mtl_bench.data.base import Benchmark, TensorDictDataset
-from mtl_bench.data.synthetic import regression_task
+from mtl_bench.data.synthetic import check_split_sizes, haar_frame, regression_task, sine_labels
 from mtl_bench.errors import ConfigError
 
 AUX_TASKS = ("target", "helpful", "noise", "harmful")
@@ -56,13 +56,11 @@ def build_synthetic_aux(
     for key, value in (("harmful_scale", harmful_scale), ("noise_scale", noise_scale)):
         if not value > 0:
             raise ConfigError(f"dataset.{key} must be positive, got {value}")
-    for key, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        if n < 1:
-            raise ConfigError(f"dataset.{key} must be >= 1, got {n}")
+    sizes = {"train": n_train, "val": n_val, "test": n_test}
+    check_split_sizes(sizes)
     # the task directions and the splits come from separate streams: resizing one split leaves the others as they are
     gen = torch.Generator().manual_seed(4 * int(seed))
-    q, r = torch.linalg.qr(torch.randn(input_dim, 3, generator=gen, dtype=torch.float64))
-    u = q * torch.sign(torch.diagonal(r))
+    u = haar_frame(input_dim, 3, gen)
     rho = float(helpful_correlation)
     weights = {
         "target": u[:, 0],
@@ -72,7 +70,7 @@ def build_synthetic_aux(
     alpha = torch.randn(num_sin, generator=gen, dtype=torch.float64)
     beta = torch.randn(num_sin, generator=gen, dtype=torch.float64)
     splits = {}
-    for i, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test)), start=1):
+    for i, (split, n) in enumerate(sizes.items(), start=1):
         gen = torch.Generator().manual_seed(4 * int(seed) + i)
         x = torch.randn(n, input_dim, generator=gen, dtype=torch.float64)
         labels = {}
@@ -83,13 +81,12 @@ def build_synthetic_aux(
             elif t == "helpful":
                 y = x @ weights[t] + eps
             else:
-                proj = x @ weights[t]
-                y = proj + torch.sin(proj.unsqueeze(-1) * alpha + beta).sum(-1) + eps
+                y = sine_labels(x @ weights[t], alpha, beta) + eps
                 if t == "harmful":
                     y = harmful_scale * y
             labels[t] = y.float().unsqueeze(1)
         splits[split] = TensorDictDataset(x.float(), {t: labels[t] for t in selected})
     info = {"generator": "MMoE-based auxiliary benchmark (target / helpful / noise / harmful)", "input_dim": input_dim,
             "helpful_correlation": rho, "harmful_scale": harmful_scale, "noise_scale": noise_scale, "data_seed": int(seed),
-            "sizes": {"train": n_train, "val": n_val, "test": n_test}}
+            "sizes": sizes}
     return Benchmark(name=name, tasks={t: regression_task(t) for t in selected}, splits=splits, input_shape=(input_dim,), info=info)

@@ -59,7 +59,8 @@ import numpy as np
 import torch
 
 from mtl_bench.data.base import Benchmark
-from mtl_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomScaleCropFlip, StagedImages
+from mtl_bench.data import transforms
+from mtl_bench.data.transforms import RandomScaleCropFlip, StagedImages
 from mtl_bench.errors import ConfigError
 from mtl_bench.task_library import attribute_task, depth_task, segmentation_task
 from mtl_bench.tasks import Task
@@ -69,7 +70,7 @@ DEFAULT_SHAPES = ("disc", "square", "triangle", "ring")
 DENSE_TASKS = ("seg", "depth")
 DEFAULT_TASKS = ("seg", "depth")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-NORMALIZATIONS = (None, "imagenet", "dataset")
+NORMALIZATIONS = (*transforms.NORMALIZATIONS, "dataset")  # plus per-channel statistics of the training split
 MIN_SIDE = 32
 MAX_OBJECTS = 16
 
@@ -133,11 +134,16 @@ def _check_int(value: Any, key: str, minimum: int, maximum: int | None = None) -
     return v
 
 
-def check_shapes(shapes: Sequence[str] | None) -> tuple[str, ...]:
-    names = tuple(DEFAULT_SHAPES if shapes is None else shapes)
-    if not names or len(set(names)) != len(names) or any(s not in SHAPES for s in names):
-        raise ConfigError(f"dataset.shapes={list(names)} is invalid; expected distinct names among {list(SHAPES)}")
+def _check_names(key: str, names: Sequence[str] | None, default: Sequence[str], valid: Sequence[str]) -> tuple[str, ...]:
+    """``dataset.<key>``: a non-empty list of distinct names among ``valid``; ``None`` means ``default``."""
+    names = tuple(default if names is None else names)
+    if not names or len(set(names)) != len(names) or any(n not in valid for n in names):
+        raise ConfigError(f"dataset.{key}={list(names)} is invalid; expected distinct names among {list(valid)}")
     return names
+
+
+def check_shapes(shapes: Sequence[str] | None) -> tuple[str, ...]:
+    return _check_names("shapes", shapes, DEFAULT_SHAPES, SHAPES)
 
 
 def task_names(shapes: Sequence[str]) -> tuple[str, ...]:
@@ -146,11 +152,7 @@ def task_names(shapes: Sequence[str]) -> tuple[str, ...]:
 
 
 def check_tasks(tasks: Sequence[str] | None, shapes: Sequence[str]) -> tuple[str, ...]:
-    valid = task_names(shapes)
-    names = tuple(DEFAULT_TASKS if tasks is None else tasks)
-    if not names or len(set(names)) != len(names) or any(t not in valid for t in names):
-        raise ConfigError(f"dataset.tasks={list(names)} is invalid; expected distinct names among {list(valid)}")
-    return names
+    return _check_names("tasks", tasks, DEFAULT_TASKS, task_names(shapes))
 
 
 @dataclass(frozen=True)
@@ -320,15 +322,14 @@ class SyntheticImageDataset(StagedImages):
         self.transform = RandomScaleCropFlip(scales=(1.0,), flip_prob=0.5, seed=aug_seed, kinds=dense) if self.augment else None
 
     def set_normalization(self, normalize: str | None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
-        """Configure ``normalize_sample``: ``None``, ``"imagenet"`` or ``"dataset"`` with the given per-channel statistics."""
+        """Configure ``normalize_sample``: ``None``, ``"imagenet"`` or ``"dataset"`` with the given per-channel statistics
+        (``mean`` and ``std`` are used, and needed, only for ``"dataset"``)."""
         self.normalize = check_normalize(normalize)
-        if self.normalize == "imagenet":
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
-        elif self.normalize == "dataset" and (mean is None or std is None):
-            raise ConfigError("normalize='dataset' needs the per-channel mean and std (the builder passes the training split's)")
-        if self.normalize is None:
-            self.mean = self.std = None
+        self.mean = self.std = None
+        if self.normalize != "dataset":
             return
+        if mean is None or std is None:
+            raise ConfigError("normalize='dataset' needs the per-channel mean and std (the builder passes the training split's)")
         self.mean = torch.tensor([float(m) for m in mean], dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor([float(x) for x in std], dtype=torch.float32).view(3, 1, 1)
         if self.mean.numel() != 3 or self.std.numel() != 3 or not bool((self.std > 0).all()):
@@ -381,15 +382,11 @@ class SyntheticImageDataset(StagedImages):
         return image, {t: flipped.get(t, v) for t, v in targets.items()}
 
     def normalize_sample(self, image: torch.Tensor) -> torch.Tensor:
-        """``(image − mean) / std`` per channel (the configured statistics); the image itself when ``normalize=None``."""
-        if self.mean is None:
-            return image
+        """``(image − mean) / std`` per channel with the split's statistics for ``normalize="dataset"``; otherwise
+        :func:`~mtl_bench.data.transforms.normalize_image` (the image itself for ``None``)."""
+        if self.normalize != "dataset":
+            return super().normalize_sample(image)
         return (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
-
-    def info(self) -> dict[str, Any]:
-        """Provenance for a run summary."""
-        return {"split": self.split, "samples": len(self), "seed": self.seed, "tasks": list(self.tasks), "augment": self.augment,
-                "normalize": self.normalize, "fingerprint": self.fingerprint()}
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
