@@ -380,6 +380,16 @@ def test_log_wandb_is_a_noop_when_disabled(tmp_path, capsys, monkeypatch):
         pull_runs("me/proj")
 
 
+def test_log_wandb_with_an_invalid_mode_does_not_fail_the_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    sweep = tmp_path / "sweep"
+    write_run(sweep, "0", {"t0/mse": 1.0}, tasks=("t0",))
+    assert run_main(sweep, "--log-wandb", "--no-plots") == 0
+    out = capsys.readouterr().out
+    assert "W&B logging failed (ValueError: W&B mode 'bogus' is invalid" in out and "the local report is complete" in out
+    assert (sweep / "report" / "report.md").is_file()
+
+
 def test_wandb_runs_become_run_records():
     class FakeRun:
         id, name, state, path = "abc", "3_combiner=pcgrad,optimizer.lr=0.01,seed=1", "finished", ["me", "proj", "abc"]

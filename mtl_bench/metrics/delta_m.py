@@ -21,7 +21,8 @@ out and listed in ``undefined_baselines``.  The denominator is
 |B| rather than B: identical for the positive metrics of every standard benchmark, and it keeps the sign
 meaningful (positive = worse) for metrics that can be negative, such as R² of a poor baseline.
 
-:func:`stl_baselines_from_runs` turns the ``summary.json`` files of STL runs into baselines (mean over seeds).
+:func:`stl_baselines_from_runs` turns the ``summary.json`` files of STL runs into baselines (mean over seeds);
+:func:`stl_baselines_from_summaries` does so for several splits over summaries read once (:func:`read_stl_summaries`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from mtl_bench.errors import ConfigError, check_choice
 
@@ -204,14 +205,43 @@ def _summary_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def _read_summary(path: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"'{path}' is not valid JSON ({e})") from e
-    if not isinstance(summary, dict):
-        raise ConfigError(f"'{path}' must hold a JSON object (a run summary), got {type(summary).__name__}")
-    return summary
+def _read_summary(path: Path, parsed: Any = None) -> dict[str, Any]:
+    """The summary in ``path`` (``parsed``, when given, stands for the file's parsed content: not read again)."""
+    if parsed is None:
+        try:
+            parsed = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"'{path}' is not valid JSON ({e})") from e
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"'{path}' must hold a JSON object (a run summary), got {type(parsed).__name__}")
+    return parsed
+
+
+def read_stl_summaries(paths: str | Path | Iterable[str | Path],
+                       parsed: Mapping[Path, Mapping[str, Any]] | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """``(summary.json path, summary)`` for each summary in or under ``paths`` (as :func:`stl_baselines_from_runs`
+    finds them), each read when reached; a file whose resolved path is in ``parsed`` (already parsed summaries, e.g. a
+    report's runs) is not read again.  Errors (``ConfigError``): no path, a missing path or folder without a summary,
+    malformed JSON."""
+    for path in _summary_files(paths):
+        known = parsed.get(path.resolve()) if parsed else None
+        yield path, _read_summary(path, known)
+
+
+def stl_baselines_from_summaries(summaries: Iterable[tuple[Path, Mapping[str, Any]]],
+                                 splits: Sequence[str] = ("test",)) -> dict[str, STLBaselines]:
+    """:func:`stl_baselines_from_runs` for each of ``splits`` (in that order) over ``(path, summary)`` pairs such as
+    :func:`read_stl_summaries` yields; ``summaries`` is iterated once."""
+    for split in splits:
+        check_choice("split", split, SPLITS)
+    seen: list[tuple[Path, Mapping[str, Any]]] = []
+
+    def first_pass() -> Iterator[tuple[Path, Mapping[str, Any]]]:
+        for pair in summaries:
+            seen.append(pair)
+            yield pair
+
+    return {split: _stl_baselines(first_pass() if i == 0 else seen, split) for i, split in enumerate(splits)}
 
 
 def stl_baselines_from_runs(paths: str | Path | Iterable[str | Path], split: str = "test") -> STLBaselines:
@@ -224,12 +254,14 @@ def stl_baselines_from_runs(paths: str | Path | Iterable[str | Path], split: str
     run per seed), runs of one task reporting different metric sets, a missing or non-finite metric, and
     malformed summaries.
     """
-    check_choice("split", split, SPLITS)
+    return stl_baselines_from_summaries(read_stl_summaries(paths), (split,))[split]
+
+
+def _stl_baselines(summaries: Iterable[tuple[Path, Mapping[str, Any]]], split: str) -> STLBaselines:
     runs: dict[str, list[tuple[Path, int, dict[str, float]]]] = {}
     datasets: dict[str, tuple[str, Path]] = {}
     skipped: list[tuple[str, str]] = []
-    for path in _summary_files(paths):
-        summary = _read_summary(path)
+    for path, summary in summaries:
         if summary.get("mode") != "stl":
             skipped.append((str(path), f"mode is {summary.get('mode')!r}, not 'stl'"))
             continue

@@ -2,9 +2,11 @@
 
 Where the baselines come from, first match wins (the report names the source):
 
-1. ``--stl DIR ...``: STL runs given explicitly (:func:`~mtl_bench.metrics.delta_m.stl_baselines_from_runs`:
-   mean over seeds per task; val compared with val, test with test).  Problems here are errors (exit 2).
-2. Completed ``mode=stl`` runs among the report's folders (same function).  Problems switch Δm off with the reason.
+1. ``--stl DIR ...``: STL runs given explicitly (:func:`~mtl_bench.metrics.delta_m.stl_baselines_from_summaries`:
+   mean over seeds per task; val compared with val, test with test; each summary read once).  Problems here are
+   errors (exit 2).
+2. Completed ``mode=stl`` runs among the report's folders (same function, on the summaries already read).  Problems
+   switch Δm off with the reason.
 3. The baselines the runs themselves used (``summary["delta_m"]["source"]``): their ``delta_m.stl_runs`` folders if
    they still exist, or the published baseline id (test values, used for both splits).  Only if every run
    recorded the same source.
@@ -22,11 +24,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from mtl_bench.baselines import load_published
 from mtl_bench.errors import ConfigError
-from mtl_bench.metrics.delta_m import delta_m, metrics_for_split, stl_baselines_from_runs
+from mtl_bench.metrics.delta_m import delta_m, metrics_for_split, read_stl_summaries, stl_baselines_from_summaries
 from mtl_bench.report.runs import ReportError, Run
 
 
@@ -35,19 +37,20 @@ class Baselines:
     """``values[split]["<task>/<metric>"]`` and where they came from."""
 
     values: dict[str, dict[str, float]]
-    kind: str  # stl_option | stl_runs | recorded_stl_runs | published
     description: str
     runs_per_task: dict[str, int] = field(default_factory=dict)
     seeds: dict[str, list[int]] = field(default_factory=dict)
     datasets: dict[str, str] = field(default_factory=dict)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _from_stl(paths: Sequence[str | Path], kind: str, description: str) -> Baselines:
-    per_split = {split: stl_baselines_from_runs([str(p) for p in paths], split=split) for split in ("val", "test")}
+def _from_stl(paths: Sequence[str | Path], description: str,
+              parsed: Mapping[Path, Mapping[str, Any]] | None = None) -> Baselines:
+    """Val and test baselines of the STL runs in or under ``paths``, each summary read once (the resolved
+    ``summary.json`` paths in ``parsed`` not at all: their summaries are already in memory)."""
+    per_split = stl_baselines_from_summaries(read_stl_summaries([str(p) for p in paths], parsed), ("val", "test"))
     test = per_split["test"]
-    return Baselines({s: b.values for s, b in per_split.items()}, kind, description, test.runs_per_task, test.seeds,
-                     test.datasets, test.skipped)
+    return Baselines({s: b.values for s, b in per_split.items()}, description, test.runs_per_task, test.seeds,
+                     test.datasets)
 
 
 def _check_dataset(baselines: Baselines, runs: Sequence[Run]) -> None:
@@ -75,11 +78,11 @@ def _recorded(runs: Sequence[Run]) -> tuple[Baselines | None, str]:
         absent = [p for p in paths if not Path(p).exists()]
         if absent:
             return None, f"the runs' STL baseline folders {absent} no longer exist"
-        return _from_stl(paths, "recorded_stl_runs", f"STL runs the runs were trained against (delta_m.stl_runs={paths})"), ""
+        return _from_stl(paths, f"STL runs the runs were trained against (delta_m.stl_runs={paths})"), ""
     if source.get("kind") == "published":
         entry = load_published(str(source.get("id")))
         desc = f"published baseline '{entry['id']}' ({entry['source'].get('paper')}; test values, also used for val)"
-        return Baselines({"val": entry["metrics"], "test": entry["metrics"]}, "published", desc,
+        return Baselines({"val": entry["metrics"], "test": entry["metrics"]}, desc,
                          datasets={t.rpartition("/")[0]: entry["dataset"] for t in entry["metrics"]}), ""
     return None, f"unknown recorded Δm source kind {source.get('kind')!r}"
 
@@ -89,7 +92,7 @@ def resolve_baselines(stl_option: Sequence[str | Path] | None, stl_runs: Sequenc
     """The report's baselines (see the module docstring) or ``None`` and the reason."""
     if stl_option:
         try:
-            baselines = _from_stl(stl_option, "stl_option", f"STL runs from --stl {' '.join(map(str, stl_option))}")
+            baselines = _from_stl(stl_option, f"STL runs from --stl {' '.join(map(str, stl_option))}")
             _check_dataset(baselines, runs)
         except ConfigError as e:
             raise ReportError(f"--stl: {e}") from e
@@ -98,8 +101,9 @@ def resolve_baselines(stl_option: Sequence[str | Path] | None, stl_runs: Sequenc
     reasons = []
     if done:
         try:
-            baselines = _from_stl([r.path / "summary.json" for r in done], "stl_runs",
-                                  f"the {len(done)} completed STL run(s) among the given folders")
+            files = [r.path / "summary.json" for r in done]
+            baselines = _from_stl(files, f"the {len(done)} completed STL run(s) among the given folders",
+                                  {f.resolve(): r.summary for f, r in zip(files, done)})
             _check_dataset(baselines, runs)
             return baselines, ""
         except ConfigError as e:

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from mtl_bench.diagnostics.conflicts import PAIR_TYPES as CONFLICT_PAIRS
 from mtl_bench.metrics.delta_m import CONVENTIONS
 from mtl_bench.report.baselines import Baselines, resolve_baselines, run_delta_m
-from mtl_bench.report.grouping import Group, Stat, group_runs, lookup, matches, mean_std, parse_key_values
+from mtl_bench.report.grouping import (Group, Stat, group_runs, lookup, matches, mean_std, merge_directions,
+                                       parse_key_values, repeated_seeds)
 from mtl_bench.report.pareto import against_reference, pareto_optimal
 from mtl_bench.report.robustness import Robustness, build_robustness, table_group_keys
 from mtl_bench.report.runs import ReportError, Run
 
-CONFLICT_PAIRS = ("inter_task", "inter_sample", "inter_task_averaged", "inter_sample_averaged")
 CONFLICT_METRICS = ("cos", "mag_sim", "sign_conflict")
 
 
@@ -81,12 +82,16 @@ class Report:
     notes: list[str] = field(default_factory=list)
     robustness: Robustness | None = None  # corruption transferability δ, when there are transfer runs
 
+    _group_labels: dict[int, str] | None = field(default=None, init=False, repr=False, compare=False)
+
     def group_of(self, run: Run) -> str:
-        """The label of the group ``run`` belongs to ("" for runs outside the table)."""
-        for row in self.rows:
-            if any(r is run for r in row.group.runs):
-                return row.group.label
-        return ""
+        """The label of the group ``run`` belongs to ("" for runs outside the table); the first call indexes the rows."""
+        if self._group_labels is None:
+            self._group_labels = {}
+            for row in self.rows:
+                for r in row.group.runs:
+                    self._group_labels.setdefault(id(r), row.group.label)
+        return self._group_labels.get(id(run), "")
 
 
 def conflict_stats(run: Run) -> dict[str, dict[str, float]]:
@@ -166,20 +171,15 @@ def build_report(runs: Sequence[Run], options: ReportOptions) -> Report:
     group_keys = list(options.group_by) if options.group_by is not None else table_group_keys(table_runs)
     groups = group_runs(table_runs, group_keys)
     for g in groups:
-        seeds = [r.seed for r in g.runs]
-        if len(set(map(str, seeds))) < len(seeds):
-            notes.append(f"group '{g.label}' holds several runs with the same seed {sorted(map(str, seeds))}: "
+        seeds = repeated_seeds(g.runs)
+        if seeds:
+            notes.append(f"group '{g.label}' holds several runs with the same seed {seeds}: "
                          "they differ in something the group keys do not show (pass --group-by)")
 
     metric_keys: list[str] = []
     for split in options.splits:
         metric_keys += _ordered_metric_keys(table_runs, split, options.include_loss, options.source)
-    directions: dict[str, bool] = {}
-    for run in table_runs:
-        for key, hib in run.directions.items():
-            if key in directions and directions[key] != hib:
-                notes.append(f"runs disagree on the direction of {key}; using the first one seen")
-            directions.setdefault(key, hib)
+    directions = merge_directions(table_runs, notes)
 
     # Δm
     baselines: Baselines | None = None
@@ -316,10 +316,14 @@ def _diagnostics(report: Report) -> None:
             }
 
 
+def arrowed(name: str, higher_is_better: bool | None) -> str:
+    """``name ↑`` / ``name ↓`` by the direction (``name`` when it is unknown)."""
+    return name + ("" if higher_is_better is None else (" ↑" if higher_is_better else " ↓"))
+
+
 def metric_label(key: str, directions: dict[str, bool]) -> str:
     """``test/t0/mse ↓``: a ``<split>/<task>/<metric>`` key and its direction arrow."""
-    hib = directions.get(key.split("/", 1)[1]) if "/" in key else None
-    return key + ("" if hib is None else (" ↑" if hib else " ↓"))
+    return arrowed(key, directions.get(key.split("/", 1)[1]) if "/" in key else None)
 
 
 def relpath(path: Path, bases: Sequence[Path]) -> str:

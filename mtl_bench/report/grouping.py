@@ -144,6 +144,24 @@ class Group:
         return sorted((r.seed for r in self.runs), key=lambda s: (0, s, "") if isinstance(s, int) else (1, 0, str(s)))
 
 
+def repeated_seeds(runs: Iterable[Run]) -> list[str]:
+    """The runs' seeds as sorted text when two runs share one (they differ in something unseen), else ``[]``."""
+    seeds = [str(r.seed) for r in runs]
+    return sorted(seeds) if len(set(seeds)) < len(seeds) else []
+
+
+def merge_directions(runs: Iterable[Run], notes: list[str]) -> dict[str, bool]:
+    """``"<task>/<metric>"`` → higher is better over the runs' recorded directions, the first one seen winning; a
+    disagreement is noted in ``notes``."""
+    directions: dict[str, bool] = {}
+    for run in runs:
+        for key, hib in run.directions.items():
+            if key in directions and directions[key] != hib:
+                notes.append(f"runs disagree on the direction of {key}; using the first one seen")
+            directions.setdefault(key, hib)
+    return directions
+
+
 def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
     """Partition ``runs`` by their values of ``keys``; groups in order of their first run."""
     groups: dict[tuple[str, ...], Group] = {}

@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from mtl_bench.report.build import Report, metric_label, relpath
-from mtl_bench.report.grouping import Stat, lookup
+from mtl_bench.report.build import CONFLICT_METRICS, Report, arrowed, metric_label, relpath
+from mtl_bench.report.grouping import Stat, lookup, matches
 from mtl_bench.report.robustness import Robustness
 
 CONVENTION_TEXT = {
@@ -76,10 +76,6 @@ def results_table(report: Report) -> str:
     return md_table(headers, rows)
 
 
-def _arrowed(name: str, higher_is_better: bool | None) -> str:
-    return name + ("" if higher_is_better is None else (" ↑" if higher_is_better else " ↓"))
-
-
 def metadata_lines(report: Report, dirs: Sequence[Path]) -> list[str]:
     o = report.options
     n_stl = sum(1 for r in report.stl_runs if r.completed)
@@ -119,7 +115,7 @@ def metadata_lines(report: Report, dirs: Sequence[Path]) -> list[str]:
                 "better on one; `k/n` = k of the group's n runs")
         if report.pareto_ref is not None:
             spec = ",".join(f"{k}={v}" for k, v in report.pareto_ref.items())
-            n_ref = sum(1 for r in report.table_runs if all(lookup(r, k) == v for k, v in report.pareto_ref.items()))
+            n_ref = sum(1 for r in report.table_runs if matches(r, report.pareto_ref))
             text += (f"; reference `{spec}` ({n_ref} runs): *not dominated by ref* = runs no reference run dominates, "
                      "*dominates ref* = runs that dominate at least one reference run")
         lines.append(text)
@@ -135,7 +131,7 @@ def render_markdown(report: Report, dirs: Sequence[Path], figures: Sequence[str]
     if report.baselines is not None and report.baselines.values:
         b = report.baselines
         keys = list(dict.fromkeys([*b.values.get("test", {}), *b.values.get("val", {})]))
-        rows = [[_arrowed(k, report.directions.get(k)), _num(b.values.get("val", {}).get(k)), _num(b.values.get("test", {}).get(k))]
+        rows = [[arrowed(k, report.directions.get(k)), _num(b.values.get("val", {}).get(k)), _num(b.values.get("test", {}).get(k))]
                 for k in keys]
         parts += ["## Δm baselines", "", md_table(["task/metric", "val", "test"], rows), ""]
     if report.robustness is not None:
@@ -148,12 +144,12 @@ def render_markdown(report: Report, dirs: Sequence[Path], figures: Sequence[str]
                   "(from each run's summary `au`; mean ± std over runs).", "",
                   md_table(["group", *[f"rAU {t}" for t in tasks], "dominated fraction"], rows), ""]
     if report.conflicts:
-        rows = [[g, pair, *[_stat(stats.get(m)) for m in ("cos", "mag_sim", "sign_conflict")]]
+        rows = [[g, pair, *[_stat(stats.get(m)) for m in CONFLICT_METRICS]]
                 for g, pairs in report.conflicts.items() for pair, stats in pairs.items()]
         parts += ["## Gradient conflicts", "",
                   "Mean over the run of the per-pair cosine, magnitude similarity and opposite-sign fraction (whole shared "
                   "vector; summary `conflicts.all_epochs`), mean ± std over runs.", "",
-                  md_table(["group", "pairs", "cos", "mag_sim", "sign_conflict"], rows), ""]
+                  md_table(["group", "pairs", *CONFLICT_METRICS], rows), ""]
     if report.notes:
         parts += ["## Notes", "", *[f"- {n}" for n in dict.fromkeys(report.notes)], ""]
     parts += [f"## Failed jobs ({len(report.failed)})", ""]
@@ -210,7 +206,7 @@ def robustness_section(rob: Robustness, dirs: Sequence[Path]) -> list[str]:
         for td in g.tasks:
             stl = f"{len(td.stl_runs)} (seeds {','.join(sorted(map(str, (r.seed for r in td.stl_runs))))})"
             for m in td.metrics:
-                rows.append([g.group.label, td.task, _arrowed(m.metric, m.higher_is_better), _stat(m.delta, "+.4f"), len(m.cells), stl])
+                rows.append([g.group.label, td.task, arrowed(m.metric, m.higher_is_better), _stat(m.delta, "+.4f"), len(m.cells), stl])
     parts += ["Per metric (↑/↓: the metric's direction; δ is already signed so that δ < 0 favours MTL):", "",
               md_table(["group", "task", "metric", "δ", "cells", "STL runs"], rows), ""]
     missing = [f"- `{g.group.label}`: {t}: {why}" for g in rob.groups for t, why in g.missing.items()]

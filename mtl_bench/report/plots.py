@@ -22,7 +22,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from mtl_bench.report.build import Report
+from mtl_bench.report.build import CONFLICT_METRICS, Report
 from mtl_bench.report.pareto import pareto_optimal
 
 
@@ -118,7 +118,7 @@ def conflicts_plot(report: Report, out: Path) -> Path | None:
     groups = list(report.conflicts)
     names, axis = _labels(report)
     pairs = list(dict.fromkeys(p for g in groups for p in report.conflicts[g]))
-    metrics = [m for m in ("cos", "mag_sim", "sign_conflict") if any(m in s for g in groups for s in report.conflicts[g].values())]
+    metrics = [m for m in CONFLICT_METRICS if any(m in s for g in groups for s in report.conflicts[g].values())]
     fig = Figure(figsize=(max(4.5, 1.2 * len(groups) + 2.5) * len(metrics), 4.2), layout="constrained")
     width = 0.8 / max(1, len(pairs))
     for i, metric in enumerate(metrics):

@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from mtl_bench.report.grouping import Group, Stat, default_group_keys, group_runs, lookup
-from mtl_bench.report.runs import Run
+from mtl_bench.report.grouping import Group, Stat, default_group_keys, group_runs, lookup, merge_directions, repeated_seeds
+from mtl_bench.report.runs import Run, as_float
 
 Cell = tuple[str, int]  # (corruption, severity)
 
@@ -55,21 +55,15 @@ SUMMARY_KEYS = ("transfer.source.mode", "transfer.source.tasks", "transfer.sourc
                 "transfer.heads", "transfer.split")
 ALWAYS_KEYS = ("transfer.source.combiner", "transfer.source.optimizer")  # the identity of an MTL backbone: always in the label
 STL_FREE_KEYS = frozenset({"transfer.source.mode", "transfer.source.tasks", "transfer.source.combiner"})
-FAMILY_ORDER = ("noise", "blur", "weather", "digital", "extra")
-
-
-def is_transfer(run: Run) -> bool:
-    return run.is_transfer
 
 
 def corruption_order(names: Iterable[str]) -> list[str]:
-    """``names`` in the standard order (ImageNet-C families noise, blur, weather, digital, then the extra ones, as in
-    :data:`mtl_bench.corruptions.ops.FAMILIES`), unknown names last, alphabetically."""
-    from mtl_bench.corruptions.ops import FAMILIES
+    """``names`` in the standard order (:data:`mtl_bench.corruptions.ops.ALL`: the ImageNet-C families noise, blur,
+    weather, digital, then the extra ones), unknown names last, alphabetically."""
+    from mtl_bench.corruptions.ops import ALL
 
-    standard = [c for fam in FAMILY_ORDER for c in FAMILIES.get(fam, ())]
     names = set(names)
-    return [c for c in standard if c in names] + sorted(names - set(standard))
+    return [c for c in ALL if c in names] + sorted(names - set(ALL))
 
 
 # ------------------------------------------------------------------------------------------------ reading runs
@@ -101,10 +95,6 @@ class TransferResult:
         """Tasks with clean metrics, in the run's task order."""
         have = list(dict.fromkeys(k.rpartition("/")[0] for k in self.clean if "/" in k))
         return [t for t in self.run.tasks if t in have] + [t for t in have if t not in self.run.tasks]
-
-
-def _float(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def describe_corruptions(info: Any) -> str:
@@ -141,9 +131,9 @@ def read_transfer(run: Run) -> tuple[TransferResult | None, str | None]:
             except ValueError:
                 return None, f"'transfer.corrupted.{corruption}' has a severity {sev!r} that is not an integer"
             if isinstance(metrics, dict):
-                cells[(str(corruption), severity)] = {str(k): _float(v) for k, v in metrics.items()}
+                cells[(str(corruption), severity)] = {str(k): as_float(v) for k, v in metrics.items()}
     heads, split = block.get("heads"), block.get("split")
-    return TransferResult(run, dict(source), {str(k): _float(v) for k, v in clean.items()}, cells,
+    return TransferResult(run, dict(source), {str(k): as_float(v) for k, v in clean.items()}, cells,
                           str(heads) if heads is not None else None, str(split) if split is not None else None,
                           describe_corruptions(block.get("corruptions"))), None
 
@@ -181,7 +171,7 @@ def is_source_ref(value: Any, run: Run) -> bool:
 
 
 def _source_keys(runs: Sequence[Run]) -> set[str]:
-    return {k for r in runs if is_transfer(r) for k, v in r.overrides.items() if is_source_ref(v, r)}
+    return {k for r in runs if r.is_transfer for k, v in r.overrides.items() if is_source_ref(v, r)}
 
 
 def _varies(runs: Sequence[Run], key: str) -> bool:
@@ -206,7 +196,7 @@ def table_group_keys(runs: Sequence[Run]) -> list[str]:
     naming their source path (they change with the source seed) and with the :data:`SUMMARY_KEYS` that split the runs
     further (so the seeds of one backbone fall together)."""
     keys = default_group_keys(runs)
-    transfer = [r for r in runs if is_transfer(r)]
+    transfer = [r for r in runs if r.is_transfer]
     if not transfer:
         return keys
     drop = _source_keys(transfer)
@@ -388,9 +378,9 @@ def _stl_for_task(group: Group, task: str, mtl: Sequence[TransferResult], stl: S
     differ = [k for k in transfer_group_keys(runs) if k not in ALWAYS_KEYS and _varies(runs, k)]
     if differ:
         notes.append(f"the STL baseline of {task} averages {len(runs)} runs that differ in {differ}")
-    seeds = [str(r.seed) for r in runs]
-    if len(set(seeds)) < len(seeds):
-        notes.append(f"the STL baseline of {task} holds several runs with the same seed {sorted(seeds)}")
+    seeds = repeated_seeds(runs)
+    if seeds:
+        notes.append(f"the STL baseline of {task} holds several runs with the same seed {seeds}")
     return cands, None
 
 
@@ -416,9 +406,9 @@ def _group_delta(group: Group, results: dict[str, TransferResult], stl: Sequence
                  directions: Mapping[str, bool], include_loss: bool) -> GroupDelta:
     mtl = [results[str(r.path)] for r in group.runs]
     notes: list[str] = []
-    seeds = [str(r.seed) for r in group.runs]
-    if len(set(seeds)) < len(seeds):
-        notes.append(f"the group holds several runs with the same seed {sorted(seeds)} (pass --transfer-group-by)")
+    seeds = repeated_seeds(group.runs)
+    if seeds:
+        notes.append(f"the group holds several runs with the same seed {seeds} (pass --transfer-group-by)")
     tasks = list(dict.fromkeys(t for r in mtl for t in r.tasks))
     task_deltas: list[TaskDelta] = []
     missing: dict[str, str] = {}
@@ -461,7 +451,7 @@ def _group_delta(group: Group, results: dict[str, TransferResult], stl: Sequence
 
 def build_robustness(runs: Sequence[Run], group_by: Sequence[str] | None = None, include_loss: bool = False) -> Robustness | None:
     """δ per MTL group, task and metric from the completed transfer runs among ``runs`` (``None`` if there are none)."""
-    transfer = [r for r in runs if r.completed and is_transfer(r)]
+    transfer = [r for r in runs if r.completed and r.is_transfer]
     if not transfer:
         return None
     results: dict[str, TransferResult] = {}
@@ -473,12 +463,7 @@ def build_robustness(runs: Sequence[Run], group_by: Sequence[str] | None = None,
         else:
             results[str(run.path)] = res
     notes: list[str] = []
-    directions: dict[str, bool] = {}
-    for res in results.values():
-        for key, hib in res.run.directions.items():
-            if key in directions and directions[key] != hib:
-                notes.append(f"runs disagree on the direction of {key}; using the first one seen")
-            directions.setdefault(key, hib)
+    directions = merge_directions((res.run for res in results.values()), notes)
     stl = [r for r in results.values() if r.is_stl]
     mtl_runs = [r.run for r in results.values() if not r.is_stl]
     group_keys = list(group_by) if group_by is not None else transfer_group_keys(mtl_runs)

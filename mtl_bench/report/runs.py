@@ -38,7 +38,8 @@ class ReportError(MTLBenchError):
 
 
 def is_job_dir(path: Path) -> bool:
-    return (path / ".hydra").is_dir() or (path / "summary.json").is_file() or (path / "config_resolved.yaml").is_file()
+    """Whether ``path`` holds one of :data:`MARKERS` (``.hydra`` as a folder, the others as files)."""
+    return any((path / m).is_dir() if m == ".hydra" else (path / m).is_file() for m in MARKERS)
 
 
 def _natural_key(path: Path) -> list[Any]:
@@ -101,7 +102,8 @@ def parse_overrides(items: Iterable[Any]) -> dict[str, str]:
     return out
 
 
-def _number(value: Any) -> float:
+def as_float(value: Any) -> float:
+    """``value`` as a float if it is a number (bools are not), else NaN."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan
     return float(value)
@@ -120,15 +122,19 @@ def _last_error_line(log_file: Path) -> str | None:
 
 @dataclass
 class Run:
-    """One job folder: its status, ``summary.json`` (``{}`` when missing) and parsed overrides."""
+    """One job folder: its status, ``summary.json`` (``{}`` when missing) and overrides (``overrides``: the parsed
+    ``override_list``, see :func:`parse_overrides`)."""
 
     path: Path
     status: str
     summary: dict[str, Any] = field(default_factory=dict)
-    overrides: dict[str, str] = field(default_factory=dict)
     override_list: list[str] = field(default_factory=list)
     error: str | None = None
     config_data: dict[str, Any] | None = None  # the resolved config when given (W&B); else read lazily from the folder
+    overrides: dict[str, str] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.overrides = parse_overrides(self.override_list)
 
     @property
     def completed(self) -> bool:
@@ -186,7 +192,7 @@ class Run:
         if not isinstance(data, dict) and self.is_transfer and isinstance(self.summary["transfer"].get("clean"), dict):
             split = self.summary["transfer"].get("split") or "test"
             data = {f"{split}/{k}": v for k, v in self.summary["transfer"]["clean"].items()}
-        return {str(k): _number(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        return {str(k): as_float(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def task_metrics(self, split: str, source: str = "selected", include_loss: bool = False,
                      tasks: Iterable[str] | None = None) -> dict[str, float]:
@@ -236,28 +242,27 @@ def load_run(path: Path) -> Run:
     summary_file = path / "summary.json"
     if not summary_file.is_file():
         error = _last_error_line(path / "train.log")
-        return Run(path, "no_summary", {}, parse_overrides(override_list), override_list,
+        return Run(path, "no_summary", {}, override_list,
                    error or "no summary.json: the job crashed before writing it, or is still running")
     try:
         summary = json.loads(summary_file.read_text())
     except _READ_ERRORS as e:
-        return Run(path, "unreadable_summary", {}, parse_overrides(override_list), override_list, f"summary.json: {e}")
+        return Run(path, "unreadable_summary", {}, override_list, f"summary.json: {e}")
     if not isinstance(summary, dict):
-        return Run(path, "unreadable_summary", {}, parse_overrides(override_list), override_list,
+        return Run(path, "unreadable_summary", {}, override_list,
                    f"summary.json holds a {type(summary).__name__}, not a JSON object")
     hydra = summary.get("hydra")
     if isinstance(hydra, dict) and isinstance(hydra.get("overrides"), list):
         override_list = [str(x) for x in hydra["overrides"]]
     status = summary.get("status")
-    status = status if isinstance(status, str) else "unknown"
     error = summary.get("error")
-    error = str(error) if error is not None else None
-    transfer = summary.get("mode") == "transfer" and isinstance(summary.get("transfer"), dict)
-    if status == "completed" and not isinstance(summary.get("selected"), dict) and not transfer:
-        status, error = "incomplete_summary", "status is completed but the summary has no 'selected' results"
-    if status != "completed" and error is None:
-        error = _last_error_line(path / "train.log")
-    return Run(path, status, summary, parse_overrides(override_list), override_list, error)
+    run = Run(path, status if isinstance(status, str) else "unknown", summary, override_list,
+              str(error) if error is not None else None)
+    if run.completed and not isinstance(summary.get("selected"), dict) and not run.is_transfer:
+        run.status, run.error = "incomplete_summary", "status is completed but the summary has no 'selected' results"
+    if not run.completed and run.error is None:
+        run.error = _last_error_line(path / "train.log")
+    return run
 
 
 def load_runs(paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()) -> list[Run]:

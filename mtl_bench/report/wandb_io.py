@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mtl_bench.loggers.run_logger import resolve_wandb_mode
-from mtl_bench.report.runs import ReportError, Run, parse_overrides
+from mtl_bench.report.runs import ReportError, Run
 
 
 def metric_directions() -> dict[str, bool]:
@@ -69,7 +69,7 @@ def run_from_wandb(wrun: Any, directions: Mapping[str, bool] | None = None) -> R
     overrides = _overrides_from_name(str(wrun.name))
     error = None if status == "completed" else f"W&B state '{state}'"
     path = Path("wandb") / "/".join(str(p) for p in getattr(wrun, "path", [wrun.id]))
-    return Run(path, status, summary, parse_overrides(overrides), overrides, error, config_data=config)
+    return Run(path, status, summary, overrides, error, config_data=config)
 
 
 def pull_runs(spec: str) -> list[Run]:
@@ -95,7 +95,10 @@ def pull_runs(spec: str) -> list[Run]:
 
 def log_report(report_csv: Path, figures: list[Path], project: str, name: str) -> str:
     """Log ``report.csv`` as a ``wandb.Table`` (and artifact) and the figures; returns what happened, in words."""
-    mode = resolve_wandb_mode(None)
+    try:
+        mode = resolve_wandb_mode(None)
+    except ValueError as e:  # an invalid WANDB_MODE: W&B must never break a report whose files are already written
+        return f"W&B logging failed ({type(e).__name__}: {e}); the local report is complete"
     if mode == "disabled":
         return "W&B logging skipped (WANDB_MODE=disabled)"
     with report_csv.open(newline="") as f:
