@@ -40,8 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from mtl_bench.errors import ConfigError, NonFiniteLossError, PreemptedError, check_choice
-from mtl_bench.preemption import PreemptionGuard
+from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -162,8 +161,7 @@ class ForkMerge:
             trainer = self.make_branch(f"rank_{a}", [a])
             trainer.model.load_state_dict(init)
             for _ in range(self.spec.ranking_epochs):
-                trainer.epoch += 1
-                trainer.train_epoch()
+                trainer.run_epoch()
             scores[a] = trainer.evaluate("val")[self.metric]
             del trainer
         ranked = sorted(self.aux, key=lambda a: -scores[a] if self.higher else scores[a])
@@ -228,21 +226,16 @@ class ForkMerge:
             for b in branches.values():
                 b.settings.max_steps_per_epoch = steps
         merged = copy.deepcopy(main.model.state_dict())
-        guard = main.preemption = PreemptionGuard(s.preemption.signals)  # polled through main.requested_stop()
-        try:
-            guard.__enter__()
+        with main.guarded():
             for period in range(start, periods + 1):
                 states, scores = {}, {}
                 t0 = time.monotonic()
                 for name, b in branches.items():
                     b.model.load_state_dict(merged)
                     for _ in range(1 if steps else min(self.spec.merge_every, s.epochs - (period - 1) * self.spec.merge_every)):
-                        b.epoch += 1
-                        losses = b.train_epoch()
-                        b.combiner.on_epoch_end(b.epoch, losses)
-                        if b.scheduler is not None:
-                            b.scheduler.step()
-                    states[name] = copy.deepcopy(b.model.state_dict())
+                        b.run_epoch()
+                    # no copy: nothing writes to a branch between here and the merge, which builds new tensors
+                    states[name] = b.model.state_dict()
                     scores[name] = b.evaluate("val")[self.metric]
                 self.branch_time += time.monotonic() - t0
                 names = list(states)
@@ -273,23 +266,9 @@ class ForkMerge:
                     branches = {n: branches[n] for n in names if n in keep}
                     log.info("pruned the branches to %s", keep)
                 self._branches, self._period = branches, period
-                saved_now = bool(s.checkpoint_every) and period % s.checkpoint_every == 0
-                stop = main.requested_stop()[0]
-                if saved_now or stop:
-                    main._save_last()
-                if stop:
-                    main._stop_preempted(stop)
+                main.boundary_checkpoint(period)
             main._save_last()
             results = main._final_results()
-        except PreemptedError:
-            guard.chain()
-            raise
-        except NonFiniteLossError as e:
-            main.logger.log_event("error", {"error": str(e), "global_step": e.step, "epoch": e.epoch, "task": e.task})
-            main.write_summary("diverged", error=str(e), failed_step=e.step, failed_task=e.task)
-            raise
-        finally:
-            guard.restore()
         results["forkmerge"] = self.describe(periods)
         return main.finish(results)
 

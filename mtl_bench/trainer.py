@@ -477,44 +477,65 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
         s = self.settings
+        with self.guarded(), logging_redirect_tqdm():
+            while self.epoch < s.epochs:
+                t_epoch = time.monotonic()
+                train_losses, train_time = self.run_epoch()
+                epoch = self.epoch
+                record: dict[str, float] = {f"train_epoch/{t}/loss": v for t, v in train_losses.items()}
+                if epoch % s.eval_every == 0 or epoch == s.epochs:
+                    val = self.evaluate_and_select(epoch, record)
+                    log.info("epoch %d/%d  %s  (train %.1fs)", epoch, s.epochs, self._brief(val), train_time)
+                for m in self.monitors:
+                    record.update(m.epoch_record(epoch))
+                record["time/train_epoch_s"] = train_time
+                record["time/epoch_s"] = time.monotonic() - t_epoch
+                self.logger.log_epoch(record, epoch=epoch, global_step=self.global_step)
+                self.boundary_checkpoint(epoch)
+            if s.checkpoint_every == 0 or s.epochs % s.checkpoint_every != 0 or self.last_checkpoint is None:
+                self._save_last()
+            results = self._final_results()
+        return self.finish(results)
+
+    @contextmanager
+    def guarded(self) -> Iterator[None]:
+        """The block trains: the preemption signals are caught (``self.preemption``, polled by :meth:`requested_stop`);
+        a preemption (checkpoint already written) is handed on to the previously installed handler, e.g. submitit's
+        requeue, and a divergence is logged and written to the summary; both are re-raised."""
         try:
-            with logging_redirect_tqdm(), PreemptionGuard(s.preemption.signals) as self.preemption:
-                for epoch in range(self.epoch + 1, s.epochs + 1):
-                    self.epoch = epoch
-                    t_epoch = time.monotonic()
-                    train_losses = self.train_epoch()
-                    train_time = time.monotonic() - t_epoch
-                    self.combiner.on_epoch_end(epoch, train_losses)
-                    if self.scheduler is not None:
-                        with warnings.catch_warnings():
-                            # false alarm when a resumed epoch had no step left in this process (or fp16 skipped it)
-                            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                            self.scheduler.step()
-                    record: dict[str, float] = {f"train_epoch/{t}/loss": v for t, v in train_losses.items()}
-                    if epoch % s.eval_every == 0 or epoch == s.epochs:
-                        val = self.evaluate_and_select(epoch, record)
-                        log.info("epoch %d/%d  %s  (train %.1fs)", epoch, s.epochs, self._brief(val), train_time)
-                    for m in self.monitors:
-                        record.update(m.epoch_record(epoch))
-                    record["time/train_epoch_s"] = train_time
-                    record["time/epoch_s"] = time.monotonic() - t_epoch
-                    self.logger.log_epoch(record, epoch=epoch, global_step=self.global_step)
-                    stop = self.requested_stop()[0]  # a signal during evaluation: stop at the epoch boundary
-                    if stop or (s.checkpoint_every and epoch % s.checkpoint_every == 0):
-                        self._save_last()
-                    if stop:
-                        self._stop_preempted(stop)
-                if s.checkpoint_every == 0 or s.epochs % s.checkpoint_every != 0 or self.last_checkpoint is None:
-                    self._save_last()
-                results = self._final_results()
+            with PreemptionGuard(self.settings.preemption.signals) as self.preemption:
+                yield
         except PreemptedError:
-            self.preemption.chain()  # e.g. submitit's requeue, now that the checkpoint is on disk
+            self.preemption.chain()
             raise
         except NonFiniteLossError as e:
             self.logger.log_event("error", {"error": str(e), "global_step": e.step, "epoch": e.epoch, "task": e.task})
             self.write_summary("diverged", error=str(e), failed_step=e.step, failed_task=e.task)
             raise
-        return self.finish(results)
+
+    def run_epoch(self) -> tuple[dict[str, float], float]:
+        """The next epoch: :meth:`train_epoch`, then the combiner's and the scheduler's epoch-end steps; returns the
+        mean training losses and the training time (s)."""
+        self.epoch += 1
+        t0 = time.monotonic()
+        losses = self.train_epoch()
+        train_time = time.monotonic() - t0
+        self.combiner.on_epoch_end(self.epoch, losses)
+        if self.scheduler is not None:
+            with warnings.catch_warnings():
+                # false alarm when a resumed epoch had no step left in this process (or fp16 skipped it)
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                self.scheduler.step()
+        return losses, train_time
+
+    def boundary_checkpoint(self, index: int) -> None:
+        """At the end of epoch (ForkMerge: merge period) ``index``: ``last.pt`` on the ``checkpoint_every`` cadence or
+        when a preemption signal arrived, then stop for the latter (a signal during evaluation stops here)."""
+        stop = self.requested_stop()[0]
+        if stop or (self.settings.checkpoint_every and index % self.settings.checkpoint_every == 0):
+            self._save_last()
+        if stop:
+            self._stop_preempted(stop)
 
     def evaluate_and_select(self, epoch: int, record: dict[str, float]) -> dict[str, float]:
         """Validate (and test where the rule needs it) into ``record``, update the selector, keep the best."""
