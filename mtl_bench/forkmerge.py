@@ -123,6 +123,7 @@ class ForkMerge:
 
     def __init__(self, main: Trainer, make_branch: Callable[[str, list[str]], Trainer], spec: Any):
         self.main, self.make_branch, self.spec = main, make_branch, spec
+        self._trial_vals: dict[tuple[float, ...], dict[str, float]] = {}  # this period's merge trials: validation metrics
         check_choice("mode.search", spec.search, ("greedy", "lambda"))
         check_choice("mode.merge_unit", spec.merge_unit, ("epochs", "steps"))
         if not isinstance(spec.merge_every, int) or spec.merge_every < 1:
@@ -186,8 +187,12 @@ class ForkMerge:
 
     # ------------------------------------------------------------------ loop
     def _evaluate_weights(self, states: Sequence[State], weights: list[float]) -> float:
+        """The validation score of the merge with ``weights``; all its validation metrics are kept for the period
+        (the chosen merge is one of the trials unless the greedy search kept the best branch alone)."""
         self.main.model.load_state_dict(merge_states(states, weights))
-        return self.main.evaluate("val")[self.metric]
+        val = self.main.evaluate("val")
+        self._trial_vals[tuple(weights)] = val
+        return val[self.metric]
 
     def _state(self) -> dict[str, Any]:
         """What a resumed run needs besides the main trainer's state: the branches (model, optimizer, scheduler,
@@ -240,6 +245,7 @@ class ForkMerge:
                 self.branch_time += time.monotonic() - t0
                 names = list(states)
                 state_list = [states[n] for n in names]
+                self._trial_vals = {}
 
                 def evaluate(w: list[float], state_list: list[State] = state_list) -> float:
                     return self._evaluate_weights(state_list, w)
@@ -256,7 +262,7 @@ class ForkMerge:
                 main.global_step = sum(b.global_step for b in branches.values())
                 record: dict[str, float] = {f"forkmerge/weight/{n}": w for n, w in chosen.items()}
                 record.update({f"forkmerge/branch_score/{n}": v for n, v in scores.items()})
-                val = main.evaluate_and_select(period, record)
+                val = main.evaluate_and_select(period, record, val=self._trial_vals.get(tuple(weights)))
                 main.logger.log_epoch(record, epoch=period, global_step=main.global_step)
                 main.logger.log_event("merge", {"period": period, "weights": chosen, "branch_scores": scores, "trials": trials})
                 log.info("merge %d/%d  weights %s  %s=%.4g", period, periods, {n: round(w, 3) for n, w in chosen.items()},

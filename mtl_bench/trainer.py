@@ -537,9 +537,11 @@ class Trainer:
         if stop:
             self._stop_preempted(stop)
 
-    def evaluate_and_select(self, epoch: int, record: dict[str, float]) -> dict[str, float]:
-        """Validate (and test where the rule needs it) into ``record``, update the selector, keep the best."""
-        val = self.evaluate("val")
+    def evaluate_and_select(self, epoch: int, record: dict[str, float], val: dict[str, float] | None = None) -> dict[str, float]:
+        """Validate (and test where the rule needs it) into ``record``, update the selector, keep the best; ``val``:
+        the model's validation metrics when already computed (ForkMerge: the chosen merge trial's)."""
+        if val is None:
+            val = self.evaluate("val")
         record.update(val)
         if self.selector.needs_test_each_eval:
             record.update(self.evaluate("test"))

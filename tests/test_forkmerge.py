@@ -197,6 +197,27 @@ def test_forkmerge_search_variants_and_bad_settings(make_cfg, tmp_path):
             build_and_train(make_cfg(*base, bad), tmp_path / "bad")
 
 
+def test_the_chosen_merge_is_not_validated_again(make_cfg, monkeypatch, tmp_path):
+    """The λ search always picks one of its trials: their validation metrics serve the selection after the merge."""
+    from mtl_bench.trainer import Trainer
+
+    calls = []
+    evaluate = Trainer.evaluate
+
+    def counting(self, split, loader=None):
+        calls.append(split)
+        return evaluate(self, split, loader)
+
+    monkeypatch.setattr(Trainer, "evaluate", counting)
+    cfg = make_cfg(*AUX, "trainer.epochs=4", "aux_auxiliaries=[harmful]", "mode=forkmerge", "mode.search=lambda",
+                   "mode.merge_every=2", "mode.grid=[0.0,0.5,1.0]")
+    fm = build_and_train(cfg, tmp_path / "fm")["forkmerge"]
+    periods, branches, trials = fm["periods"], len(fm["branches"]), len(fm["grid"])
+    assert all(m["trials"] == trials for m in fm["merges"])
+    # per period: each branch's score and each trial; then the final validation of _final_results
+    assert calls.count("val") == periods * (branches + trials) + 1
+
+
 def test_topk_ranking_phase_builds_branches_from_ranked_auxiliaries(make_cfg, tmp_path):
     out = build_and_train(
         make_cfg(*AUX, "trainer.epochs=2", "aux_auxiliaries=[harmful,helpful]", "mode=forkmerge", "mode.topk=[0,1,2]",
