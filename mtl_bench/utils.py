@@ -1,4 +1,4 @@
-"""Small helpers: seeding, device resolution, JSON sanitising and plain-text tables."""
+"""Small helpers: seeding, device resolution, JSON sanitising, plain-text and Markdown tables."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 import os
 import random
 import re
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -99,3 +99,21 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], floatfmt
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), sep, *(line(r) for r in body)])
+
+
+_MD_ALIGN = {"l": "---", "r": "---:"}
+
+
+def markdown_table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
+    """A Markdown table (``| a | b |`` lines; cells through ``str``, ``|`` escaped, newlines as spaces); ``align``: one
+    letter per column, ``l`` (left) or ``r`` (right, for numbers); default: all left."""
+    align = "l" * len(headers) if align is None else align
+    if len(align) != len(headers) or set(align) - set(_MD_ALIGN):
+        raise ValueError(f"align needs one of 'l'/'r' per column ({len(headers)} columns), got {align!r}")
+    body = [headers, *rows]
+    for row in body:
+        if len(row) != len(headers):
+            raise ValueError(f"a row has {len(row)} cells, the header {len(headers)}: {list(row)}")
+    lines = ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in body]
+    lines.insert(1, "|" + "|".join(_MD_ALIGN[a] for a in align) + "|")
+    return "\n".join(lines)

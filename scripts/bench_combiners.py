@@ -26,7 +26,6 @@ import argparse
 import copy
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -39,7 +38,8 @@ from mtl_bench.engine import GradientEngine
 from mtl_bench.models.backbones import ConvEncoder, MLPEncoder
 from mtl_bench.models.heads import MLPHead
 from mtl_bench.models.mtl_model import MultiTaskModel
-from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from mtl_bench.utils import markdown_table
+from bench_common import publish, timed  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,11 +62,6 @@ def load_combiner(name: str, tasks):
     comb = instantiate(cfg)
     comb.setup(list(tasks))
     return comb
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Runner:
@@ -111,14 +106,6 @@ class Runner:
                 with torch.no_grad():
                     post = torch.stack(list(self.losses(self.model(self.x)).values()))
             self.comb.after_step(post)
-
-
-def timed(fn, device):
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def main():

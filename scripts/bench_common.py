@@ -1,28 +1,31 @@
-"""What every ``scripts/bench_*.py`` does with its result: lay it out as a Markdown table, print it and, with
-``--write``, append it to a Markdown file (``docs/benchmarks.md``) under a dated heading."""
+"""Shared by the ``scripts/bench_*.py``: timing on a device (``sync``, ``timed``) and what every script does with
+its result (a Markdown table from :func:`mtl_bench.utils.markdown_table`): print it and, with ``--write``, append
+it to a Markdown file (``docs/benchmarks.md``) under a dated heading."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable
 
-_ALIGN = {"l": "---", "r": "---:"}
+import torch
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str) -> str:
-    """A Markdown table: ``| a | b |`` lines, cells through ``str``; ``align`` has one letter per column,
-    ``l`` (left) or ``r`` (right, for numbers)."""
-    if len(align) != len(header) or set(align) - set(_ALIGN):
-        raise ValueError(f"align needs one of 'l'/'r' per column ({len(header)} columns), got {align!r}")
-    body = [header, *rows]
-    for row in body:
-        if len(row) != len(header):
-            raise ValueError(f"a row has {len(row)} cells, the header {len(header)}: {list(row)}")
-    lines = ["| " + " | ".join(map(str, row)) + " |" for row in body]
-    lines.insert(1, "|" + "|".join(_ALIGN[a] for a in align) + "|")
-    return "\n".join(lines)
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously); nothing to do on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds ``fn()`` takes on ``device``, its queued work included."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
 
 
 def publish(title: str, head: str, table: str, write: str | os.PathLike | None, host: str | None = None) -> None:

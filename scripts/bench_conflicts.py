@@ -51,7 +51,8 @@ from mtl_bench.models.mtl_model import build_model
 from mtl_bench.optim import build_optimizer
 from mtl_bench.selection import ModelSelector
 from mtl_bench.trainer import Trainer, metric_directions
-from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from mtl_bench.utils import markdown_table
+from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 PROBES = {  # label -> ConflictProbe kwargs (None: the baseline without the probe)
     "no probe": None,

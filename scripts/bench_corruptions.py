@@ -31,7 +31,7 @@ import torch
 
 from mtl_bench.corruptions.adapters import reference_scene
 from mtl_bench.corruptions import ALL, COMMON, EXTRA, available_backends, corrupt, corrupted_split_cache, describe, fingerprint_images
-from bench_common import markdown_table  # scripts/ is on sys.path when a script runs
+from mtl_bench.utils import markdown_table
 
 SECTION = "## Corruptions (`scripts/bench_corruptions.py`)"
 RESOLUTIONS = {"NYUv2 288×384": (288, 384), "Cityscapes 128×256": (128, 256)}

@@ -30,7 +30,8 @@ from mtl_bench.data.base import make_loader
 from mtl_bench.data.celeba import CelebADataset
 from mtl_bench.data.fixtures import write_fixtures
 from mtl_bench.data.mtan_npy import CityscapesDataset, NYUv2Dataset
-from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from mtl_bench.utils import markdown_table
+from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 
 class Setting:

@@ -29,7 +29,8 @@ from omegaconf import open_dict
 import mtl_bench.config.schema  # noqa: F401  (registers the structured-config schemas)
 from mtl_bench.data.fixtures import write_fixtures
 from mtl_bench.train import build_and_train
-from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from mtl_bench.utils import markdown_table
+from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 METHODS = {"ew": ["mode=aux", "combiner=ew"], "forkmerge": ["mode=forkmerge"]}

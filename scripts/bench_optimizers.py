@@ -26,7 +26,6 @@ import argparse
 import copy
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -37,7 +36,8 @@ from mtl_bench.models.heads import MLPHead
 from mtl_bench.models.mtl_model import MultiTaskModel
 from mtl_bench.optim import param_groups
 from mtl_bench.optimizers import AdaTaskAdagrad, AdaTaskAdam, AdaTaskRMSprop, SignSGD, is_task_wise
-from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from mtl_bench.utils import markdown_table
+from bench_common import publish, timed  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 OPTIMIZERS = {
     "SGD": lambda g: torch.optim.SGD(g, lr=1e-2),
@@ -59,11 +59,6 @@ def build(args, k: int) -> MultiTaskModel:
     encoder = MLPEncoder((args.input_dim,), hidden=tuple(args.hidden))
     heads = {f"t{j}": MLPHead(encoder.out_dim, regression_task(f"t{j}"), hidden=(128,)) for j in range(k)}
     return MultiTaskModel(encoder, heads)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Runner:
@@ -94,14 +89,6 @@ class Runner:
             if id(p) in ids:
                 total += sum(v.numel() * v.element_size() for v in st.values() if isinstance(v, torch.Tensor))
         return total
-
-
-def timed(fn, device):
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def main():

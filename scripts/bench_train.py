@@ -31,7 +31,8 @@ from mtl_bench.optim import build_optimizer
 from mtl_bench.selection import ModelSelector
 from mtl_bench.task_library import depth_task, normal_task, segmentation_task
 from mtl_bench.trainer import Trainer, metric_directions
-from bench_common import markdown_table, publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from mtl_bench.utils import markdown_table
+from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 
 def nyuv2_shaped(n: int, h: int, w: int, gen: torch.Generator) -> TensorDictDataset:

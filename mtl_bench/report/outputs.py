@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from mtl_bench.report.build import CONFLICT_METRICS, Report, arrowed, metric_label, relpath
 from mtl_bench.report.grouping import Stat, lookup, matches
 from mtl_bench.report.robustness import Robustness
+from mtl_bench.utils import markdown_table
 
 CONVENTION_TEXT = {
     "per_metric": "per_metric (mean of the signed relative changes over all metrics; Nash-MTL/FAMO)",
@@ -35,16 +36,6 @@ def _stat(s: Stat | None, fmt: str = ".4g") -> str:
     if s is None or s.n == 0:
         return ""
     return _num(s.mean, fmt) if s.std is None else f"{_num(s.mean, fmt)} ± {_num(s.std, fmt.lstrip('+'))}"
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def results_table(report: Report) -> str:
@@ -73,7 +64,7 @@ def results_table(report: Report) -> str:
             if report.pareto_ref is not None:
                 cells += [f"{row.ref_not_dominated}/{row.pareto_n}", f"{row.ref_dominating}/{row.pareto_n}"]
         rows.append(cells)
-    return md_table(headers, rows)
+    return markdown_table(headers, rows)
 
 
 def metadata_lines(report: Report, dirs: Sequence[Path]) -> list[str]:
@@ -133,7 +124,7 @@ def render_markdown(report: Report, dirs: Sequence[Path], figures: Sequence[str]
         keys = list(dict.fromkeys([*b.values.get("test", {}), *b.values.get("val", {})]))
         rows = [[arrowed(k, report.directions.get(k)), _num(b.values.get("val", {}).get(k)), _num(b.values.get("test", {}).get(k))]
                 for k in keys]
-        parts += ["## Δm baselines", "", md_table(["task/metric", "val", "test"], rows), ""]
+        parts += ["## Δm baselines", "", markdown_table(["task/metric", "val", "test"], rows), ""]
     if report.robustness is not None:
         parts += robustness_section(report.robustness, dirs)
     if report.au:
@@ -142,20 +133,20 @@ def render_markdown(report: Report, dirs: Sequence[Path], figures: Sequence[str]
         parts += ["## AU task dominance (AdaTask)", "",
                   "Mean rAU per task over the shared parameters and the fraction of shared parameters dominated by one task "
                   "(from each run's summary `au`; mean ± std over runs).", "",
-                  md_table(["group", *[f"rAU {t}" for t in tasks], "dominated fraction"], rows), ""]
+                  markdown_table(["group", *[f"rAU {t}" for t in tasks], "dominated fraction"], rows), ""]
     if report.conflicts:
         rows = [[g, pair, *[_stat(stats.get(m)) for m in CONFLICT_METRICS]]
                 for g, pairs in report.conflicts.items() for pair, stats in pairs.items()]
         parts += ["## Gradient conflicts", "",
                   "Mean over the run of the per-pair cosine, magnitude similarity and opposite-sign fraction (whole shared "
                   "vector; summary `conflicts.all_epochs`), mean ± std over runs.", "",
-                  md_table(["group", "pairs", *CONFLICT_METRICS], rows), ""]
+                  markdown_table(["group", "pairs", *CONFLICT_METRICS], rows), ""]
     if report.notes:
         parts += ["## Notes", "", *[f"- {n}" for n in dict.fromkeys(report.notes)], ""]
     parts += [f"## Failed jobs ({len(report.failed)})", ""]
     if report.failed:
         rows = [[relpath(r.path, dirs), r.status, r.error or "", " ".join(r.override_list)] for r in report.failed]
-        parts += [md_table(["job", "status", "error", "overrides"], rows), ""]
+        parts += [markdown_table(["job", "status", "error", "overrides"], rows), ""]
     else:
         parts += ["none", ""]
     if figures:
@@ -200,7 +191,7 @@ def robustness_section(rob: Robustness, dirs: Sequence[Path]) -> list[str]:
         cells.append(_stat(g.delta, "+.4f") if g.tasks else "")
         rows.append(cells)
     parts += ["δ_t per task (mean over the task's metrics) and the mean over tasks; lower is better for the MTL backbone.", "",
-              md_table(["group", "n", "seeds", *[f"δ {t}" for t in tasks], "δ mean over tasks"], rows), ""]
+              markdown_table(["group", "n", "seeds", *[f"δ {t}" for t in tasks], "δ mean over tasks"], rows), ""]
     rows = []
     for g in rob.groups:
         for td in g.tasks:
@@ -208,7 +199,7 @@ def robustness_section(rob: Robustness, dirs: Sequence[Path]) -> list[str]:
             for m in td.metrics:
                 rows.append([g.group.label, td.task, arrowed(m.metric, m.higher_is_better), _stat(m.delta, "+.4f"), len(m.cells), stl])
     parts += ["Per metric (↑/↓: the metric's direction; δ is already signed so that δ < 0 favours MTL):", "",
-              md_table(["group", "task", "metric", "δ", "cells", "STL runs"], rows), ""]
+              markdown_table(["group", "task", "metric", "δ", "cells", "STL runs"], rows), ""]
     missing = [f"- `{g.group.label}`: {t}: {why}" for g in rob.groups for t, why in g.missing.items()]
     if missing:
         parts += ["**Tasks without δ** (not in the group's mean over tasks):", "", *missing, ""]

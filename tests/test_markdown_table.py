@@ -1,13 +1,8 @@
-"""The Markdown layout every benchmark script writes into docs/benchmarks.md."""
-
-import sys
+"""The one Markdown table layout: the report's tables and the benchmark scripts' docs/benchmarks.md sections."""
 
 import pytest
 
-from tests.conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-from bench_common import markdown_table  # noqa: E402
+from mtl_bench.utils import markdown_table
 
 
 def test_markdown_table_layout_alignment_and_empty_cells():
@@ -16,6 +11,10 @@ def test_markdown_table_layout_alignment_and_empty_cells():
                      "|---:|---|---:|\n"
                      "| 2 | Adam |  |\n"
                      "| 3 | AdaTask-Adam | 1.16 (vs Adam) |")
+
+
+def test_markdown_table_defaults_to_left_and_escapes_pipes_and_newlines():
+    assert markdown_table(["a|b", "c"], [["x\ny", 1.5]]) == "| a\\|b | c |\n|---|---|\n| x y | 1.5 |"
 
 
 def test_markdown_table_refuses_a_wrong_alignment_or_row_length():
