@@ -36,6 +36,7 @@ from mtl_bench.loggers.run_logger import RunLogger
 from mtl_bench.metrics.delta_tracking import DeltaMSpec
 from mtl_bench.models.mtl_model import MultiTaskModel
 from mtl_bench.optim import group_lrs
+from mtl_bench.optimizers import is_task_wise
 from mtl_bench.preemption import PreemptionGuard
 from mtl_bench.selection import ModelSelector
 from mtl_bench.tasks import Task
@@ -114,7 +115,7 @@ class Trainer:
         self.delta = delta
         self.transforms = dict(transforms or {})
         self.monitors = list(monitors)
-        self.task_wise = bool(getattr(optimizer, "task_wise", False))
+        self.task_wise = is_task_wise(optimizer)
         if self.task_wise and settings.grad_clip_norm:
             raise ConfigError(
                 f"trainer.grad_clip_norm={settings.grad_clip_norm} cannot be used with the task-wise optimizer "

@@ -143,10 +143,6 @@ class CorruptedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def corrupted_image(self, index: int) -> np.ndarray:
-        """The cached corrupted ``uint8`` H×W×3 image ``index``."""
-        return np.asarray(self.images[index])
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _, targets = self.base.raw_sample(index, with_image=False)
         image = uint8_hwc_to_float(np.array(self.images[index]))
