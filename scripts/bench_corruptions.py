@@ -37,9 +37,6 @@ SECTION = "## Corruptions (`scripts/bench_corruptions.py`)"
 RESOLUTIONS = {"NYUv2 288×384": (288, 384), "Cityscapes 128×256": (128, 256)}
 
 
-scene = reference_scene
-
-
 def time_one(image: np.ndarray, name: str, severity: int, backend: str, repeats: int) -> float:
     """Median seconds per call."""
     corrupt(image, name, severity, 0, backend=backend)  # warm-up (numba JIT for the fork's glass blur)
@@ -52,7 +49,7 @@ def time_one(image: np.ndarray, name: str, severity: int, backend: str, repeats:
 
 
 def throughput(backends: list[str], severities: list[int], repeats: int) -> tuple[list[str], list[list[str]]]:
-    images = {label: scene(*hw) for label, hw in RESOLUTIONS.items()}
+    images = {label: reference_scene(*hw) for label, hw in RESOLUTIONS.items()}
     header = ["corruption"] + [f"{label.split()[0]} s{s}{'' if len(backends) == 1 else ' ' + b}"
                                for label in RESOLUTIONS for s in severities for b in backends]
     rows = []
@@ -86,7 +83,7 @@ def cpu_name() -> str:
 
 
 def cache_timing(n: int, severity: int, workers: int) -> tuple[list[str], list[list[str]], str]:
-    images = np.stack([scene(288, 384, seed=i) for i in range(n)])
+    images = np.stack([reference_scene(288, 384, seed=i) for i in range(n)])
     t = time.perf_counter()
     fp = fingerprint_images(images)
     t_fp = time.perf_counter() - t

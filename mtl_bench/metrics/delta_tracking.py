@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from mtl_bench.baselines import load_published
 from mtl_bench.errors import ConfigError, check_choice
-from mtl_bench.metrics.delta_m import CONVENTIONS, DeltaM, delta_m, metrics_for_split, stl_baselines_from_runs
+from mtl_bench.metrics.delta_m import CONVENTIONS, DeltaM, delta_m, metrics_for_split, read_stl_summaries, stl_baselines_from_summaries
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def build_delta_m(cfg: Mapping[str, Any] | None, dataset: str, directions: Mappi
             log.warning("Δm is off: %s", reason)
             return None, {"enabled": False, "reason": reason, "stl_runs": [str(p) for p in runs]}
     if runs:
-        per_split = {split: stl_baselines_from_runs(runs, split=split) for split in ("val", "test")}
+        per_split = stl_baselines_from_summaries(read_stl_summaries(runs), ("val", "test"))  # each summary read once
         datasets = set(per_split["test"].datasets.values())
         if datasets and datasets != {dataset}:
             raise ConfigError(f"delta_m.stl_runs were trained on {sorted(datasets)}, this run uses dataset '{dataset}'")

@@ -114,7 +114,7 @@ def dense_grads(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> tupl
     return params, grads
 
 
-def check_choice(group: dict[str, Any], key: str, choices: Sequence[str]) -> None:
+def check_group_choice(group: dict[str, Any], key: str, choices: Sequence[str]) -> None:
     if group[key] not in choices:
         raise ConfigError(f"optimizer.{key}={group[key]!r} is invalid; choose one of {list(choices)}{_where(group)}")
 
@@ -201,8 +201,8 @@ class TaskWiseOptimizer(torch.optim.Optimizer):
         check_lr(group)
         check_range(group, "eps", 0.0, None)
         check_range(group, "weight_decay", 0.0, None)
-        check_choice(group, "reduction", REDUCTIONS)
-        check_choice(group, "missing_task", MISSING_TASK)
+        check_group_choice(group, "reduction", REDUCTIONS)
+        check_group_choice(group, "missing_task", MISSING_TASK)
 
     # -------------------------------------------------------------------------------- the interface
     def _shared_group(self) -> dict[str, Any]:
