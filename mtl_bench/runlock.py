@@ -1,0 +1,124 @@
+"""One process per run folder: an advisory lock on ``<folder>/.mtl_bench.lock``.
+
+Two processes training into the same folder would resume each other's in-flight checkpoints and interleave
+``metrics.jsonl``.  :func:`acquire` takes an exclusive ``flock`` on the folder's lock file (the kernel drops it
+when the holding process exits, however it exits, so a crashed run never leaves a stale lock; on NFS Linux maps
+``flock`` to POSIX locks, which the server arbitrates) and writes the holder's pid, host and command line into it,
+so that a second process fails with one line naming the holder.  Locks are re-entrant within one process (the
+entry point locks a single run's folder before Hydra writes into it, and ``build_and_train`` locks it again).
+
+:func:`holder` answers "is a live process training here?" without taking the lock for longer than a probe; the
+report uses it to tell a running job from a failed one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from mtl_bench.errors import MTLBenchError
+
+LOCK_NAME = ".mtl_bench.lock"
+
+# folder (resolved) -> [open file object, depth]; the open file holds the flock
+_held: dict[str, list[Any]] = {}
+
+
+class RunFolderBusy(MTLBenchError):
+    """Another live process owns the run folder."""
+
+
+def _key(folder: str | os.PathLike) -> str:
+    return str(Path(folder).resolve())
+
+
+def _describe(info: dict[str, Any] | None) -> str:
+    if not info:
+        return "another process"
+    started = info.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
+    return f"pid {info.get('pid')} on {info.get('host')} (since {when})"
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads(path.read_text() or "null")
+    except (OSError, ValueError):  # being written, or not ours
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def acquire(folder: str | os.PathLike) -> None:
+    """Own ``folder`` (created if missing) for the rest of this process, or until as many :func:`release` calls as
+    :func:`acquire` calls; :class:`RunFolderBusy` when another process owns it."""
+    key = _key(folder)
+    if key in _held:
+        _held[key][1] += 1
+        return
+    Path(key).mkdir(parents=True, exist_ok=True)
+    path = Path(key) / LOCK_NAME
+    f = open(path, "a+")  # never truncates before we own it: the holder's description stays readable
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RunFolderBusy(
+            f"run folder {key} is in use by {_describe(_read(path))}: wait for it to finish, stop it, or choose another "
+            f"folder (hydra.run.dir=... / hydra.sweep.dir=...)"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "argv": sys.argv}))
+    f.flush()
+    _held[key] = [f, 1]
+
+
+def release(folder: str | os.PathLike) -> None:
+    """Undo one :func:`acquire`; the last one drops the lock (the lock file stays: removing it would race)."""
+    key = _key(folder)
+    entry = _held.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] == 0:
+        del _held[key]
+        entry[0].close()  # closing the file drops the flock
+
+
+@contextmanager
+def owned(folder: str | os.PathLike) -> Iterator[None]:
+    """``with owned(folder):`` — :func:`acquire` for the block."""
+    acquire(folder)
+    try:
+        yield
+    finally:
+        release(folder)
+
+
+def holder(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The lock file's description of the live process that owns ``folder`` (``{}`` if it wrote none), or ``None``
+    when no process does (never locked, or its owner has exited)."""
+    key = _key(folder)
+    if key in _held:
+        return _read(Path(key) / LOCK_NAME) or {}
+    path = Path(key) / LOCK_NAME
+    if not path.is_file():
+        return None
+    try:
+        f = open(path)
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read(path) or {}
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return None
