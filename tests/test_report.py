@@ -152,7 +152,7 @@ def test_delta_m_equals_hand_values_with_stl_runs_found_among_the_dirs(tmp_path,
     runs = {Path(r["run"]).name: r for r in read_csv(sweep / "report" / "runs.csv")}
     assert float(runs["0_mtl"]["test/delta_m"]) == pytest.approx(mtl_value, abs=1e-9)
     assert float(runs["1_aux"]["test/delta_m"]) == pytest.approx(aux_value, abs=1e-9)  # targets only: t1 is ignored
-    assert runs["0_t0_s0"]["group"] == "STL baseline" and runs["0_t0_s0"]["test/delta_m"] == ""
+    assert runs["0_t0_s0"]["group"] == "STL t0" and runs["0_t0_s0"]["test/delta_m"] == ""  # a reference, no Δm
     md = (sweep / "report" / "report.md").read_text()
     assert f"convention {convention}" in md and "the 3 completed STL run(s) among the given folders" in md
 
@@ -303,13 +303,13 @@ def test_csv_columns_and_markdown_on_stdout(tmp_path, capsys):
     with (sweep / "report" / "report.csv").open() as f:
         header = next(csv.reader(f))
     metrics = [f"{s}/{k}" for s in ("test", "val") for k in ("t0/mse", "t0/r2", "t1/mse", "t1/r2")]
-    assert header == ["group", "n", "seeds", "selection", *[f"{m}/{x}" for m in metrics for x in ("mean", "std")],
+    assert header == ["group", "role", "n", "n_exploded", "seeds", "selection", *[f"{m}/{x}" for m in metrics for x in ("mean", "std")],
                       "test/delta_m/mean", "test/delta_m/std", "val/delta_m/mean", "val/delta_m/std",
                       "pareto_optimal", "pareto_n", "ref_not_dominated", "ref_dominating"]
     with (sweep / "report" / "runs.csv").open() as f:
         run_header = next(csv.reader(f))
-    assert run_header == ["run", "status", "group", "seed", "selection", "error", *metrics, "test/delta_m", "val/delta_m",
-                          "pareto_optimal"]
+    assert run_header == ["run", "status", "group", "seed", "selection", "error", "exploded", "exploded_reason", *metrics,
+                          "test/delta_m", "val/delta_m", "pareto_optimal"]
     out = capsys.readouterr().out
     assert out.startswith("| group | n | seeds | test/t0/mse ↓ | test/t0/r2 ↑ |")
     assert "Δm% (per_metric): baselines = the 3 completed STL run(s)" in out
@@ -435,7 +435,7 @@ def test_end_to_end_real_multirun_and_report(tmp_path):
     assert set(runs) == set(summaries)
     for name, s in summaries.items():
         if s["mode"] == "stl":
-            assert runs[name]["group"] == "STL baseline"
+            assert runs[name]["group"] == "STL t0"  # the reference row
             continue
         for key in ("test/t0/mse", "test/t1/r2", "val/t1/mae"):
             assert float(runs[name][key]) == s["selected"][key]  # exact: written with full precision
@@ -443,8 +443,10 @@ def test_end_to_end_real_multirun_and_report(tmp_path):
         sel = s["selected"]
         rel = [(sel[f"test/t0/{m}"] - baseline[m]) / abs(baseline[m]) * (-1 if m == "r2" else 1) for m in ("mse", "mae", "r2")]
         assert float(runs[name]["test/delta_m"]) == pytest.approx(100 * statistics.mean(rel), rel=1e-9, abs=1e-9)
-    groups = read_csv(out / "report.csv")
-    assert len(groups) == 2
+    reference, *groups = read_csv(out / "report.csv")
+    assert (reference["group"], reference["role"], reference["n"]) == ("STL t0", "stl_reference", "2")  # shown, as the reference
+    assert float(reference["test/t0/mse/mean"]) == pytest.approx(baseline["mse"], rel=1e-12)
+    assert len(groups) == 2 and all(row["role"] == "method" for row in groups)
     for row in groups:
         members = [s for s in summaries.values() if row["group"].startswith(f"aux_method={s['aux_method']},")]
         assert row["n"] == "2" and len(members) == 2 and {s["seed"] for s in members} == {0, 1}

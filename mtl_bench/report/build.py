@@ -1,11 +1,15 @@
 """Turning runs into a report: groups, mean ± std, Δm, Pareto counts, AU and conflict summaries (no file output).
 
-Which runs enter the table: completed runs that are not STL runs (STL runs serve as Δm baselines and are listed
-in their own section); if every completed run is an STL run, the STL runs are the table.  Failed runs never
-enter it.  Metrics: the selected (``--results final``: final) ``<split>/<task>/<metric>`` values of each run's
-tasks, task losses excluded unless ``include_loss``; splits ``test`` (and ``val`` when asked).  Transfer runs
-(``mode: transfer``) enter the table like any run (their results: the fine-tuned model on the clean split); their
-corruption results also make the δ of :mod:`mtl_bench.report.robustness` (``Report.robustness``).
+Which runs enter the table: completed runs that are not STL runs, grouped by the group keys (the methods), and the
+completed STL runs as **reference rows** (``STL <task>``, one per task, :func:`~mtl_bench.report.grouping.stl_groups`):
+their metrics are shown like any group's, but they are the Δm baselines (no Δm of their own) and never enter the
+Pareto comparison.  Running, stopped (``preempted``/``interrupted``) and failed jobs never enter it; each kind is listed
+on its own.  Exploded runs (:mod:`mtl_bench.report.exploded`) stay in their group's row but out of its statistics,
+Δm mean, Pareto counts and plots; the row counts them.  Metrics: the selected (``--results final``: final)
+``<split>/<task>/<metric>`` values of each run's tasks, task losses excluded unless ``include_loss``; splits ``test``
+(and ``val`` when asked).  Transfer runs (``mode: transfer``) enter the table like any run (their results: the
+fine-tuned model on the clean split); their corruption results also make the δ of
+:mod:`mtl_bench.report.robustness` (``Report.robustness``).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import Any, Sequence
 from mtl_bench.diagnostics.conflicts import PAIR_TYPES as CONFLICT_PAIRS
 from mtl_bench.metrics.delta_m import CONVENTIONS
 from mtl_bench.report.baselines import Baselines, resolve_baselines, run_delta_m
+from mtl_bench.report.exploded import DEFAULT_FACTOR, check_factor, find_exploded
 from mtl_bench.report.grouping import (Group, Stat, group_runs, lookup, matches, mean_std, merge_directions,
-                                       parse_key_values, repeated_seeds)
+                                       parse_key_values, repeated_seeds, sorted_seeds, stl_groups)
 from mtl_bench.report.pareto import against_reference, pareto_optimal
 from mtl_bench.report.robustness import Robustness, build_robustness, table_group_keys
 from mtl_bench.report.runs import ReportError, Run
@@ -43,26 +48,37 @@ class ReportOptions:
     pareto_within: list[str] | None = None  # compare only runs sharing these keys' values (e.g. combiner)
     scatter: list[str] | None = None  # two "<task>/<metric>" keys; None: first metric of the first two targets
     transfer_group_by: list[str] | None = None  # groups of the MTL-side transfer runs (δ); None: see robustness.py
+    explode_factor: float = DEFAULT_FACTOR  # see mtl_bench.report.exploded
 
 
 @dataclass
 class GroupRow:
     group: Group
-    stats: dict[str, Stat]  # "<split>/<task>/<metric>" -> Stat
-    delta: dict[str, Stat]  # split -> Stat of the runs' Δm
+    stats: dict[str, Stat]  # "<split>/<task>/<metric>" -> Stat (exploded runs left out)
+    delta: dict[str, Stat]  # split -> Stat of the runs' Δm (exploded runs left out)
     selection: list[str]
+    used: list[Run] = field(default_factory=list)  # the group's runs in its statistics (all but the exploded ones)
     pareto_optimal: int | None = None
     pareto_n: int = 0  # runs of the group in the Pareto comparison
     ref_not_dominated: int | None = None
     ref_dominating: int | None = None
+
+    @property
+    def n_exploded(self) -> int:
+        return len(self.group.runs) - len(self.used)
+
+    @property
+    def exploded_seeds(self) -> list[Any]:
+        used = {id(r) for r in self.used}
+        return sorted_seeds(r for r in self.group.runs if id(r) not in used)
 
 
 @dataclass
 class Report:
     options: ReportOptions
     runs: list[Run]
-    table_runs: list[Run]
-    failed: list[Run]
+    table_runs: list[Run]  # completed non-STL runs (exploded ones included)
+    failed: list[Run]  # neither completed, running nor stopped
     stl_runs: list[Run]
     group_keys: list[str]
     rows: list[GroupRow]
@@ -81,6 +97,9 @@ class Report:
     conflicts: dict[str, dict[str, dict[str, Stat]]] = field(default_factory=dict)  # group -> pair -> metric -> Stat
     notes: list[str] = field(default_factory=list)
     robustness: Robustness | None = None  # corruption transferability δ, when there are transfer runs
+    running: list[Run] = field(default_factory=list)  # a live process owns the folder
+    stopped: list[Run] = field(default_factory=list)  # preempted / interrupted: resumable
+    exploded: dict[str, str] = field(default_factory=dict)  # run path -> why (completed runs only)
 
     _group_labels: dict[int, str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -156,71 +175,85 @@ def _ordered_metric_keys(runs: Sequence[Run], split: str, include_loss: bool, so
 
 
 def build_report(runs: Sequence[Run], options: ReportOptions) -> Report:
-    """Everything the outputs show, computed from ``runs`` (the failed ones included) and ``options``."""
+    """Everything the outputs show, computed from ``runs`` (the unfinished ones included) and ``options``."""
     if options.convention not in CONVENTIONS:
         raise ReportError(f"--delta-convention '{options.convention}' is invalid; choose one of {list(CONVENTIONS)}")
     notes: list[str] = []
     completed = [r for r in runs if r.completed]
-    failed = [r for r in runs if not r.completed]
-    stl_runs = [r for r in runs if r.is_stl]
-    table_runs = [r for r in completed if not r.is_stl] or [r for r in completed if r.is_stl]
-    only_stl = bool(table_runs) and all(r.is_stl for r in table_runs)
-    if only_stl:
+    table_runs = [r for r in completed if not r.is_stl]
+    stl_done = [r for r in completed if r.is_stl]
+    exploded = find_exploded(completed, check_factor(options.explode_factor), options.source)
+    if stl_done and not table_runs:
         notes.append("every completed run is an STL run: the table shows the STL runs, without Δm")
 
     group_keys = list(options.group_by) if options.group_by is not None else table_group_keys(table_runs)
-    groups = group_runs(table_runs, group_keys)
+    groups = [*stl_groups(stl_done, group_keys), *group_runs(table_runs, group_keys)]
     for g in groups:
         seeds = repeated_seeds(g.runs)
         if seeds:
             notes.append(f"group '{g.label}' holds several runs with the same seed {seeds}: "
                          "they differ in something the group keys do not show (pass --group-by)")
 
+    shown = [*table_runs, *stl_done]
     metric_keys: list[str] = []
     for split in options.splits:
-        metric_keys += _ordered_metric_keys(table_runs, split, options.include_loss, options.source)
-    directions = merge_directions(table_runs, notes)
+        metric_keys += _ordered_metric_keys(shown, split, options.include_loss, options.source)
+    directions = merge_directions(shown, notes)
 
-    # Δm
-    baselines: Baselines | None = None
-    reason = "only STL runs" if only_stl else ("" if table_runs else "no completed run")
-    run_delta: dict[str, dict[str, float]] = {}
-    if not only_stl and table_runs:
-        baselines, reason = resolve_baselines(options.stl, stl_runs, table_runs)
-    if baselines is not None:
-        for run in table_runs:
-            for split in options.splits:
-                value, note = run_delta_m(run, baselines, split, options.convention, options.allow_missing, options.source)
-                run_delta.setdefault(str(run.path), {})[split] = value
-                if note:
-                    notes.append(f"Δm: {note}")
-
+    baselines, reason, run_delta = _delta_m(table_runs, [r for r in stl_done if str(r.path) not in exploded], options, notes)
     run_metrics = {str(r.path): {k: v for split in options.splits for k, v in r.task_metrics(split, options.source,
                                                                                           options.include_loss).items()}
-                   for r in table_runs}
-    rows = []
-    for g in groups:
-        stats = {k: mean_std(run_metrics[str(r.path)][k] for r in g.runs if k in run_metrics[str(r.path)]) for k in metric_keys}
-        stats = {k: s for k, s in stats.items() if s.n}
-        for k, s in stats.items():
-            if s.n != len(g.runs):
-                notes.append(f"group '{g.label}': {k} is reported by {s.n} of its {len(g.runs)} runs")
-        delta = {split: mean_std(run_delta[str(r.path)][split] for r in g.runs) for split in options.splits} if baselines else {}
-        selection = sorted({r.selection_rule() for r in g.runs})
-        if len(selection) > 1:
-            notes.append(f"group '{g.label}': its runs used different model-selection rules {selection}")
-        rows.append(GroupRow(g, stats, delta, selection))
-    selection_rules = sorted({r.selection_rule() for r in table_runs})
+                   for r in shown}
+    rows = [_row(g, metric_keys, run_metrics, run_delta if baselines else None, options.splits, exploded, notes)
+            for g in groups]
+    selection_rules = sorted({r.selection_rule() for r in table_runs or stl_done})
     if len(selection_rules) > 1:
         notes.append(f"model-selection rules differ between runs: {selection_rules} (see the selection column)")
 
-    pareto_metrics, flags, ref, scatter = _pareto(table_runs, rows, directions, options, notes)
+    pareto_metrics, flags, ref, scatter = _pareto([r for r in table_runs if str(r.path) not in exploded], rows,
+                                                  directions, options, notes)
 
-    report = Report(options, list(runs), table_runs, failed, stl_runs, group_keys, rows, metric_keys, directions, baselines,
-                    reason, run_metrics, run_delta, pareto_metrics, flags, ref, scatter, selection_rules, notes=notes)
+    report = Report(options, list(runs), table_runs, [r for r in runs if r.failed], [r for r in runs if r.is_stl],
+                    group_keys, rows, metric_keys, directions, baselines, reason, run_metrics, run_delta, pareto_metrics,
+                    flags, ref, scatter, selection_rules, notes=notes, running=[r for r in runs if r.running],
+                    stopped=[r for r in runs if r.stopped], exploded=exploded)
     _diagnostics(report)
     report.robustness = build_robustness(runs, options.transfer_group_by, options.include_loss)
     return report
+
+
+def _delta_m(table_runs: list[Run], stl_runs: list[Run], options: ReportOptions,
+             notes: list[str]) -> tuple[Baselines | None, str, dict[str, dict[str, float]]]:
+    """The baselines (from the non-exploded STL runs), why there are none, and every table run's Δm per split."""
+    if not table_runs:
+        return None, "only STL runs" if stl_runs else "no completed run", {}
+    baselines, reason = resolve_baselines(options.stl, stl_runs, table_runs)
+    run_delta: dict[str, dict[str, float]] = {}
+    for run in table_runs if baselines is not None else ():
+        for split in options.splits:
+            value, note = run_delta_m(run, baselines, split, options.convention, options.allow_missing, options.source)
+            run_delta.setdefault(str(run.path), {})[split] = value
+            if note:
+                notes.append(f"Δm: {note}")
+    return baselines, reason, run_delta
+
+
+def _row(g: Group, metric_keys: list[str], run_metrics: dict[str, dict[str, float]],
+         run_delta: dict[str, dict[str, float]] | None, splits: Sequence[str], exploded: dict[str, str],
+         notes: list[str]) -> GroupRow:
+    """One table row: mean ± std over the group's runs that did not explode; Δm only for method groups."""
+    used = [r for r in g.runs if str(r.path) not in exploded]
+    stats = {k: mean_std(run_metrics[str(r.path)][k] for r in used if k in run_metrics[str(r.path)]) for k in metric_keys}
+    stats = {k: s for k, s in stats.items() if s.n}
+    for k, s in stats.items():
+        if s.n != len(used):
+            notes.append(f"group '{g.label}': {k} is reported by {s.n} of its {len(used)} runs")
+    delta = ({split: mean_std(run_delta[str(r.path)][split] for r in used) for split in splits}
+             if run_delta is not None and not g.reference else {})
+    selection = sorted({r.selection_rule() for r in g.runs})
+    if len(selection) > 1:
+        notes.append(f"group '{g.label}': its runs used different model-selection rules {selection}")
+    return GroupRow(g, stats, delta, selection, used)
 
 
 def _pareto(table_runs: list[Run], rows: list[GroupRow], directions: dict[str, bool], options: ReportOptions,
@@ -270,7 +303,9 @@ def _pareto(table_runs: list[Run], rows: list[GroupRow], directions: dict[str, b
         seen = {k: sorted({str(lookup(r, k)) for r in table_runs}) for k in ref}
         raise ReportError(f"--pareto-ref '{options.pareto_ref}' matches no run; values seen: {seen}")
     for row in rows:
-        eligible = [r for r in row.group.runs if str(r.path) in points]
+        if row.group.reference:  # STL runs: the baselines, not a method
+            continue
+        eligible = [r for r in row.used if str(r.path) in points]
         row.pareto_n = len(eligible)
         row.pareto_optimal = sum(1 for r in eligible if flags[str(r.path)]) if metrics else None
         if ref is not None and metrics:
@@ -300,12 +335,12 @@ def _pareto(table_runs: list[Run], rows: list[GroupRow], directions: dict[str, b
 def _diagnostics(report: Report) -> None:
     for row in report.rows:
         label = row.group.label
-        aus = [a for a in (au_stats(r) for r in row.group.runs) if a is not None]
+        aus = [a for a in (au_stats(r) for r in row.used) if a is not None]
         if aus:
             tasks = [t for t in aus[0][0]]
             report.au[label] = {"mean_rau": {t: mean_std(a[0][t] for a in aus if t in a[0]) for t in tasks},
                                 "dominated": mean_std(a[1] for a in aus)}
-        confs = [c for c in (conflict_stats(r) for r in row.group.runs) if c]
+        confs = [c for c in (conflict_stats(r) for r in row.used) if c]
         if confs:
             pairs = [p for p in CONFLICT_PAIRS if any(p in c for c in confs)] + \
                     sorted({p for c in confs for p in c} - set(CONFLICT_PAIRS))

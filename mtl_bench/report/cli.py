@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer-group-by", type=_csv_list, metavar="K1,K2",
                    help="groups of the MTL-source transfer runs for the corruption transferability δ (default: the source's "
                    "combiner and optimizer plus the transfer settings/overrides that vary, seed and source paths excluded)")
+    p.add_argument("--explode-factor", type=float, default=100.0, metavar="F",
+                   help="flag a completed run as exploded (kept out of means, Δm means, Pareto counts and plots) when a "
+                   "target task's test or val loss exceeds F × the median first-epoch val loss of that task over the "
+                   "runs on the same dataset (default 100; see docs/report.md)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT[:GROUP]", help="also read runs from the W&B API (needs network)")
     p.add_argument("--log-wandb", action="store_true", help="log the table (wandb.Table + artifact) and figures to W&B "
@@ -68,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_report(args: argparse.Namespace) -> int:
     from mtl_bench.report.build import ReportOptions, build_report
-    from mtl_bench.report.outputs import render_markdown, results_table, write_csvs, write_robustness_csv
+    from mtl_bench.report.outputs import exploded_lines, render_markdown, results_table, write_csvs, write_robustness_csv
     from mtl_bench.report.runs import load_runs
 
     if not args.dirs and not args.wandb:
@@ -93,6 +97,7 @@ def run_report(args: argparse.Namespace) -> int:
         splits=("test", "val") if args.val else ("test",), source=args.results, include_loss=args.include_loss,
         pareto_metrics=args.pareto_metrics, pareto_split=args.pareto_split, pareto_ref=args.pareto_ref,
         pareto_within=args.pareto_within, scatter=args.scatter, transfer_group_by=args.transfer_group_by,
+        explode_factor=args.explode_factor,
     )
     report = build_report(runs, options)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,8 +121,13 @@ def run_report(args: argparse.Namespace) -> int:
         rob = report.robustness
         print(f"corruption transferability δ: {len(rob.groups)} MTL group(s), "
               f"{sum(len(g.tasks) for g in rob.groups)} group × task value(s); {out / 'robustness.csv'}")
-    print(f"{len(report.table_runs)} run(s) in {len(report.rows)} group(s), {len(report.failed)} failed job(s); "
-          f"report: {out / 'report.md'}")
+    for line in exploded_lines(report, dirs):
+        print(f"EXPLODED (left out of the means): {line}")
+    n_stl = sum(len(row.group.runs) for row in report.rows if row.group.reference)
+    jobs = [f"{n} {what}" for n, what in ((len(report.running), "running"), (len(report.stopped), "stopped (resumable)"))
+            if n] + [f"{len(report.failed)} failed job(s)"]
+    print(f"{len(report.table_runs)} method run(s) and {n_stl} STL run(s) in {len(report.rows)} row(s), "
+          f"{len(report.exploded)} exploded; {', '.join(jobs)}; report: {out / 'report.md'}")
     if args.log_wandb:
         from mtl_bench.report.wandb_io import log_report
 

@@ -36,7 +36,7 @@ def excluded(key: str) -> bool:
 
 def canonical(value: Any) -> str:
     """A comparable text form: numbers as Python floats/ints (``1e-2`` → ``0.01``, ``2.0`` → ``2``), ``true``/``false``,
-    ``null``, lists as ``[a,b]``; other strings stripped."""
+    ``null`` (for null and ``~``; ``none`` stays a string, as in Hydra), lists as ``[a,b]``; other strings stripped."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -54,8 +54,8 @@ def canonical(value: Any) -> str:
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered
-    if lowered in ("null", "none", "~"):
-        return "null"
+    if lowered in ("null", "~"):  # not "none": Hydra and YAML read it as a string, the name of options such as
+        return "null"  # loss_transforms=none or scheduler=none
     try:
         return canonical(float(text))
     except ValueError:
@@ -128,20 +128,27 @@ def mean_std(values: Iterable[float]) -> Stat:
 
 @dataclass
 class Group:
-    """Runs that share every group-key value (``values``); ``label`` is ``k=v, k=v`` (``all runs`` without keys)."""
+    """Runs that share every group-key value (``values``); ``label`` is ``k=v, k=v`` (``all runs`` without keys).
+    A ``reference`` group holds STL runs (``STL t0``): shown as the reference, never a method in Δm or Pareto."""
 
     label: str
     values: dict[str, str]
     runs: list[Run]
+    reference: bool = False
 
     @property
     def short(self) -> str:
-        """The values only (``ew / adam / 0.001``), for plot axes."""
-        return " / ".join(self.values.values()) or self.label
+        """The values only (``ew / adam / 0.001``), for plot axes; a reference group's label."""
+        return self.label if self.reference else " / ".join(self.values.values()) or self.label
 
     @property
     def seeds(self) -> list[Any]:
-        return sorted((r.seed for r in self.runs), key=lambda s: (0, s, "") if isinstance(s, int) else (1, 0, str(s)))
+        return sorted_seeds(self.runs)
+
+
+def sorted_seeds(runs: Iterable[Run]) -> list[Any]:
+    """The runs' seeds, integers first in numeric order."""
+    return sorted((r.seed for r in runs), key=lambda s: (0, s, "") if isinstance(s, int) else (1, 0, str(s)))
 
 
 def repeated_seeds(runs: Iterable[Run]) -> list[str]:
@@ -172,3 +179,24 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
             groups[vals] = Group(label, dict(zip(keys, vals)), [])
         groups[vals].runs.append(run)
     return list(groups.values())
+
+
+def _common(runs: Sequence[Run], key: str) -> str:
+    values = {lookup(r, key) or MISSING for r in runs}
+    return values.pop() if len(values) == 1 else MISSING
+
+
+def stl_groups(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
+    """STL runs as reference groups: one per task (``STL t0``), split further by what differs between that task's runs
+    (seed excluded; ``STL t0 (optimizer.lr=0.01)``); ``values`` are the values of ``keys`` the group's runs share
+    (``-`` where they differ or lack one)."""
+    by_task: dict[str, list[Run]] = {}
+    for run in runs:
+        by_task.setdefault("+".join(run.tasks) or MISSING, []).append(run)
+    groups = []
+    for task, task_runs in by_task.items():
+        extra = default_group_keys(task_runs)
+        for g in group_runs(task_runs, extra):
+            label = f"STL {task}" + (f" ({g.label})" if extra else "")
+            groups.append(Group(label, {k: _common(g.runs, k) for k in keys}, g.runs, reference=True))
+    return groups

@@ -1,9 +1,12 @@
 """Writing a :class:`~mtl_bench.report.build.Report`: ``report.md``, ``report.csv`` (one row per group) and ``runs.csv``
-(one row per job, failed ones included).
+(one row per job, unfinished ones included).
 
-CSV columns: ``group``, the group keys, ``n``, ``seeds`` (``;``-separated), ``selection``, then
-``<split>/<task>/<metric>/mean`` and ``.../std`` per metric (std empty for n = 1), ``<split>/delta_m/mean|std`` when
-Δm was computed, ``pareto_optimal`` / ``pareto_n`` and, with a reference, ``ref_not_dominated`` / ``ref_dominating``.
+CSV columns: ``group``, the group keys, ``role`` (``method`` or ``stl_reference``), ``n`` (runs in the statistics),
+``n_exploded`` (runs of the group left out as exploded), ``seeds`` (of the ``n`` runs, ``;``-separated), ``selection``,
+then ``<split>/<task>/<metric>/mean`` and ``.../std`` per metric (std empty for n = 1), ``<split>/delta_m/mean|std`` when
+Δm was computed, ``pareto_optimal`` / ``pareto_n`` and, with a reference, ``ref_not_dominated`` / ``ref_dominating``
+(empty for STL reference rows).  Labels are plain text everywhere; only :func:`markdown_table` escapes them, for
+``report.md`` and the table printed on the console.
 Floats are written with full precision.  With transfer runs, ``robustness.csv`` (:func:`write_robustness_csv`) holds the
 corruption transferability δ per group × task × metric × corruption × severity and report.md a δ section.
 """
@@ -15,8 +18,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from mtl_bench.report.build import CONFLICT_METRICS, Report, arrowed, metric_label, relpath
-from mtl_bench.report.grouping import Stat, lookup, matches
+from mtl_bench.report.build import CONFLICT_METRICS, GroupRow, Report, arrowed, metric_label, relpath
+from mtl_bench.report.grouping import Stat, lookup, matches, sorted_seeds
 from mtl_bench.report.robustness import Robustness
 from mtl_bench.utils import markdown_table
 
@@ -53,28 +56,40 @@ def results_table(report: Report) -> str:
             headers += ["not dominated by ref", "dominates ref"]
     rows = []
     for row in report.rows:
-        cells: list[Any] = [row.group.label, len(row.group.runs), ",".join(map(str, row.group.seeds))]
+        ref = row.group.reference
+        cells: list[Any] = [row.group.label + (" (reference)" if ref else ""), *_counts(row)]
         if len(report.selection_rules) > 1:
             cells.append("; ".join(row.selection))
         cells += [_stat(row.stats.get(k)) for k in report.metric_keys]
         if report.baselines is not None:
-            cells += [_stat(row.delta.get(s), "+.2f") for s in splits]
+            cells += ["baseline" if ref else _stat(row.delta.get(s), "+.2f") for s in splits]
         if report.pareto_metrics:
-            cells.append(f"{row.pareto_optimal}/{row.pareto_n}")
+            cells.append("-" if ref else f"{row.pareto_optimal}/{row.pareto_n}")
             if report.pareto_ref is not None:
-                cells += [f"{row.ref_not_dominated}/{row.pareto_n}", f"{row.ref_dominating}/{row.pareto_n}"]
+                cells += ["-", "-"] if ref else [f"{row.ref_not_dominated}/{row.pareto_n}", f"{row.ref_dominating}/{row.pareto_n}"]
         rows.append(cells)
     return markdown_table(headers, rows)
+
+
+def _counts(row: GroupRow) -> tuple[str, str]:
+    """The ``n`` and ``seeds`` cells: ``2 of 3, 1 exploded`` and ``0,1 (exploded: 2)`` when runs were left out."""
+    seeds = ",".join(map(str, sorted_seeds(row.used)))
+    if not row.n_exploded:
+        return str(len(row.used)), seeds
+    return (f"{len(row.used)} of {len(row.group.runs)}, {row.n_exploded} exploded",
+            f"{seeds} (exploded: {','.join(map(str, row.exploded_seeds))})")
 
 
 def metadata_lines(report: Report, dirs: Sequence[Path]) -> list[str]:
     o = report.options
     n_stl = sum(1 for r in report.stl_runs if r.completed)
-    stl_table = bool(report.table_runs) and report.table_runs[0].is_stl
     lines = [
         f"- **folders**: {', '.join(f'`{d}`' for d in dirs)}",
-        f"- **runs**: {len(report.runs)} job folder(s): {len(report.table_runs)} in the table"
-        + (f", {n_stl} completed STL run(s)" if n_stl and not stl_table else "") + f", {len(report.failed)} failed",
+        f"- **runs**: {len(report.runs)} job folder(s): {len(report.table_runs)} completed method run(s)"
+        + (f", {n_stl} completed STL run(s) (the reference rows `STL <task>`)" if n_stl else "")
+        + (f", {len(report.running)} running" if report.running else "")
+        + (f", {len(report.stopped)} stopped (resumable)" if report.stopped else "") + f", {len(report.failed)} failed"
+        + (f"; {len(report.exploded)} exploded, left out of the statistics" if report.exploded else ""),
         f"- **groups**: {len(report.rows)}, by "
         + (", ".join(f"`{k}`" for k in report.group_keys) or "nothing (every run differs only in the seed)")
         + (" (from --group-by)" if o.group_by is not None else " (the overrides that vary, seed excluded"
@@ -99,6 +114,10 @@ def metadata_lines(report: Report, dirs: Sequence[Path]) -> list[str]:
                      "task losses excluded; a group's Δm is the mean ± std of its runs' Δm")
     else:
         lines.append(f"- **Δm%**: not computed ({report.baseline_reason})")
+    lines.append(f"- **exploded**: a completed run whose target task's test or val loss is not finite or exceeds "
+                 f"{o.explode_factor:g} × the median first-epoch val loss of that task over the completed runs on the same "
+                 "dataset (`--explode-factor`; docs/report.md); such runs stay listed but out of means, stds, Δm means, "
+                 "Pareto counts and plots")
     if report.pareto_metrics:
         pool = "runs sharing " + ", ".join(f"`{k}`" for k in o.pareto_within) if o.pareto_within else "all runs of the table"
         text = (f"- **Pareto**: on {', '.join(metric_label(o.pareto_split + '/' + m, report.directions) for m in report.pareto_metrics)}; "
@@ -143,15 +162,38 @@ def render_markdown(report: Report, dirs: Sequence[Path], figures: Sequence[str]
                   markdown_table(["group", "pairs", *CONFLICT_METRICS], rows), ""]
     if report.notes:
         parts += ["## Notes", "", *[f"- {n}" for n in dict.fromkeys(report.notes)], ""]
-    parts += [f"## Failed jobs ({len(report.failed)})", ""]
-    if report.failed:
-        rows = [[relpath(r.path, dirs), r.status, r.error or "", " ".join(r.override_list)] for r in report.failed]
-        parts += [markdown_table(["job", "status", "error", "overrides"], rows), ""]
-    else:
-        parts += ["none", ""]
+    parts += unfinished_sections(report, dirs)
     if figures:
         parts += ["## Figures", "", *[f"![{Path(f).stem}]({Path(f).name})" for f in figures], ""]
     return "\n".join(parts)
+
+
+def exploded_lines(report: Report, dirs: Sequence[Path]) -> list[str]:
+    """One line per exploded run: where, its group and why."""
+    return [f"{relpath(r.path, dirs)} [{report.group_of(r)}]: {report.exploded[str(r.path)]}"
+            for row in report.rows for r in row.group.runs if str(r.path) in report.exploded]
+
+
+def unfinished_sections(report: Report, dirs: Sequence[Path]) -> list[str]:
+    """The exploded, running, stopped (resumable) and failed jobs of report.md (the failed section always)."""
+    parts: list[str] = []
+    if report.exploded:
+        parts += [f"## Exploded runs ({len(report.exploded)})", "",
+                  "Completed, but a target loss blew up: left out of their group's statistics, Δm mean, Pareto counts and "
+                  "plots.", "", *[f"- {line}" for line in exploded_lines(report, dirs)], ""]
+    if report.running:
+        rows = [[relpath(r.path, dirs), r.error or "", " ".join(r.override_list)] for r in report.running]
+        parts += [f"## Running jobs ({len(report.running)})", "", markdown_table(["job", "owner", "overrides"], rows), ""]
+    if report.stopped:
+        rows = [[relpath(r.path, dirs), r.status, r.error or "", " ".join(r.override_list)] for r in report.stopped]
+        parts += [f"## Stopped jobs, resumable ({len(report.stopped)})", "",
+                  "Stopped by a signal after a checkpoint: rerunning the same command resumes them.", "",
+                  markdown_table(["job", "status", "error", "overrides"], rows), ""]
+    parts += [f"## Failed jobs ({len(report.failed)})", ""]
+    if report.failed:
+        rows = [[relpath(r.path, dirs), r.status, r.error or "", " ".join(r.override_list)] for r in report.failed]
+        return parts + [markdown_table(["job", "status", "error", "overrides"], rows), ""]
+    return parts + ["none", ""]
 
 
 DELTA_TEXT = ("δ_{t,m,c,s} = (−1)^hib · (r̄_MTL − r̄_STL) with r = M_corrupted / M_clean of each run (its own clean value), "
@@ -244,7 +286,7 @@ def write_csvs(report: Report, out: Path, dirs: Sequence[Path]) -> tuple[Path, P
     splits = report.options.splits
     has_delta = report.baselines is not None
     has_ref = report.pareto_ref is not None
-    headers = ["group", *report.group_keys, "n", "seeds", "selection"]
+    headers = ["group", *report.group_keys, "role", "n", "n_exploded", "seeds", "selection"]
     for k in report.metric_keys:
         headers += [f"{k}/mean", f"{k}/std"]
     if has_delta:
@@ -256,34 +298,47 @@ def write_csvs(report: Report, out: Path, dirs: Sequence[Path]) -> tuple[Path, P
         w = csv.writer(f)
         w.writerow(headers)
         for row in report.rows:
-            cells: list[Any] = [row.group.label, *[row.group.values[k] for k in report.group_keys], len(row.group.runs),
-                                ";".join(map(str, row.group.seeds)), "; ".join(row.selection)]
+            ref = row.group.reference
+            cells: list[Any] = [row.group.label, *[row.group.values[k] for k in report.group_keys],
+                                "stl_reference" if ref else "method", len(row.used), row.n_exploded,
+                                ";".join(map(str, sorted_seeds(row.used))), "; ".join(row.selection)]
             for k in report.metric_keys:
                 s = row.stats.get(k)
                 cells += [s.mean, s.std] if s else [None, None]
             if has_delta:
                 for s in splits:
-                    cells += [row.delta[s].mean, row.delta[s].std]
-            cells += [row.pareto_optimal, row.pareto_n] + ([row.ref_not_dominated, row.ref_dominating] if has_ref else [])
+                    d = row.delta.get(s)
+                    cells += [d.mean, d.std] if d else [None, None]
+            cells += [None, None] if ref else [row.pareto_optimal, row.pareto_n]
+            if has_ref:
+                cells += [None, None] if ref else [row.ref_not_dominated, row.ref_dominating]
             w.writerow([_csv_value(c) for c in cells])
+    return group_file, _write_runs_csv(report, out, dirs)
 
-    run_headers = ["run", "status", "group", "seed", *report.group_keys, "selection", "error", *report.metric_keys]
-    run_headers += [f"{s}/delta_m" for s in splits] if has_delta else []
-    run_headers.append("pareto_optimal")
-    runs_file = out / "runs.csv"
-    with runs_file.open("w", newline="") as f:
+
+def _write_runs_csv(report: Report, out: Path, dirs: Sequence[Path]) -> Path:
+    """``runs.csv``: the runs of the table's rows (STL reference rows first), then every other job."""
+    splits = report.options.splits
+    has_delta = report.baselines is not None
+    headers = ["run", "status", "group", "seed", *report.group_keys, "selection", "error", "exploded", "exploded_reason",
+               *report.metric_keys]
+    headers += [f"{s}/delta_m" for s in splits] if has_delta else []
+    headers.append("pareto_optimal")
+    path = out / "runs.csv"
+    in_rows = [r for row in report.rows for r in row.group.runs]
+    listed = {id(r) for r in in_rows}
+    with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(run_headers)
-        in_table = {id(r) for r in report.table_runs}
-        for run in [*report.table_runs, *[r for r in report.runs if id(r) not in in_table]]:
+        w.writerow(headers)
+        for run in [*in_rows, *[r for r in report.runs if id(r) not in listed]]:
             key = str(run.path)
             metrics = report.run_metrics.get(key, {})
-            group = report.group_of(run) if id(run) in in_table else ("STL baseline" if run.is_stl and run.completed else "")
-            cells = [relpath(run.path, dirs), run.status, group, run.seed,
+            cells = [relpath(run.path, dirs), run.status, report.group_of(run), run.seed,
                      *[lookup(run, k) for k in report.group_keys], run.selection_rule() if run.summary else "", run.error,
+                     key in report.exploded if run.completed else None, report.exploded.get(key),
                      *[metrics.get(k) for k in report.metric_keys]]
             if has_delta:
                 cells += [report.run_delta.get(key, {}).get(s) for s in splits]
             cells.append(report.pareto_flags.get(key))
             w.writerow([_csv_value(c) for c in cells])
-    return group_file, runs_file
+    return path

@@ -1,10 +1,14 @@
 """PNG figures of a report (matplotlib's Agg canvas through ``Figure``; pyplot and its global state are not used).
 
 * ``bars_<split>_<task>.png``: one panel per metric of the task, one bar per group (mean), error bars = sample std
-  over the group's runs (none for a single run).
+  over the group's runs (none for a single run); the STL reference rows of the task (``STL <task>``) as dashed
+  horizontal lines with a ±std band (as bars when the report has no other rows).
 * ``pareto_<split>_<a>_vs_<b>.png``: every table run on two metrics (``--scatter``; default the first metric of the
   first two targets), coloured by group; the runs that are non-dominated **on these two metrics** are ringed and
-  joined by the front's staircase.
+  joined by the front's staircase; the STL reference means of the two metrics as dashed lines (vertical for the
+  x metric's task, horizontal for the y metric's).
+
+Exploded runs (:mod:`mtl_bench.report.exploded`) appear in no figure; labels are the plain group labels.
 * ``conflicts.png``: where runs logged gradient conflicts, the mean cosine / magnitude similarity / opposite-sign
   fraction per pair type and group (error bars = std over runs).
 * ``au_heatmap.png``: where runs have AU statistics, group × task mean rAU and the dominated fraction per group.
@@ -19,10 +23,11 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 
-from mtl_bench.report.build import CONFLICT_METRICS, Report
+from mtl_bench.report.build import CONFLICT_METRICS, GroupRow, Report
 from mtl_bench.report.pareto import pareto_optimal
 
 
@@ -51,10 +56,29 @@ def _yerr(errs: list[float]) -> list[float] | None:
     return errs if any(e > 0 for e in errs) else None
 
 
+def _bar_and_line_rows(report: Report) -> tuple[list[GroupRow], list[GroupRow]]:
+    """Rows drawn as bars (the methods; the STL rows when there is nothing else) and as reference lines."""
+    methods = [row for row in report.rows if not row.group.reference]
+    return (methods, [row for row in report.rows if row.group.reference]) if methods else (list(report.rows), [])
+
+
+def _reference_lines(ax: Any, rows: list[GroupRow], key: str, vertical: bool = False) -> None:
+    """Dashed line at each reference row's mean of ``key`` (with a ±std band), labelled for the legend."""
+    for k, row in enumerate(rows):
+        s = row.stats.get(key)
+        if s is None or not math.isfinite(s.mean):
+            continue
+        style = {"color": "black" if k == 0 else f"C{(k + 5) % 10}", "linestyle": "--", "linewidth": 1.1, "zorder": 2}
+        (ax.axvline if vertical else ax.axhline)(s.mean, label=row.group.label, **style)
+        if _err(s.std) > 0:
+            (ax.axvspan if vertical else ax.axhspan)(s.mean - s.std, s.mean + s.std, color=style["color"], alpha=0.08)
+
+
 def bar_charts(report: Report, out: Path) -> list[Path]:
     files = []
     names, axis = _labels(report)
-    labels = [names[row.group.label] for row in report.rows]
+    bar_rows, line_rows = _bar_and_line_rows(report)
+    labels = [names[row.group.label] for row in bar_rows]
     by_task: dict[tuple[str, str], list[str]] = {}
     for key in report.metric_keys:
         split, task, _ = key.split("/")
@@ -63,10 +87,13 @@ def bar_charts(report: Report, out: Path) -> list[Path]:
         fig = Figure(figsize=(max(4.0, 0.5 * len(labels) + 2.5) * len(keys), 4.2), layout="constrained")
         for i, key in enumerate(keys):
             ax = fig.add_subplot(1, len(keys), i + 1)
-            stats = [row.stats.get(key) for row in report.rows]
+            stats = [row.stats.get(key) for row in bar_rows]
             means = [s.mean if s else math.nan for s in stats]
             errs = [_err(s.std) if s else 0.0 for s in stats]
             ax.bar(range(len(labels)), means, yerr=_yerr(errs), capsize=3, color=[f"C{j % 10}" for j in range(len(labels))])
+            _reference_lines(ax, line_rows, key)
+            if any(key in row.stats for row in line_rows):
+                ax.legend(fontsize=7, loc="best")
             ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
             ax.set_xlabel(axis, fontsize=8)
             ax.set_title(key.split("/")[-1] + _arrow(report.directions.get(f"{task}/{key.split('/')[-1]}")), fontsize=9)
@@ -87,9 +114,9 @@ def pareto_scatter(report: Report, out: Path) -> Path | None:
     ax = fig.add_subplot(1, 1, 1)
     names, axis = _labels(report)
     points: list[tuple[float, float]] = []
-    for j, row in enumerate(report.rows):
+    for j, row in enumerate(r for r in report.rows if not r.group.reference):
         xs, ys = [], []
-        for run in row.group.runs:
+        for run in row.used:
             res = run.results(report.options.source)
             x, y = res.get(f"{split}/{a}", math.nan), res.get(f"{split}/{b}", math.nan)
             if math.isfinite(x) and math.isfinite(y):
@@ -103,6 +130,9 @@ def pareto_scatter(report: Report, out: Path) -> Path | None:
     ax.scatter([p[0] for p in front], [p[1] for p in front], s=110, facecolors="none", edgecolors="black", linewidths=1.4,
                zorder=4, label="Pareto front (these two metrics)")
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linewidth=0.8, zorder=2)
+    references = [row for row in report.rows if row.group.reference]
+    _reference_lines(ax, references, f"{split}/{a}", vertical=True)
+    _reference_lines(ax, references, f"{split}/{b}")
     ax.set_xlabel(f"{split}/{a}{_arrow(hib[0])}")
     ax.set_ylabel(f"{split}/{b}{_arrow(hib[1])}")
     ax.legend(fontsize=7, loc="best", title=axis, title_fontsize=7)

@@ -6,12 +6,19 @@ into the given folders (a multirun root, an experiment folder holding several mu
 at the first job folder on each path; ``.hydra``, ``checkpoints``, ``wandb`` and the report's own output folder are
 never entered.
 
-A job is **completed** when its ``summary.json`` parses, says ``status: completed`` and holds a ``selected``
+A job is **running** while a live process owns its folder (:func:`mtl_bench.runlock.holder`: the flock on
+``<folder>/.mtl_bench.lock``), whatever its ``summary.json`` says (a resumed run still carries its earlier summary).
+Otherwise it is **completed** when its ``summary.json`` parses, says ``status: completed`` and holds a ``selected``
 results dict (a ``mode: transfer`` run may instead hold only its ``transfer`` block: its clean metrics then stand
-for the results).  Everything else is a **failed** job with a status naming why (``no_summary``, ``unreadable_summary``,
-``incomplete_summary`` or the summary's own status such as ``diverged``) and, where one is known, the error message
-(the summary's ``error``, else the last line mentioning an error in ``train.log``).  Reading a job never raises:
-a broken job is listed, never fatal.
+for the results); **stopped** (resumable) when the summary says ``preempted`` or ``interrupted`` (a signal stopped it
+after a checkpoint; rerunning the command resumes it); everything else is a **failed** job with a status naming why
+(``no_summary``, ``unreadable_summary``, ``incomplete_summary`` or the summary's own status such as ``diverged``).
+Jobs that are not completed carry, where one is known, a message (the holder of the lock for a running job, else the
+summary's ``error``, else the last line mentioning an error in ``train.log``).  Reading a job never raises: a broken
+job is listed, never fatal.
+
+Override values are read as Hydra wrote them into ``.hydra/overrides.yaml`` and un-escaped (Hydra writes a swept
+value ``stl:seg`` as ``stl\\:seg``), so labels, CSV files and plots show the plain value.
 """
 
 from __future__ import annotations
@@ -27,10 +34,16 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from mtl_bench.errors import MTLBenchError
+from mtl_bench.runlock import _describe as describe_holder
+from mtl_bench.runlock import holder
 
 MARKERS = (".hydra", "summary.json", "config_resolved.yaml")
 SKIP_DIRS = frozenset({".hydra", "checkpoints", "wandb", "__pycache__", ".git"})
 _READ_ERRORS = (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError)  # json.JSONDecodeError is a ValueError
+RUNNING = "running"
+RESUMABLE = ("preempted", "interrupted")  # stopped by a signal after a checkpoint: rerunning the command resumes them
+# characters Hydra escapes with a backslash in unquoted override values (hydra/_internal/grammar/utils.py: _ESC)
+_HYDRA_ESCAPED = re.compile(r"\\([\\()\[\]{}:=, \t])")
 
 
 class ReportError(MTLBenchError):
@@ -88,8 +101,14 @@ def find_job_dirs(paths: Iterable[str | Path], exclude: Iterable[str | Path] = (
     return found
 
 
+def unescape_override(value: str) -> str:
+    """An override value as Hydra means it: ``stl\\:seg`` → ``stl:seg`` (quoted values are left to :func:`canonical`)."""
+    return value if value[:1] in ("'", '"') else _HYDRA_ESCAPED.sub(r"\1", value)
+
+
 def parse_overrides(items: Iterable[Any]) -> dict[str, str]:
-    """Hydra override strings → ``{key: value}`` (``+``/``++`` prefixes dropped, ``~key`` deletions kept as ``~``)."""
+    """Hydra override strings → ``{key: value}`` (``+``/``++`` prefixes dropped, ``~key`` deletions kept as ``~``,
+    Hydra's backslash escapes removed)."""
     out: dict[str, str] = {}
     for item in items:
         text = str(item).strip()
@@ -98,7 +117,7 @@ def parse_overrides(items: Iterable[Any]) -> dict[str, str]:
             continue
         key, sep, value = text.lstrip("+").partition("=")
         if sep and key:
-            out[key.strip()] = value.strip()
+            out[key.strip()] = unescape_override(value.strip())
     return out
 
 
@@ -139,6 +158,19 @@ class Run:
     @property
     def completed(self) -> bool:
         return self.status == "completed"
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped by a signal after a checkpoint (``preempted``/``interrupted``): resumable, not a failure."""
+        return self.status in RESUMABLE
+
+    @property
+    def failed(self) -> bool:
+        return not (self.completed or self.running or self.stopped)
 
     @property
     def name(self) -> str:
@@ -232,6 +264,14 @@ class Run:
 
 def load_run(path: Path) -> Run:
     """Read one job folder into a :class:`Run`; never raises (a broken job becomes a failed :class:`Run`)."""
+    run = _read_job(path)
+    owner = holder(path)
+    if owner is not None:  # a live process trains here: its summary (if any) is an earlier attempt's
+        run.status, run.error = RUNNING, f"running: {describe_holder(owner)}"
+    return run
+
+
+def _read_job(path: Path) -> Run:
     override_list: list[str] = []
     try:
         data = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text())
@@ -243,7 +283,7 @@ def load_run(path: Path) -> Run:
     if not summary_file.is_file():
         error = _last_error_line(path / "train.log")
         return Run(path, "no_summary", {}, override_list,
-                   error or "no summary.json: the job crashed before writing it, or is still running")
+                   error or "no summary.json and no live process owns the folder: the job crashed before writing it")
     try:
         summary = json.loads(summary_file.read_text())
     except _READ_ERRORS as e:
