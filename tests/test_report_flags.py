@@ -242,8 +242,8 @@ def test_stl_runs_of_a_sweep_are_reference_rows_and_reference_lines(tmp_path, mo
     assert "| STL t0 (reference) | 2 | 0,1 | 2 ± 0.2828 | 0.5 ± 0 |  | baseline | - |" in md
     bars = figures["bars_test_t0.png"].axes[0]
     assert [t.get_text() for t in bars.get_xticklabels()] == ["ew", "gcs"]  # methods as bars ...
-    (line,) = [ln for ln in bars.get_lines() if ln.get_label() == "STL t0"]  # ... the STL mean as a line
+    (line,) = [ln for ln in bars.get_lines() if ln.get_label() == "STL t0 (reference)"]  # ... the STL mean as a line
     assert list(line.get_ydata()) == pytest.approx([2.0, 2.0])
     scatter = figures["pareto_test_t0_mse_vs_t1_mse.png"].axes[0]
-    (vline,) = [ln for ln in scatter.get_lines() if ln.get_label() == "STL t0"]  # x = t0/mse: a vertical line
+    (vline,) = [ln for ln in scatter.get_lines() if ln.get_label() == "STL t0 (reference)"]  # x = t0/mse: a vertical line
     assert list(vline.get_xdata()) == pytest.approx([2.0, 2.0])

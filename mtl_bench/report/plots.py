@@ -63,15 +63,16 @@ def _bar_and_line_rows(report: Report) -> tuple[list[GroupRow], list[GroupRow]]:
 
 
 def _reference_lines(ax: Any, rows: list[GroupRow], key: str, vertical: bool = False) -> None:
-    """Dashed line at each reference row's mean of ``key`` (with a ±std band), labelled for the legend."""
+    """A black line (dashed, dotted, ... by row) at each reference row's mean of ``key`` with a ±std band, labelled."""
     for k, row in enumerate(rows):
         s = row.stats.get(key)
         if s is None or not math.isfinite(s.mean):
             continue
-        style = {"color": "black" if k == 0 else f"C{(k + 5) % 10}", "linestyle": "--", "linewidth": 1.1, "zorder": 2}
-        (ax.axvline if vertical else ax.axhline)(s.mean, label=row.group.label, **style)
+        style = {"color": "black", "linestyle": ("--", ":", "-.")[k % 3], "linewidth": 1.1, "zorder": 2}
+        (ax.axvline if vertical else ax.axhline)(s.mean, label=f"{row.group.label} (reference)", **style)
         if _err(s.std) > 0:
-            (ax.axvspan if vertical else ax.axhspan)(s.mean - s.std, s.mean + s.std, color=style["color"], alpha=0.08)
+            (ax.axvspan if vertical else ax.axhspan)(s.mean - s.std, s.mean + s.std, color=style["color"], alpha=0.08,
+                                                     zorder=0)
 
 
 def bar_charts(report: Report, out: Path) -> list[Path]:
