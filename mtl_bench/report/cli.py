@@ -15,7 +15,8 @@ from typing import Sequence
 from mtl_bench.report.runs import ReportError
 
 DESCRIPTION = """Summarise mtl_bench runs (multirun folders, experiment folders or run folders): per-group mean ± std over
-seeds, Δm% against STL baselines, Pareto counts, failed jobs, and for transfer runs the corruption transferability δ of MTL
+seeds with the STL runs as reference rows, Δm% against STL baselines, Pareto counts, exploded runs (flagged and left out of
+the means), running, stopped (resumable) and failed jobs, and for transfer runs the corruption transferability δ of MTL
 vs STL backbones; writes report.md, report.csv, runs.csv (robustness.csv) and PNG figures."""
 
 EPILOG = """examples:

@@ -64,7 +64,7 @@ def first_val_losses(run: Run, tasks: Sequence[str]) -> dict[str, float]:
                         found.setdefault(wanted[key], as_float(record[key]))
                 if len(found) == len(wanted):
                     break
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return {}
     return found
 
@@ -89,7 +89,7 @@ def find_exploded(runs: Sequence[Run], factor: float = DEFAULT_FACTOR, source: s
     for pool in pools.values():
         results = [r.results(source) for r in pool]
         tasks = list(dict.fromkeys(t for r in pool for t in r.targets))
-        firsts = [first_val_losses(r, tasks) for r in pool]
+        firsts = [first_val_losses(r, [t for t in tasks if t in r.tasks]) for r in pool]
         for task in tasks:
             first = [f[task] for f in firsts if task in f]
             for split in SPLITS:
