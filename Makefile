@@ -26,7 +26,7 @@ STUDIES     := elich_optimizers adatask_dominance elich_conflicts dibs_transform
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install train test test-all clean-outputs sync-wandb quick-studies study-elich_optimizers report
+.PHONY: install train test test-all clean-outputs sync-wandb quick-studies study-elich_optimizers report check-docs
 
 install: $(VENV)/.installed
 
@@ -61,6 +61,11 @@ study-%: install
 
 report: install
 	$(PY) -m mtl_bench.report $(or $(DIRS),$(shell ls -dt outputs/*/multiruns/*/ 2>/dev/null | head -1)) $(REPORT_ARGS)
+
+# Run every command README.md and docs/*.md show, in a temporary folder (tens of minutes on 2 cores); markers and
+# options (--list, -k TEXT) in scripts/check_docs_commands.py, e.g. make check-docs DOCS_ARGS="--list".
+check-docs: install
+	$(PY) scripts/check_docs_commands.py $(DOCS_ARGS)
 
 clean-outputs:
 	rm -rf outputs/*/
