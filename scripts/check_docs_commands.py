@@ -422,14 +422,20 @@ def command_env() -> dict[str, str]:
     return env
 
 
+STALE_VENV = "the virtualenv is missing or older than Makefile/pyproject.toml: run `make install` first"
+
+
+def install_is_stale() -> bool:
+    """True when ``make install`` would reinstall (a make command in the sandbox must never do that: the
+    editable install would then point into the sandbox)."""
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+    return subprocess.run(["make", "-q", "install"], cwd=REPO, env=env, capture_output=True).returncode != 0
+
+
 def check_installed(plans: Sequence[Plan]) -> str | None:
     """An error line when a make command would reinstall the virtualenv (stale or missing .venv/.installed)."""
-    if not any(p.status == "run" and p.run_text.startswith("make") for p in plans):
-        return None
-    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
-    probe = subprocess.run(["make", "-q", "install"], cwd=REPO, env=env, capture_output=True)
-    if probe.returncode != 0:
-        return "the virtualenv is missing or older than Makefile/pyproject.toml: run `make install` first"
+    if any(p.status == "run" and p.run_text.startswith("make") for p in plans) and install_is_stale():
+        return STALE_VENV
     return None
 
 
@@ -484,6 +490,8 @@ def execute(plans: Sequence[Plan], work: Path, timeout: float) -> Outcome:
             report_static(index, p, outcome)
             continue
         text, problem = resolve_paths(p.run_text, work)
+        if text.startswith("make") and install_is_stale():  # Makefile edited while the check runs
+            problem = STALE_VENV
         if problem:
             outcome.errors += 1
             outcome.failures.append(f"{p.command.source}: {problem}")
