@@ -1,35 +1,212 @@
-"""Atomic checkpoint files that load with ``torch.load(weights_only=True)``.
+"""Atomic, verified checkpoint files that load with ``torch.load(weights_only=True)``.
 
 A checkpoint is a plain dict of tensors and Python primitives: no ``DictConfig`` (stored as a container),
 no numpy arrays.  It is written to ``<name>.tmp`` in the same directory, flushed, fsync'ed and renamed
-over the target, so an interruption never leaves a truncated file.
+over the target, so an interruption never leaves a truncated file under the checkpoint's name.
+
+**Integrity.**  The SHA-256 of the file's bytes is computed while it is written and stored beside it as
+``<name>.sha256`` in ``sha256sum`` format (``sha256sum -c last.pt.sha256`` checks it by hand).
+:func:`load_checkpoint` verifies the digest before unpickling anything: a flipped byte, a truncated or a
+replaced file, or a checkpoint without its digest, is a :class:`CheckpointError` naming the file and the way
+out — never a file silently loaded and later called "good".  Order of the writes: data ``.tmp`` and digest
+``.tmp`` (both fsync'ed), then data renamed, then digest renamed, then the directory fsync'ed; a crash between
+the two renames leaves the new digest in ``<name>.sha256.tmp``, which the loader accepts when it matches.
+
+**Full disk.**  An ``OSError`` while writing (``ENOSPC`` and the like) removes the temporary files and raises
+:class:`StorageError` (one line: the file, the cause); the previous checkpoint under the same name is untouched.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
+import logging
 import os
+import pickle
 import random
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
+from mtl_bench.errors import CheckpointError, StorageError
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+log = logging.getLogger(__name__)
+
+DIGEST_SUFFIX = ".sha256"
+
+
+def digest_path(path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+class _HashingWriter:
+    """A binary file that hashes what is written through it (torch.save writes sequentially)."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _write_synced(path: Path, write: Any) -> None:
+    with open(path, "wb") as f:
+        write(f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def storage_error(path: Path, e: OSError) -> StorageError:
+    """One line for a failed write: the file, and "no space left" for a full disk."""
+    cause = "no space left on the device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return StorageError(f"cannot write {path}: {cause} (folder {path.parent}); earlier files there are intact")
+
+
+def remove_quietly(*paths: Path) -> None:
+    for p in paths:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError as e:  # a cleanup failure must not hide the error being reported
+            log.warning("could not remove %s: %s", p, e)
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """``last.pt`` -> ``last.prev.pt``: the checkpoint :func:`save_checkpoint` replaced (``keep_previous``)."""
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def _keep_previous(path: Path) -> None:
+    """Hard-link the current ``path`` as the previous checkpoint, with a digest file naming it (no copy: the old bytes
+    stay on disk until the next rotation).  A file system without hard links keeps no previous checkpoint."""
+    digests = _expected_digests(path)[:1]
+    if not path.is_file() or not digests:
+        return
+    prev = previous_path(path)
+    tmp = prev.with_name(prev.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        log.warning("no previous checkpoint kept beside %s (hard links unavailable: %s)", path, e.strerror or e)
+        return
+    os.replace(tmp, prev)
+    sidecar = digest_path(prev)
+    _write_synced(sidecar.with_name(sidecar.name + ".tmp"), lambda f: f.write(f"{digests[0]}  {prev.name}\n".encode()))
+    os.replace(sidecar.with_name(sidecar.name + ".tmp"), sidecar)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_previous: bool = False) -> Path:
+    """Write ``state`` to ``path`` atomically with its digest; ``keep_previous``: the checkpoint it replaces stays as
+    ``<stem>.prev<suffix>`` (a way out if the newest one is ever damaged).  :class:`StorageError` (temporary files
+    removed, the previous checkpoint intact) when the disk is full or the folder unwritable."""
+    path = Path(path)
+    tmp, sidecar = path.with_name(path.name + ".tmp"), digest_path(path)
+    sidecar_tmp = sidecar.with_name(sidecar.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        hashing: list[_HashingWriter] = []
+
+        def write_state(f: BinaryIO) -> None:
+            hashing.append(_HashingWriter(f))
+            torch.save(state, hashing[0])
+
+        _write_synced(tmp, write_state)
+        line = f"{hashing[0].sha.hexdigest()}  {path.name}\n".encode()
+        _write_synced(sidecar_tmp, lambda f: f.write(line))
+        if keep_previous:
+            _keep_previous(path)
+        os.replace(tmp, path)
+        os.replace(sidecar_tmp, sidecar)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        remove_quietly(tmp, sidecar_tmp)
+        raise storage_error(path, e) from None
+    except BaseException:  # e.g. a second Ctrl-C while writing: leave no temporary file behind
+        remove_quietly(tmp, sidecar_tmp)
+        raise
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _expected_digests(path: Path) -> list[str]:
+    out = []
+    for candidate in (digest_path(path), digest_path(path).with_name(digest_path(path).name + ".tmp")):
+        try:
+            text = candidate.read_text().split()
+        except OSError:
+            continue
+        if text:
+            out.append(text[0].lower())
+    return out
+
+
+def way_out(path: Path) -> str:
+    """What a user can do about an unusable checkpoint: start over, or an earlier verified copy if one is kept."""
+    previous = previous_path(path)
+    hint = "start over with trainer.resume=never"
+    if previous.is_file():
+        hint += f", or resume from the previous checkpoint with trainer.resume={previous}"
+    return hint
+
+
+def read_verified(path: str | os.PathLike) -> bytes:
+    """The bytes of ``path`` after checking them against its ``.sha256`` digest (:class:`CheckpointError` if absent,
+    unreadable or different)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e.strerror or e}); {way_out(path)}") from None
+    expected = _expected_digests(path)
+    if not expected:
+        raise CheckpointError(
+            f"checkpoint {path} has no digest file {digest_path(path).name} (written by an older mtl_bench, or copied without "
+            f"it), so its integrity cannot be verified; {way_out(path)}"
+        )
+    actual = hashlib.sha256(data).hexdigest()
+    if actual not in expected:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt ({len(data)} bytes, SHA-256 differs from {digest_path(path).name}: truncated or "
+            f"modified after it was written); {way_out(path)}"
+        )
+    return data
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", verify: bool = True) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, verified first; ``verify=False`` for files from elsewhere
+    (a user-supplied source checkpoint without a digest): then only a file that cannot be unpickled is an error."""
+    path = Path(path)
+    if verify:
+        data = read_verified(path)
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"checkpoint {path} cannot be read ({e.strerror or e})") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({first}); {way_out(path)}") from None
 
 
 def rng_state() -> dict[str, Any]:

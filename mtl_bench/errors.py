@@ -34,6 +34,14 @@ class DatasetError(MTLBenchError, FileNotFoundError):
     """A dataset root is missing or malformed; the message names the file and the expected layout."""
 
 
+class CheckpointError(MTLBenchError):
+    """A checkpoint cannot be used: missing digest, digest mismatch (truncated or modified), or unreadable."""
+
+
+class StorageError(MTLBenchError, OSError):
+    """A run's file could not be written (full disk, quota, permissions); temporary files were removed."""
+
+
 class NonFiniteLossError(MTLBenchError, FloatingPointError):
     """A task loss became NaN or infinite during training."""
 
@@ -47,11 +55,13 @@ class NonFiniteLossError(MTLBenchError, FloatingPointError):
 
 
 class PreemptedError(MTLBenchError):
-    """The run received a preemption signal; a resumable checkpoint was written before stopping."""
+    """The run received a stop signal (preemption, Ctrl-C); a resumable checkpoint was written before stopping.
+    ``status``: ``interrupted`` for SIGINT, ``preempted`` otherwise."""
 
-    def __init__(self, signal_name: str, step: int, epoch: int, checkpoint: str, exit_code: int):
+    def __init__(self, signal_name: str, step: int, epoch: int, checkpoint: str, exit_code: int, status: str = "preempted"):
         self.signal_name, self.step, self.epoch, self.checkpoint, self.exit_code = signal_name, step, epoch, checkpoint, exit_code
+        self.status = status
         super().__init__(
-            f"{signal_name} received: stopped after global step {step} (epoch {epoch}) with a resumable checkpoint at "
-            f"{checkpoint}; exit code {exit_code} (restart in the same output folder to resume)"
+            f"{signal_name} received: {status} after global step {step} (epoch {epoch}) with a resumable checkpoint at "
+            f"{checkpoint}; exit code {exit_code} (run the same command again, in the same output folder, to resume)"
         )

@@ -10,6 +10,13 @@ into the requeue exit code. A Python handler that was installed before ours (sub
 resubmits the Hydra job into the same output folder) is called afterwards through
 :meth:`PreemptionGuard.chain`, once the checkpoint is on disk.
 
+**Stopping a process, not only a job.**  The first stop signal a process receives is also remembered for the whole
+process (:func:`stop_requested`): the command-line entry point installs :func:`install_process_handlers` for
+SIGINT and SIGTERM, so a signal that arrives between the jobs of a sweep (or while one is being set up) is not
+lost, and no further job of the sweep starts (``mtl_bench.train.main``).  SIGINT (Ctrl-C) stops with status
+``interrupted`` (exit code 130), the other signals with ``preempted`` (``trainer.preemption.exit_code``).  A second
+SIGINT aborts at once (``KeyboardInterrupt``; checkpoint writes are atomic, so the last checkpoint stays whole).
+
 Handlers can only be installed from the main thread; elsewhere the guard is inactive (logged once).
 """
 
@@ -24,6 +31,49 @@ from typing import Any, Callable, Sequence
 from mtl_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+INTERRUPT_EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+_process_stop: list[signal.Signals] = []  # the first stop signal this process received (at most one entry)
+
+
+def stop_requested() -> str | None:
+    """Name of the first stop signal this process received (by a guard or the process handlers), or ``None``."""
+    return _process_stop[0].name if _process_stop else None
+
+
+def clear_stop() -> None:
+    """Forget a received stop signal (tests; a process that deliberately carries on)."""
+    _process_stop.clear()
+
+
+def status_for(signal_name: str) -> str:
+    """``interrupted`` for Ctrl-C (SIGINT), ``preempted`` for the cluster's signals."""
+    return "interrupted" if signal_name == "SIGINT" else "preempted"
+
+
+def _record(signum: int) -> bool:
+    """Remember ``signum`` as this process's stop signal; False when one had already been received."""
+    if _process_stop:
+        if signum == signal.SIGINT:  # Ctrl-C twice: abort now
+            raise KeyboardInterrupt
+        return False
+    _process_stop.append(signal.Signals(signum))
+    return True
+
+
+def _process_handler(signum: int, frame: FrameType | None) -> None:
+    if _record(signum):
+        log.warning("%s received: the current job stops at its next checkpoint and no further job starts%s",
+                    signal.Signals(signum).name, " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else "")
+
+
+def install_process_handlers(signals: Sequence[str] = ("SIGINT", "SIGTERM")) -> None:
+    """Record (instead of dying on) the stop signals for the whole process: the command-line entry point calls this
+    before Hydra runs its jobs.  No-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in check_signals(signals):
+        signal.signal(sig, _process_handler)
 
 
 def check_signals(names: Sequence[str]) -> list[signal.Signals]:
@@ -40,7 +90,7 @@ def check_signals(names: Sequence[str]) -> list[signal.Signals]:
 class PreemptionGuard:
     """Context manager: record the first configured signal received while active."""
 
-    def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGUSR2")):
+    def __init__(self, signals: Sequence[str] = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")):
         self.signals = check_signals(signals)
         self.received: signal.Signals | None = None
         self._frame: FrameType | None = None
@@ -49,13 +99,17 @@ class PreemptionGuard:
 
     @property
     def requested(self) -> str | None:
-        """Name of the signal received, or ``None``."""
-        return self.received.name if self.received is not None else None
+        """Name of the signal received while active — or before, by the process (e.g. during the job's set-up) — or
+        ``None``."""
+        return self.received.name if self.received is not None else stop_requested()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = _record(signum)
         if self.received is None:
             self.received, self._frame = signal.Signals(signum), frame
-            log.warning("%s received: checkpointing after the current step", signal.Signals(signum).name)
+            if first:
+                log.warning("%s received: checkpointing after the current step%s", signal.Signals(signum).name,
+                            " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else "")
 
     def __enter__(self) -> "PreemptionGuard":
         if threading.current_thread() is not threading.main_thread():
@@ -83,7 +137,7 @@ class PreemptionGuard:
             return
         previous: Callable | Any = self._previous.get(self.received)
         self.restore()
-        if callable(previous):
+        if callable(previous) and previous is not _process_handler:
             name = getattr(previous, "__qualname__", previous)
             log.info("passing %s on to the previously installed handler %s", self.received.name, name)
             previous(int(self.received), self._frame)

@@ -122,3 +122,36 @@ def holder(folder: str | os.PathLike) -> dict[str, Any] | None:
             return _read(path) or {}
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     return None
+
+
+def _rank_other_than_zero() -> bool:
+    """A torchrun process other than rank 0 (rank 0 alone owns, and writes into, the run folder)."""
+    return os.environ.get("RANK", "0") != "0"
+
+
+def _own_or_exit(folder: str) -> None:
+    try:
+        acquire(folder)
+    except RunFolderBusy as e:  # before Hydra writes .hydra/ or the log file into the other process's folder
+        print(f"[mtl_bench][ERROR] - {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra-core is a dependency; runlock itself does not need it
+    Callback = object  # type: ignore[assignment,misc]
+
+
+class RunFolderLock(Callback):  # type: ignore[misc,valid-type]
+    """Hydra callback (``configs/hydra/default.yaml``): own the run folder (single run) or the sweep folder (multirun)
+    before Hydra writes anything into it, for the life of the process; a second process gets one line and exit
+    code 2.  Each job of a sweep also owns its own folder while it trains (``mtl_bench.train.build_and_train``)."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        if not _rank_other_than_zero():
+            _own_or_exit(str(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        if not _rank_other_than_zero():
+            _own_or_exit(str(config.hydra.sweep.dir))

@@ -14,11 +14,13 @@ import logging
 import os
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import hydra
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -34,7 +36,7 @@ from mtl_bench.data.base import Benchmark
 from mtl_bench.engine import GradientObserver
 from mtl_bench.checkpoint import load_checkpoint
 from mtl_bench.distributed import DistContext, cleanup, init_distributed
-from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError
+from mtl_bench.errors import CheckpointError, ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError, StorageError
 from mtl_bench.diagnostics.au import AUMonitor
 from mtl_bench.loggers.run_logger import RunLogger, WandbSettings
 from mtl_bench.forkmerge import ForkMerge
@@ -44,9 +46,10 @@ from mtl_bench.metrics.delta_tracking import build_delta_m
 from mtl_bench.models.mtl_model import build_model
 from mtl_bench.optim import build_optimizer, build_scheduler
 from mtl_bench.selection import ModelSelector
-from mtl_bench import transfer
-from mtl_bench.trainer import Trainer, metric_directions
-from mtl_bench.utils import configure_determinism, flatten_dict, resolve_device, seed_everything
+from mtl_bench import runlock, transfer
+from mtl_bench.preemption import INTERRUPT_EXIT_CODE, install_process_handlers, stop_requested
+from mtl_bench.trainer import RESULT_KEYS, Trainer, metric_directions, read_summary, write_summary_file
+from mtl_bench.utils import configure_determinism, flatten_dict, resolve_device, resolve_num_threads, seed_everything
 
 log = logging.getLogger("mtl_bench")
 
@@ -165,18 +168,48 @@ def resume_checkpoint(settings: TrainerConf, output_dir: Path) -> tuple[dict[str
     return state, path
 
 
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, current value)`` for every flattened key that differs, RESUME_MAY_CHANGE keys aside."""
+    a, b = flatten_dict(dict(saved)), flatten_dict(dict(current))
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
+
+
 def check_resume_config(saved: Mapping[str, Any] | None, current: Mapping[str, Any], path: Path) -> None:
     """A run resumes only into the same experiment: differing keys (other than RESUME_MAY_CHANGE) are an error."""
     if saved is None:
         return
-    a, b = flatten_dict(dict(saved)), flatten_dict(dict(current))
-    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE))
+    differ = config_differences(saved, current)
     if differ:
-        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differ[:6])
+        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in differ[:6])
         raise ConfigError(
             f"{path} belongs to a run with a different config ({shown}{', ...' if len(differ) > 6 else ''}); "
             f"resume it unchanged, or start over with trainer.resume=never or in another output folder"
         )
+
+
+def completed_summary(settings: TrainerConf, output_dir: Path, resolved: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The summary of a run that already completed in ``output_dir`` with this config and number of epochs, so that
+    rerunning a sweep into its folder skips its finished jobs (``trainer.resume=never`` trains them again)."""
+    summary = read_summary(output_dir) if settings.resume == "auto" else None
+    saved = output_dir / "config_resolved.yaml"
+    if summary is None or summary.get("status") != "completed" or summary.get("epochs_completed") != settings.epochs:
+        return None
+    if not saved.is_file() or config_differences(yaml.safe_load(saved.read_text()) or {}, resolved):
+        return None  # a different experiment: resuming it is refused later, with the differing keys named
+    return summary
+
+
+def mark_failed(output_dir: Path, error: MTLBenchError) -> None:
+    """An attempt on an existing run failed before training (e.g. its checkpoint is damaged): its summary must not
+    keep saying ``completed``; the earlier results move under ``previous``."""
+    earlier = read_summary(output_dir)
+    if earlier is None:
+        return
+    kept = {k: v for k, v in earlier.items() if k not in (*RESULT_KEYS, "previous", "error", "status")}
+    try:
+        write_summary_file(output_dir, {**kept, "status": "failed", "error": str(error)})
+    except StorageError as e:
+        log.error("summary.json not updated: %s", e)
 
 
 def build_and_train(
@@ -200,10 +233,20 @@ def _build_and_train(
 ) -> dict[str, Any]:
     # ranks compose their own (timestamped) folders: rank 0's is the run's
     output_dir = Path(dist.broadcast_object(str(output_dir if output_dir is not None else cfg.paths.output_dir)))
-    if dist.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
+    with runlock.owned(output_dir) if dist.is_main else nullcontext():  # one process per run folder
+        done = completed_summary(settings, output_dir, OmegaConf.to_container(cfg, resolve=True))
+        if done is not None:
+            log.info("%s: this run already completed %d epoch(s) with this config; skipped (trainer.resume=never trains "
+                     "it again)", output_dir, settings.epochs)
+            return done
+        return _build_and_train_in(cfg, output_dir, observers, settings, dist)
+
+
+def _build_and_train_in(
+    cfg: DictConfig, output_dir: Path, observers: Sequence[GradientObserver], settings: TrainerConf, dist: DistContext,
+) -> dict[str, Any]:
+    threads, threads_source = resolve_num_threads(settings.num_threads)
+    torch.set_num_threads(threads)
     configure_determinism(settings.deterministic)
     device = dist.device if dist.enabled else resolve_device(settings.device)
     seed_everything(cfg.seed)
@@ -272,7 +315,11 @@ def _build_and_train(
     selector = ModelSelector(sel.rule, sel.metric, sel.mode, sel.k, directions)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resume_state, resume_path = resume_checkpoint(settings, output_dir)
+    try:
+        resume_state, resume_path = resume_checkpoint(settings, output_dir)
+    except CheckpointError as e:
+        mark_failed(output_dir, e)
+        raise
     if resume_state is not None:
         check_resume_config(resume_state.get("config"), resolved, resume_path)
     if dist.is_main:
@@ -296,6 +343,7 @@ def _build_and_train(
         "delta_m": delta_info,
         "loss_transforms": describe_transforms(cfg.get("loss_transforms")),
         "device": str(device),
+        "threads": {"intra_op": threads, "from": threads_source},
         "parameters": model.parameter_counts(),
         "output_dir": str(output_dir),
         "hydra": {k: v for k, v in ident.items() if k != "choices"},
@@ -365,18 +413,27 @@ def _build_and_train(
     return summary
 
 
+def exit_code(error: MTLBenchError) -> int:
+    """1: the run itself failed (diverged, disk full); 2: the input needs fixing (config, data, checkpoint, folder)."""
+    return 1 if isinstance(error, (NonFiniteLossError, StorageError)) else 2
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    stopped = stop_requested()
+    if stopped is not None:  # a sweep received Ctrl-C / SIGTERM between jobs: start no further job
+        log.warning("%s received: this job is not started; run the same command again to continue", stopped)
+        sys.exit(INTERRUPT_EXIT_CODE if stopped == "SIGINT" else int(cfg.trainer.preemption.exit_code))
     try:
         summary = build_and_train(cfg)
     except PreemptedError as e:  # not a failure: the job is to be requeued and resumes from its checkpoint
         log.warning("%s", e)
-        sys.exit(e.exit_code)
+        sys.exit(e.exit_code)  # SystemExit passes through Hydra's job runner: a sweep in this process stops here
     except MTLBenchError as e:
         log.error("%s", e)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the launcher records this job as failed and runs the others
-        sys.exit(1 if isinstance(e, NonFiniteLossError) else 2)
+        sys.exit(exit_code(e))
     if cfg.get("optimized_metric"):
         return summary["selected"].get(cfg.optimized_metric)
     return None
@@ -393,6 +450,8 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 if __name__ == "__main__":
     sys.argv = normalize_argv(sys.argv)
+    install_process_handlers()  # Ctrl-C / SIGTERM between or before jobs: recorded, the running job checkpoints, no new job
+    logging.raiseExceptions = False  # a log file on a full disk: no "--- Logging error ---" tracebacks on the console
     # configs/hydra/launcher/submitit_slurm.yaml deliberately replaces the plugin's config of the same name (our
     # cluster defaults, still validated against the plugin's schema); Hydra warns about that name match
     warnings.filterwarnings("ignore", message=r".*validated against ConfigStore schema with the same name")

@@ -25,19 +25,19 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mtl_bench import __version__
-from mtl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mtl_bench.checkpoint import load_checkpoint, remove_quietly, rng_state, save_checkpoint, set_rng_state, storage_error
 from mtl_bench.combiners.base import Combiner
 from mtl_bench.config.schema import TrainerConf
 from mtl_bench.data.base import Benchmark, make_loader
 from mtl_bench.distributed import current as current_dist
 from mtl_bench.engine import GradientEngine, GradientObserver, StepResult
-from mtl_bench.errors import ConfigError, NonFiniteLossError, PreemptedError
+from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError
 from mtl_bench.loggers.run_logger import RunLogger
 from mtl_bench.metrics.delta_tracking import DeltaMSpec
 from mtl_bench.models.mtl_model import MultiTaskModel
 from mtl_bench.optim import group_lrs
 from mtl_bench.optimizers import is_task_wise
-from mtl_bench.preemption import PreemptionGuard
+from mtl_bench.preemption import INTERRUPT_EXIT_CODE, PreemptionGuard, status_for
 from mtl_bench.selection import ModelSelector
 from mtl_bench.tasks import Task
 from mtl_bench.utils import format_table, to_jsonable
@@ -60,6 +60,41 @@ def metric_directions(tasks: Mapping[str, Task], splits: Sequence[str] = ("val",
             for metric, higher in task.higher_is_better.items():
                 out[f"{split}/{name}/{metric}"] = higher
     return out
+
+
+RESULT_KEYS = ("selected", "final", "selection", "delta_m", "epochs_completed", "global_steps")
+
+
+def read_summary(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run folder's ``summary.json`` (``None`` when there is none or it is not a JSON object)."""
+    path = Path(output_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def write_summary_file(output_dir: str | os.PathLike, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``summary.json`` atomically.  A summary that is not ``completed`` keeps the results of an earlier
+    completed attempt in the same folder under ``previous`` (a failed resume never erases them); a failed write
+    removes its temporary file and raises :class:`~mtl_bench.errors.StorageError`."""
+    path = Path(output_dir) / "summary.json"
+    summary = dict(summary)
+    earlier = read_summary(output_dir)
+    if summary.get("status") != "completed" and earlier is not None and "selected" not in summary:
+        kept = earlier.get("previous") if earlier.get("status") != "completed" else earlier
+        if kept:
+            summary["previous"] = {k: kept[k] for k in ("status", *RESULT_KEYS) if k in kept}
+    summary = to_jsonable(summary)
+    tmp = path.with_name("summary.json.tmp")
+    try:
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        remove_quietly(tmp)
+        raise storage_error(path, e) from None
+    return summary
 
 
 class Trainer:
@@ -403,7 +438,11 @@ class Trainer:
     def _save_last(self, mid_epoch: bool = False) -> None:
         """``checkpoints/last.pt`` (rank 0 only under torchrun: every rank holds the same model)."""
         if self.dist.is_main:
-            self.last_checkpoint = save_checkpoint(self.state_dict(mid_epoch), self.ckpt_dir / "last.pt")
+            path = self.ckpt_dir / "last.pt"
+            # the file being replaced becomes last.prev.pt only if this run wrote or verified it (never a damaged one
+            # that a run resumed from last.prev.pt leaves behind)
+            keep = self.settings.keep_previous_checkpoint and self.last_checkpoint == path
+            self.last_checkpoint = save_checkpoint(self.state_dict(mid_epoch), path, keep_previous=keep)
         else:
             self.last_checkpoint = self.ckpt_dir / "last.pt"
         self._last_save_time = time.monotonic()
@@ -462,10 +501,12 @@ class Trainer:
             self._save_last(mid_epoch=True)
 
     def _stop_preempted(self, signal_name: str) -> None:
-        err = PreemptedError(signal_name, self.global_step, self.epoch, str(self.last_checkpoint), self.settings.preemption.exit_code)
-        self.logger.log_event("preempted", {"signal": signal_name, "global_step": self.global_step, "epoch": self.epoch,
-                                            "checkpoint": str(self.last_checkpoint)})
-        self.write_summary("preempted", error=str(err), resumable_checkpoint=str(self.last_checkpoint))
+        status = status_for(signal_name)
+        code = INTERRUPT_EXIT_CODE if status == "interrupted" else self.settings.preemption.exit_code
+        err = PreemptedError(signal_name, self.global_step, self.epoch, str(self.last_checkpoint), code, status)
+        self.logger.log_event(status, {"signal": signal_name, "global_step": self.global_step, "epoch": self.epoch,
+                                       "checkpoint": str(self.last_checkpoint)})
+        self.write_summary(status, error=str(err), resumable_checkpoint=str(self.last_checkpoint))
         raise err
 
     def _save_best(self, val: Mapping[str, float]) -> None:
@@ -502,7 +543,9 @@ class Trainer:
     def guarded(self) -> Iterator[None]:
         """The block trains: the preemption signals are caught (``self.preemption``, polled by :meth:`requested_stop`);
         a preemption (checkpoint already written) is handed on to the previously installed handler, e.g. submitit's
-        requeue, and a divergence is logged and written to the summary; both are re-raised."""
+        requeue; a divergence, any other failure (a full disk, a file that cannot be decoded, a bug) and an abort by a
+        second Ctrl-C are logged and written to the summary (status ``diverged`` / ``failed`` / ``interrupted``); all
+        are re-raised."""
         try:
             with PreemptionGuard(self.settings.preemption.signals) as self.preemption:
                 yield
@@ -513,6 +556,23 @@ class Trainer:
             self.logger.log_event("error", {"error": str(e), "global_step": e.step, "epoch": e.epoch, "task": e.task})
             self.write_summary("diverged", error=str(e), failed_step=e.step, failed_task=e.task)
             raise
+        except KeyboardInterrupt:
+            self._record_failure("interrupted", f"aborted by a second SIGINT after global step {self.global_step}; "
+                                                f"resume from {self.last_checkpoint or 'scratch (no checkpoint yet)'}")
+            raise
+        except Exception as e:
+            message = str(e) if isinstance(e, MTLBenchError) else f"{type(e).__name__}: {e}"
+            self._record_failure("failed", message)
+            raise
+
+    def _record_failure(self, status: str, message: str) -> None:
+        """Log and summarise a failure; a failure to write them (e.g. the disk that caused it is full) is logged and
+        does not replace the error being reported."""
+        try:
+            self.logger.log_event("error", {"error": message, "global_step": self.global_step, "epoch": self.epoch})
+            self.write_summary(status, error=message, failed_step=self.global_step + 1)
+        except (OSError, MTLBenchError) as e:
+            log.error("summary.json not updated: %s", e)
 
     def run_epoch(self) -> tuple[dict[str, float], float]:
         """The next epoch: :meth:`train_epoch`, then the combiner's and the scheduler's epoch-end steps; returns the
@@ -653,11 +713,6 @@ class Trainer:
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             **results,
         }
-        summary = to_jsonable(summary)
         if not self.dist.is_main:
-            return summary
-        path = self.output_dir / "summary.json"
-        tmp = path.with_name("summary.json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-        return summary
+            return to_jsonable(summary)
+        return write_summary_file(self.output_dir, summary)

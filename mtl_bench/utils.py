@@ -22,6 +22,49 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _cgroup_cpu_quota() -> int | None:
+    """CPUs granted by a cgroup CPU quota (containers, SLURM's cgroup plugin), rounded up; ``None`` without one."""
+    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()[:2]),
+                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")])):
+        text = _read(path)
+        if text is None:
+            continue
+        quota, period = parse(text)
+        if quota in ("max", "-1") or not period:
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask (``taskset``, SLURM's CPU binding), capped by a cgroup quota."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota()
+    return max(1, min(n, quota) if quota else n)
+
+
+def resolve_num_threads(requested: int | None) -> tuple[int, str]:
+    """Intra-op threads for a run and where the number came from: ``trainer.num_threads`` when set; else
+    ``OMP_NUM_THREADS`` (a user's choice, and what the joblib launcher's workers get: cores // jobs); else
+    ``SLURM_CPUS_PER_TASK``; else the CPUs available to the process (never torch's count of the machine's cores,
+    which ignores affinity and quotas and oversubscribes shared machines)."""
+    if requested:
+        return int(requested), "trainer.num_threads"
+    for var in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return min(int(value), available_cpus()), var
+    return available_cpus(), "CPUs available to the process"
+
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 

@@ -32,8 +32,9 @@ class PreemptionConf:
     (with the data-loader position) and exits with ``exit_code``; a handler installed before ours (e.g.
     submitit's requeue handler) is called after the checkpoint is on disk."""
 
-    # SIGTERM: SLURM preemption / scancel; SIGUSR1: `sbatch --signal=USR1@<s>`; SIGUSR2: what submitit asks for
-    signals: List[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
+    # SIGINT: Ctrl-C (status interrupted, exit code 130); SIGTERM: SLURM preemption / scancel; SIGUSR1:
+    # `sbatch --signal=USR1@<s>`; SIGUSR2: what submitit asks for (status preempted, exit_code)
+    signals: List[str] = field(default_factory=lambda: ["SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"])
     exit_code: int = 75  # EX_TEMPFAIL ("try again"): the job is meant to be requeued and resumed
 
 
@@ -60,6 +61,8 @@ class TrainerConf:
     num_threads: Optional[int] = None  # torch intra-op threads (None: torch default)
     progress_bar: Optional[bool] = None  # None: only when stderr is a terminal
     checkpoint_every: int = 1  # epochs between checkpoints/last.pt writes (0: only at the end)
+    # keep the checkpoint that last.pt replaces as last.prev.pt (a hard link: no copy; a way out if last.pt is damaged)
+    keep_previous_checkpoint: bool = True
     checkpoint_every_n_steps: int = 0  # also mid-epoch (with the data-loader position) every N steps (0: off)
     checkpoint_every_min: float = 0.0  # and every N minutes of wall time (0: off); keep it below the cluster's signal delay
     # auto: continue from <output_dir>/checkpoints/last.pt when it exists (requeued or restarted jobs) |

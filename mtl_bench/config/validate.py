@@ -7,6 +7,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mtl_bench.errors import ConfigError, check_choice
+from mtl_bench.loggers.run_logger import resolve_wandb_mode
 from mtl_bench.preemption import check_signals
 
 # Config keys (matched as prefixes of flattened keys) that say where a run runs, how fast, how it checkpoints
@@ -14,7 +15,8 @@ from mtl_bench.preemption import check_signals
 # transfer source's identity (mtl_bench.transfer).  "trainer.checkpoint_every" covers its _n_steps/_min siblings.
 RUNTIME_KEYS = (
     "trainer.resume", "trainer.device", "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
-    "trainer.checkpoint_every", "trainer.preemption", "trainer.eval_batch_size", "paths", "logger", "tags",
+    "trainer.checkpoint_every", "trainer.keep_previous_checkpoint", "trainer.preemption", "trainer.eval_batch_size", "paths",
+    "logger", "tags",
 )
 
 
@@ -48,3 +50,5 @@ def validate_config(cfg: DictConfig) -> None:
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"optimizer.lr must be positive, got {lr!r}")
     check_choice("mode.name", cfg.mode.name, ("mtl", "stl", "aux", "forkmerge", "transfer"))
+    if cfg.logger.name != "none":
+        resolve_wandb_mode(cfg.logger.get("mode"))  # WANDB_MODE=bogus fails here, not after the run has started

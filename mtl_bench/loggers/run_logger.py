@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from mtl_bench.errors import ConfigError
 from mtl_bench.utils import to_jsonable
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,16 @@ WANDB_MODES = ("online", "offline", "disabled")
 
 
 def resolve_wandb_mode(configured: str | None) -> str:
-    """The logger config wins when set; otherwise ``WANDB_MODE``; otherwise offline (no server here)."""
+    """The logger config wins when set; otherwise ``WANDB_MODE``; otherwise offline (no server here).  An invalid
+    mode is a :class:`~mtl_bench.errors.ConfigError` (checked before a run starts, :func:`validate_config`): a typo
+    must not silently send a run somewhere else than intended."""
+    source = "logger.mode" if configured else "WANDB_MODE"
     mode = configured or os.environ.get("WANDB_MODE") or "offline"
     if mode == "dryrun":
         mode = "offline"
     if mode not in WANDB_MODES:
-        raise ValueError(f"W&B mode '{mode}' is invalid; choose one of {list(WANDB_MODES)}")
+        raise ConfigError(f"{source}={mode!r} is invalid; choose one of {[*WANDB_MODES, 'dryrun']} "
+                          f"(or logger=none for no W&B at all)")
     return mode
 
 
