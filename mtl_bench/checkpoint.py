@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from mtl_bench.errors import CheckpointError, StorageError
+from mtl_bench.errors import CheckpointError, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,15 @@ class _HashingWriter:
 
     def __init__(self, f: BinaryIO):
         self.f, self.sha = f, hashlib.sha256()
+        self.error: OSError | None = None  # torch's zip writer reports a failed write as a RuntimeError
 
     def write(self, data: bytes) -> int:
         self.sha.update(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
 
     def flush(self) -> None:
         self.f.flush()
@@ -71,12 +76,6 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def storage_error(path: Path, e: OSError) -> StorageError:
-    """One line for a failed write: the file, and "no space left" for a full disk."""
-    cause = "no space left on the device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-    return StorageError(f"cannot write {path}: {cause} (folder {path.parent}); earlier files there are intact")
 
 
 def remove_quietly(*paths: Path) -> None:
@@ -128,7 +127,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_previou
 
         def write_state(f: BinaryIO) -> None:
             hashing.append(_HashingWriter(f))
-            torch.save(state, hashing[0])
+            try:
+                torch.save(state, hashing[0])
+            except RuntimeError:
+                if hashing[0].error is not None:  # the file write underneath failed (e.g. ENOSPC)
+                    raise hashing[0].error from None
+                raise
 
         _write_synced(tmp, write_state)
         line = f"{hashing[0].sha.hexdigest()}  {path.name}\n".encode()

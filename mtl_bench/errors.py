@@ -7,6 +7,8 @@ diverged and names the step and the task whose loss went NaN/inf.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 T = TypeVar("T")
@@ -40,6 +42,13 @@ class CheckpointError(MTLBenchError):
 
 class StorageError(MTLBenchError, OSError):
     """A run's file could not be written (full disk, quota, permissions); temporary files were removed."""
+
+
+def storage_error(path: Any, e: OSError) -> StorageError:
+    """One line for a failed write: the file, its folder, and "no space left" for a full disk or quota."""
+    path = Path(path)
+    cause = "no space left on the device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return StorageError(f"cannot write {path}: {cause} (folder {path.parent}); earlier files there are intact")
 
 
 class NonFiniteLossError(MTLBenchError, FloatingPointError):

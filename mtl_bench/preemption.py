@@ -23,6 +23,7 @@ Handlers can only be installed from the main thread; elsewhere the guard is inac
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 INTERRUPT_EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 _process_stop: list[signal.Signals] = []  # the first stop signal this process received (at most one entry)
+_entry_process: list[int] = []  # pid of the process whose command line started the run or sweep (set by the entry point)
+_recording: list[bool] = [False]  # whether this process remembers stop signals beyond a guard (install_process_handlers)
 
 
 def stop_requested() -> str | None:
@@ -52,7 +55,10 @@ def status_for(signal_name: str) -> str:
 
 
 def _record(signum: int) -> bool:
-    """Remember ``signum`` as this process's stop signal; False when one had already been received."""
+    """Remember ``signum`` as this process's stop signal (where :func:`install_process_handlers` ran: elsewhere — a
+    notebook, a test — a signal stops the running fit only); False when one had already been received."""
+    if not _recording[0]:
+        return True
     if _process_stop:
         if signum == signal.SIGINT:  # Ctrl-C twice: abort now
             raise KeyboardInterrupt
@@ -67,11 +73,25 @@ def _process_handler(signum: int, frame: FrameType | None) -> None:
                     signal.Signals(signum).name, " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else "")
 
 
-def install_process_handlers(signals: Sequence[str] = ("SIGINT", "SIGTERM")) -> None:
+def in_entry_process() -> bool:
+    """True in the process the command line started (its jobs run in it under the basic launcher); False in a
+    launcher's worker process (joblib) and wherever the entry point did not run (tests, notebooks)."""
+    return os.getpid() in _entry_process
+
+
+def stop_exit_code(signal_name: str, preempted_code: int) -> int:
+    return INTERRUPT_EXIT_CODE if signal_name == "SIGINT" else preempted_code
+
+
+def install_process_handlers(signals: Sequence[str] = ("SIGINT", "SIGTERM"), entry: bool = False) -> None:
     """Record (instead of dying on) the stop signals for the whole process: the command-line entry point calls this
-    before Hydra runs its jobs.  No-op outside the main thread."""
+    (``entry=True``) before Hydra runs its jobs, a launcher's worker process when its first job starts.  No-op
+    outside the main thread."""
     if threading.current_thread() is not threading.main_thread():
         return
+    if entry:
+        _entry_process[:] = [os.getpid()]
+    _recording[0] = True
     for sig in check_signals(signals):
         signal.signal(sig, _process_handler)
 
@@ -104,6 +124,8 @@ class PreemptionGuard:
         return self.received.name if self.received is not None else stop_requested()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None and signum == signal.SIGINT:  # Ctrl-C twice: abort now
+            raise KeyboardInterrupt
         first = _record(signum)
         if self.received is None:
             self.received, self._frame = signal.Signals(signum), frame
@@ -132,12 +154,13 @@ class PreemptionGuard:
 
     def chain(self) -> None:
         """Hand the signal to the handler that was installed before ours, if that is a Python function
-        (e.g. submitit's requeue); default/ignore dispositions are left alone (we exit ourselves)."""
+        (e.g. submitit's requeue); default/ignore dispositions, Python's KeyboardInterrupt handler and our own process
+        handler are left alone (we exit ourselves)."""
         if self.received is None:
             return
         previous: Callable | Any = self._previous.get(self.received)
         self.restore()
-        if callable(previous) and previous is not _process_handler:
+        if callable(previous) and previous not in (_process_handler, signal.default_int_handler):
             name = getattr(previous, "__qualname__", previous)
             log.info("passing %s on to the previously installed handler %s", self.received.name, name)
             previous(int(self.received), self._frame)

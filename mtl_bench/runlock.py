@@ -155,3 +155,13 @@ class RunFolderLock(Callback):  # type: ignore[misc,valid-type]
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         if not _rank_other_than_zero():
             _own_or_exit(str(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        """A sweep whose jobs ran in worker processes (joblib) and that received a stop signal ends with its code."""
+        from mtl_bench.preemption import stop_exit_code, stop_requested
+
+        stopped = stop_requested()
+        if stopped is not None:
+            print(f"[mtl_bench][WARNING] - sweep stopped by {stopped}: unfinished jobs hold a resumable checkpoint or were not "
+                  f"started; run the same command with hydra.sweep.dir={config.hydra.sweep.dir} to continue", file=sys.stderr)
+            raise SystemExit(stop_exit_code(stopped, int(config.trainer.preemption.exit_code)))

@@ -47,7 +47,7 @@ from mtl_bench.models.mtl_model import build_model
 from mtl_bench.optim import build_optimizer, build_scheduler
 from mtl_bench.selection import ModelSelector
 from mtl_bench import runlock, transfer
-from mtl_bench.preemption import INTERRUPT_EXIT_CODE, install_process_handlers, stop_requested
+from mtl_bench.preemption import in_entry_process, install_process_handlers, status_for, stop_exit_code, stop_requested
 from mtl_bench.trainer import RESULT_KEYS, Trainer, metric_directions, read_summary, write_summary_file
 from mtl_bench.utils import configure_determinism, flatten_dict, resolve_device, resolve_num_threads, seed_everything
 
@@ -418,17 +418,43 @@ def exit_code(error: MTLBenchError) -> int:
     return 1 if isinstance(error, (NonFiniteLossError, StorageError)) else 2
 
 
+def not_started(cfg: DictConfig, signal_name: str) -> None:
+    """A job of a sweep that a stop signal reached before the job began: its folder says so (unless it holds a
+    summary already: an earlier attempt's results stay as they are)."""
+    output_dir = Path(str(cfg.paths.output_dir))
+    log.warning("%s received: this job is not started; run the same command again to continue the sweep", signal_name)
+    if read_summary(output_dir) is None:
+        try:
+            write_summary_file(output_dir, {"status": status_for(signal_name), "error": f"not started: {signal_name} "
+                                            "received before this job began", "epochs_completed": 0, "output_dir": str(output_dir)})
+        except StorageError as e:
+            log.error("summary.json not written: %s", e)
+
+
+def stop_job(cfg: DictConfig, code: int) -> None:
+    """End a stopped job: in the entry process a SystemExit, which passes through Hydra's job runner and ends a sweep
+    run in this process; in a launcher's worker (joblib) a normal return: the entry process, which received the same
+    signal, ends the sweep with the code once the dispatched jobs have stopped (``RunFolderLock.on_multirun_end``)."""
+    if in_entry_process():
+        sys.exit(code)
+    install_process_handlers()  # a signal while this worker composes its next job is recorded, not a traceback
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if not in_entry_process():
+        install_process_handlers()  # a launcher's worker process (joblib): record stop signals between its jobs
     stopped = stop_requested()
     if stopped is not None:  # a sweep received Ctrl-C / SIGTERM between jobs: start no further job
-        log.warning("%s received: this job is not started; run the same command again to continue", stopped)
-        sys.exit(INTERRUPT_EXIT_CODE if stopped == "SIGINT" else int(cfg.trainer.preemption.exit_code))
+        not_started(cfg, stopped)
+        stop_job(cfg, stop_exit_code(stopped, int(cfg.trainer.preemption.exit_code)))
+        return None
     try:
         summary = build_and_train(cfg)
     except PreemptedError as e:  # not a failure: the job is to be requeued and resumes from its checkpoint
         log.warning("%s", e)
-        sys.exit(e.exit_code)  # SystemExit passes through Hydra's job runner: a sweep in this process stops here
+        stop_job(cfg, e.exit_code)
+        return None
     except MTLBenchError as e:
         log.error("%s", e)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -450,7 +476,7 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 if __name__ == "__main__":
     sys.argv = normalize_argv(sys.argv)
-    install_process_handlers()  # Ctrl-C / SIGTERM between or before jobs: recorded, the running job checkpoints, no new job
+    install_process_handlers(entry=True)  # Ctrl-C / SIGTERM between jobs: recorded; the running job checkpoints; no new job
     logging.raiseExceptions = False  # a log file on a full disk: no "--- Logging error ---" tracebacks on the console
     # configs/hydra/launcher/submitit_slurm.yaml deliberately replaces the plugin's config of the same name (our
     # cluster defaults, still validated against the plugin's schema); Hydra warns about that name match

@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mtl_bench import __version__
-from mtl_bench.checkpoint import load_checkpoint, remove_quietly, rng_state, save_checkpoint, set_rng_state, storage_error
+from mtl_bench.checkpoint import load_checkpoint, remove_quietly, rng_state, save_checkpoint, set_rng_state
 from mtl_bench.combiners.base import Combiner
 from mtl_bench.config.schema import TrainerConf
 from mtl_bench.data.base import Benchmark, make_loader
 from mtl_bench.distributed import current as current_dist
 from mtl_bench.engine import GradientEngine, GradientObserver, StepResult
-from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError
+from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError, storage_error
 from mtl_bench.loggers.run_logger import RunLogger
 from mtl_bench.metrics.delta_tracking import DeltaMSpec
 from mtl_bench.models.mtl_model import MultiTaskModel

@@ -54,6 +54,9 @@ def _seed_global_generators():
     Tests that draw from the global generators (`torch.randn` without a generator) are then reproducible run
     to run and do not depend on test order; a test that wants a fresh draw each run uses its own generator.
     """
+    from mtl_bench.preemption import clear_stop
+
+    clear_stop()  # a stop signal another test sent this process is not this test's
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, storage_error
 from mtl_bench.utils import to_jsonable
 
 log = logging.getLogger(__name__)
@@ -198,8 +198,7 @@ class RunLogger:
     def _write(self, kind: str, record: Mapping[str, Any]) -> None:
         if self._file is None:
             return
-        line = {"type": kind, "time": round(time.monotonic() - self._t0, 3), **record}
-        self._file.write(json.dumps(to_jsonable(line)) + "\n")
+        self._append(kind, record)
         if self._wandb is not None:
             self._wandb.log(record)
 
@@ -213,8 +212,15 @@ class RunLogger:
         """A non-metric record (e.g. a merge decision or an error) kept in ``metrics.jsonl`` only."""
         if self._file is None:
             return
-        line = {"type": kind, "time": round(time.monotonic() - self._t0, 3), **payload}
-        self._file.write(json.dumps(to_jsonable(line)) + "\n")
+        self._append(kind, payload)
+
+    def _append(self, kind: str, record: Mapping[str, Any]) -> None:
+        """One line of ``metrics.jsonl``; a failed write (full disk) is a one-line StorageError."""
+        line = {"type": kind, "time": round(time.monotonic() - self._t0, 3), **record}
+        try:
+            self._file.write(json.dumps(to_jsonable(line)) + "\n")
+        except OSError as e:
+            raise storage_error(self.metrics_path, e) from None
 
     def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self._wandb is not None:
