@@ -16,7 +16,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtl_bench.data.base import make_loader
 from mtl_bench.data.celeba import CelebADataset, celeba_attribute_names
-from mtl_bench.data.fixtures import CELEBA_ATTRIBUTES, write_cityscapes_fixture, write_fixtures, write_nyuv2_fixture
+from mtl_bench.data.fixtures import (
+    CELEBA_ATTRIBUTES,
+    damage_celeba_image,
+    write_cityscapes_fixture,
+    write_fixtures,
+    write_nyuv2_fixture,
+)
 from mtl_bench.data.mtan_npy import CityscapesDataset, NYUv2Dataset
 from mtl_bench.data.splits import holdout_split, load_split, save_split
 from mtl_bench.data.transforms import (
@@ -27,7 +33,7 @@ from mtl_bench.data.transforms import (
     crop_size,
     scale_crop_flip,
 )
-from mtl_bench.errors import ConfigError, DatasetError
+from mtl_bench.errors import ConfigError, DatasetError, MTLBenchError
 
 NYU_SIZE = (24, 32)
 CS_SIZE = (16, 32)
@@ -444,14 +450,44 @@ def test_celeba_errors(celeba_copy, tmp_path):
     assert len(CelebADataset(celeba_copy, "train")) == 6
     with pytest.raises(DatasetError, match=r"missing .*img_align_celeba/000008\.jpg \(1 of the 2 'val' images"):
         CelebADataset(celeba_copy, "val")
-    (base / "img_align_celeba" / "000010.jpg").write_bytes(b"\xff\xd8 truncated")
-    ds = CelebADataset(celeba_copy, "test")
-    ds[0]
-    with pytest.raises(DatasetError, match=r"cannot decode .*000010\.jpg as an image"):
-        ds[1]
     (base / "list_eval_partition.txt").unlink()
     with pytest.raises(DatasetError, match=r"found .*list_attr_celeba\.txt but not .*list_eval_partition\.txt"):
         CelebADataset(celeba_copy, "train")
+
+
+@pytest.mark.parametrize(("how", "head"), [("text", "it starts with 3C 68 74"), ("empty", "it is empty")])
+def test_celeba_non_jpeg_file_fails_when_the_split_is_built(celeba_copy, how, head):
+    """The magic bytes are checked for every listed image before training: one line, the file, what is wrong, the layout."""
+    damage_celeba_image(celeba_copy, "000010.jpg", how)  # a test image (train 1-6, val 7-8, test 9-10)
+    with pytest.raises(DatasetError) as info:
+        CelebADataset(celeba_copy, "test")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{celeba_copy / 'celeba' / 'img_align_celeba' / '000010.jpg'} is not a JPEG: {head}")
+    assert "a JPEG starts with FF D8 FF (1 of the 2 'test' images listed in" in message
+    assert message.endswith("(Google Drive release)")  # the expected layouts
+    assert len(CelebADataset(celeba_copy, "train")) == 6  # the other splits do not list the file
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_celeba_corrupt_jpeg_fails_with_one_line_naming_the_file_when_loaded(celeba_copy, num_workers):
+    """A valid header with a truncated body passes the build-time check; decoding it stops the loader with a
+    one-line DatasetError naming the file — also from a worker process, whose exceptions torch re-raises with the
+    worker's traceback as the message."""
+    path = damage_celeba_image(celeba_copy, "000010.jpg", "truncated")
+    ds = CelebADataset(celeba_copy, "test")
+    assert torch.equal(ds[0][0], CelebADataset(celeba_copy, "test")[0][0])  # the intact image still loads
+    loader = make_loader(ds, 2, shuffle=False, num_workers=num_workers)
+    with pytest.raises(DatasetError) as info:
+        list(loader)
+    message = str(info.value)
+    assert isinstance(info.value, MTLBenchError) and "\n" not in message, message
+    assert message.startswith(f"cannot decode {path} as an image (image file is truncated")
+    assert message.endswith("(in DataLoader worker process 0)" if num_workers else "(the file is corrupt: download it again)")
+    if num_workers == 0:
+        (path.parent / "000009.jpg").unlink()  # removed after the split was built
+        with pytest.raises(DatasetError, match=r"^missing .*000009\.jpg \(listed in .*; it existed when the split was built\)$"):
+            ds[0]
 
 
 def test_write_fixtures_layout(roots):

@@ -131,6 +131,27 @@ def write_celeba_fixture(
     return Path(root)
 
 
+CELEBA_DAMAGE = ("text", "empty", "truncated")
+
+
+def damage_celeba_image(root: str | os.PathLike, image_id: str, how: str) -> Path:
+    """Replace image ``image_id`` of a fixture written by :func:`write_celeba_fixture` (``root`` as given to it) by
+    a broken file, the faults a download or a disk can leave: ``text`` (an HTML error page saved as the JPEG),
+    ``empty`` (0 bytes), ``truncated`` (an interrupted download: the JPEG cut 64 bytes into its image data, so
+    its headers parse and decoding fails).  Returns the file's path."""
+    path = Path(root) / "celeba" / "img_align_celeba" / image_id
+    if how not in CELEBA_DAMAGE:
+        raise ValueError(f"how={how!r}; choose one of {list(CELEBA_DAMAGE)}")
+    if how == "text":
+        path.write_text("<html><body>429 Too Many Requests</body></html>\n", encoding="utf-8")
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        data = path.read_bytes()
+        path.write_bytes(data[: data.index(b"\xff\xda") + 64])  # SOS marker: the entropy-coded data follows
+    return path
+
+
 def write_fixtures(
     root: str | os.PathLike,
     n_train: int = 4,
