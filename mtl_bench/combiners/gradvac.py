@@ -43,8 +43,10 @@ class GradVac(SeededAggregator):
     A target φ̂_ij = 1 cannot be reached by adding a finite multiple of g_j; such a pair is not adjusted (its
     EMA is still updated).
 
-    Deviations: LibMTL updates the EMA only for pairs it adjusts (so targets starting at 0 can never become
-    positive); we update every visited pair, as in the paper's algorithm and TorchJD.  The paper's finer
+    Deviations: none in the EMA: like the paper's algorithm, TorchJD and LibMTL (``LibMTL/weighting/GradVac.py``
+    since commit d2d84fa, "fix a bug in GradVac", 2024-02-15), we update φ̂_ij for every visited pair, adjusted
+    or not, with the cosine measured before the pair's adjustment.  LibMTL releases before that commit updated
+    it only for the pairs they adjusted (so targets starting at 0 never became positive).  The paper's finer
     granularities (per layer / per matrix; LibMTL ``GradVac_group_type`` 1 and 2) are not offered: the
     aggregator receives one flattened gradient per task without layer boundaries, so this is LibMTL's default
     ``whole_model`` granularity.  LibMTL and TorchJD add ε = 1e-8 to denominators; we skip undefined cosines
