@@ -20,14 +20,36 @@ validation-tuned auxiliary weight: a harmful auxiliary gets weight 0.
   give the weaker branch a/(1 + a) ≤ ½; the λ grid reaches every point.
 * Merging averages every floating-point entry of the state dict, BatchNorm running statistics included;
   integer buffers (``num_batches_tracked``) come from the branch with the largest weight.
-* ``prune_to``: after the first merge keep only the branches with the largest weights.
+* ``prune_to`` (our extension, not in the official code): after the first merge keep only the branches with
+  the largest weights.
 * Memory: (branches + 1) model copies; branches train one after another on one device.
 
-Deviations from the official code: a branch hands back its *last* state of the period (the official code
-reloads the branch's best-on-validation checkpoint, whose tracker is never reset after a merge, so an old
-pre-merge state can come back).  Every branch's loader generator is seeded like a plain run's, so in a period
-all branches see the same batches (common random numbers): branches differ by their task weights alone, and a
-run whose merges all put weight 1 on the target-only branch reproduces the STL run of the same seed.
+Deviations from the official code (``develop`` branch of ``thuml/ForkMerge``:
+``auxiliary_task_scene_understanding/forkmerge.py`` and ``auxiliary_domain_image_recognition/forkmerge.py``):
+
+* A branch hands back its *last* state of the period (the official code reloads the branch's best-on-validation
+  checkpoint, whose tracker is never reset after a merge, so an old pre-merge state can come back).
+* Greedy search: ours starts from the best branch's own validation score and skips α = 0; the official search
+  starts from −∞ (0 for DomainNet accuracy) and its grid contains α = 0, which scores the merge without the
+  branch.  The same decisions when the best branch's score is that of the state being merged (as here, see the
+  next point), one validation pass fewer per branch.
+* Branch order: by the validation score of the state each branch hands back this period; the official code
+  orders by each trainer's best score so far (``best_improvement`` / ``best_acc1``, never reset).
+* Ranking phase (``topk``): auxiliaries are ranked by the validation score after the last of ``ranking_epochs``
+  epochs; the official code by the best score over those epochs (its ``--pruning_epochs``).
+* Criterion: the run's selection metric (``selection.metric``, by default the sum of the target validation
+  losses) scores the merges, the ranking and the branch order; the official scripts use Δm against hard-coded
+  single-task results (``count_improvement``, scene understanding) or the mean target validation accuracy
+  (DomainNet).
+* Integer buffers: ``num_batches_tracked`` comes from the branch with the largest weight; the official
+  ``sum_all_weights`` (called with ``no_sum=[]``) takes the Λ-weighted sum of every entry, the integer counters
+  included (truncated when loaded).
+* ``prune_to`` is our extension: the official code keeps every branch for the whole run (its
+  ``--pruning_epochs`` is the length of the ranking phase, not a pruning step).
+
+Every branch's loader generator is seeded like a plain run's, so in a period all branches see the same batches
+(common random numbers): branches differ by their task weights alone, and a run whose merges all put weight 1
+on the target-only branch reproduces the STL run of the same seed.
 """
 
 from __future__ import annotations
