@@ -132,13 +132,21 @@ class NashMTL(GramianWeighting):
     10th, 100th, … failure).  The official code silently keeps the previous α (its bare ``except``).
 
     Deviations from the official code: ``newton`` is our own exact solver (same solution, tested against
-    ``cccp``); the ``cccp`` program is written in DPP form (same program); clipping acts on the returned
-    direction as described.  The K×K solves run in float64 on the host (one device sync per update step).
-    Known limitation of the official procedure (hence of ``cccp``): its fixed points need not have every
-    constraint active, and for strongly imbalanced gradients it can stop at a point that does not solve
-    Mα = 1/α (e.g. norms 1 : 10 : 0.1 — seed 0 of our tests' ``random_grads(3, 50, scales=[1, 10, 0.1])`` —
-    gives α_3(Mα)_3 ≈ 109 after 20 or 300 programs, with the verbatim official program as well); ``newton``
-    always returns the bargaining solution when it exists.
+    ``cccp``); the ``cccp`` program is written in DPP form (the same program mathematically, not the same
+    iterates on ill-conditioned Gramians, see below); clipping acts on the returned direction as described.
+    The K×K solves run in float64 on the host (one device sync per update step).
+
+    Known limitation of the official procedure, and ``cccp`` does not reproduce the official solver there:
+    its fixed points need not have every constraint active, and on ill-conditioned Gramians (strongly
+    imbalanced gradient norms) it stops at a point that does not solve Mα = 1/α — the official solver and
+    ``cccp`` alike, but at *different* points, since ECOS follows a different path through the two
+    formulations.  One update from α = 1 on ``random_grads(3, 50, seed, scales)`` of our tests (K = 3, 20
+    programs; measured against the official loop re-typed with cvxpy 1.9.3 / ECOS 2.0.14): norms 1 : 2 : 0.5
+    (cond(M) ≈ 20) — both solve the equation and agree to 3e-8 (relative); 1 : 10 : 0.1 (cond ≈ 1e4) — they
+    agree to 5e-3, and for seed 0 neither solves it (α_3(Mα)_3 ≈ 108 official, 109 ``cccp``; 109 for both
+    after 300 programs); 1 : 100 : 0.01 (cond ≈ 1e8) — neither solves it (α_i(Mα)_i up to 7e3 official, 2e3 ``cccp``)
+    and the two α differ by 50 % to 300× (relative).  So ``cccp`` reproduces the official weights only where
+    the Gramian is well conditioned; ``newton`` always returns the bargaining solution when it exists.
     """
 
     scale = "sqrt_k_norm"
