@@ -33,7 +33,24 @@ def check_choice(name: str, value: T, choices: Iterable[Any]) -> T:
 
 
 class DatasetError(MTLBenchError, FileNotFoundError):
-    """A dataset root is missing or malformed; the message names the file and the expected layout."""
+    """A dataset root is missing or malformed; the message names the file and the expected layout.  Stays one line
+    when raised in a DataLoader worker (:func:`worker_message`)."""
+
+    def __init__(self, message: str):
+        super().__init__(worker_message(message, type(self)))
+
+
+def worker_message(message: str, cls: type) -> str:
+    """The one-line original of a message that torch built around a DataLoader worker's traceback (it re-raises a
+    worker's exception in the main process as ``cls("Caught <cls> in DataLoader worker process N.\nOriginal
+    Traceback ...\n<module>.<cls>: <original message>")``), followed by where it was raised; others unchanged."""
+    first, _, rest = message.partition("\n")
+    marker = f"{cls.__module__}.{cls.__qualname__}: "
+    if not (first.startswith(f"Caught {cls.__name__} ") and rest.startswith("Original Traceback") and marker in rest):
+        return message
+    original = rest[rest.rindex(marker) + len(marker):]
+    where = first[len(f"Caught {cls.__name__} "):].rstrip(".")
+    return f"{' '.join(original.split())} ({where})"
 
 
 class CheckpointError(MTLBenchError):

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtl_bench.checkpoint import load_checkpoint
+from mtl_bench.checkpoint import digest_path, load_checkpoint
 from mtl_bench.config.validate import RUNTIME_KEYS
 from mtl_bench.corruptions import ALL, RandomCorruption, RandomlyCorruptedDataset, corrupted_sets, describe, names
 from mtl_bench.data.base import Benchmark, make_loader
@@ -234,7 +234,11 @@ def transfer_tasks(cfg: DictConfig, source: SourceRun) -> list[str]:
 def load_source_weights(model: MultiTaskModel, source: SourceRun, heads: str) -> None:
     """Source encoder (and heads, ``heads=loaded``) into ``model``; then freeze the encoder."""
     check_choice("mode.heads", heads, ("loaded", "fresh"))
-    state = load_checkpoint(source.checkpoint)["model"]
+    # a source this job found or trained is verified; a user's checkpoint from elsewhere may lack a digest file
+    verify = source.kind != "path" or digest_path(source.checkpoint).is_file()
+    if not verify:
+        log.warning("%s has no digest file %s: loaded unverified", source.checkpoint, digest_path(source.checkpoint).name)
+    state = load_checkpoint(source.checkpoint, verify=verify)["model"]
     own = model.state_dict()
     wanted = [k for k in own if k.startswith("encoder.") or (heads == "loaded" and k.startswith("heads."))]
     missing = [k for k in wanted if k not in state]

@@ -21,7 +21,9 @@ import torch
 from mtl_bench import preemption, runlock
 from mtl_bench.checkpoint import _HashingWriter, digest_path, load_checkpoint, previous_path, save_checkpoint
 from mtl_bench.config.validate import validate_config
-from mtl_bench.errors import CheckpointError, ConfigError, PreemptedError, StorageError
+from mtl_bench.data.base import make_loader
+from mtl_bench.data.fixtures import damage_celeba_image, write_celeba_fixture
+from mtl_bench.errors import CheckpointError, ConfigError, DatasetError, PreemptedError, StorageError
 from mtl_bench.loggers.run_logger import RunLogger
 from mtl_bench.runlock import RunFolderBusy
 from mtl_bench.train import build_and_train
@@ -379,3 +381,36 @@ def test_importing_mtl_bench_first_makes_openmp_threads_sleep_unless_the_user_ch
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ACTIVE"
+
+
+# ---------------------------------------------------------------- data that breaks during training (item 8)
+class BreaksAt(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if i == 5:
+            raise DatasetError(f"/data/sample_{i}.npy cannot be decoded; expected a float32 .npy array")
+        return torch.zeros(2)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_dataset_error_in_a_loader_worker_stays_one_line_naming_the_file(workers):
+    loader = make_loader(BreaksAt(), 4, shuffle=False, num_workers=workers)
+    with pytest.raises(DatasetError) as err:
+        list(loader)
+    message = str(err.value)
+    assert message.startswith("/data/sample_5.npy cannot be decoded; expected a float32 .npy array") and "\n" not in message
+    assert ("worker process 0" in message) == (workers > 0)
+
+
+def test_an_image_that_fails_to_decode_mid_run_ends_it_with_the_file_named_and_a_summary(make_cfg, tmp_path):
+    root = write_celeba_fixture(tmp_path / "data", n=15)
+    bad = damage_celeba_image(root, "000002.jpg", "truncated")  # a training image whose header is intact
+    cfg = make_cfg("dataset=celeba", f"paths.data_dir={root}", "backbone=test_resnet_pool", "logger=none",
+                   "trainer.device=cpu", "trainer.batch_size=3", "trainer.epochs=1", tiny=False)
+    with pytest.raises(DatasetError) as err:
+        build_and_train(cfg)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["status"] == "failed" and str(bad) in summary["error"] and summary["epochs_completed"] == 0

@@ -56,26 +56,7 @@ HEADER_CHUNK = 1024  # files per task: one future per file would cost more than 
 
 class ImageFileError(DatasetError):
     """A listed image that cannot be loaded (corrupt, or removed after the split was built): one line naming the
-    file, also when raised in a DataLoader worker.
-
-    torch re-raises an exception from a worker in the main process as ``type(e)(message)`` with a message of many
-    lines (``Caught ImageFileError in DataLoader worker process 0.`` and the worker's traceback, whose last
-    line is ``mtl_bench.data.celeba.ImageFileError: <original message>``).  The constructor recognises that
-    message and keeps the original one, followed by where it was raised."""
-
-    def __init__(self, message: str):
-        super().__init__(_worker_message(message, type(self)))
-
-
-def _worker_message(message: str, cls: type) -> str:
-    """The one-line original of a message torch built around a worker's traceback; other messages unchanged."""
-    first, _, rest = message.partition("\n")
-    marker = f"{cls.__module__}.{cls.__qualname__}: "
-    if not (first.startswith(f"Caught {cls.__name__} ") and rest.startswith("Original Traceback") and marker in rest):
-        return message
-    original = rest[rest.rindex(marker) + len(marker) :]
-    where = first[len(f"Caught {cls.__name__} ") :].rstrip(".")
-    return f"{' '.join(original.split())} ({where})"
+    file, also when raised in a DataLoader worker (:func:`mtl_bench.errors.worker_message`)."""
 
 
 @dataclass(frozen=True)
