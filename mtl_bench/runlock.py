@@ -39,7 +39,8 @@ def _key(folder: str | os.PathLike) -> str:
     return str(Path(folder).resolve())
 
 
-def _describe(info: dict[str, Any] | None) -> str:
+def describe_holder(info: dict[str, Any] | None) -> str:
+    """The holder of a lock as pid, host and start time, from its description (:func:`holder`)."""
     if not info:
         return "another process"
     started = info.get("started")
@@ -70,7 +71,7 @@ def acquire(folder: str | os.PathLike) -> None:
     except BlockingIOError:
         f.close()
         raise RunFolderBusy(
-            f"run folder {key} is in use by {_describe(_read(path))}: wait for it to finish, stop it, or choose another "
+            f"run folder {key} is in use by {describe_holder(_read(path))}: wait for it to finish, stop it, or choose another "
             f"folder (hydra.run.dir=... / hydra.sweep.dir=...)"
         ) from None
     f.seek(0)

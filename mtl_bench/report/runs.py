@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from mtl_bench.errors import MTLBenchError
-from mtl_bench.runlock import _describe as describe_holder
+from mtl_bench.runlock import describe_holder
 from mtl_bench.runlock import holder
 
 MARKERS = (".hydra", "summary.json", "config_resolved.yaml")
