@@ -68,7 +68,7 @@ REASONS = {
     "needs-gpu": "a CUDA device",
     "needs-torchrun": "several nodes or processes started by torchrun",
     "long": "a full study grid or benchmark (hours); `short` runs it with shorter settings",
-    "template": "the form of a command (placeholders, `...`), not a command",
+    "template": "the form or the name of a command (placeholders, `...`, a bare module name), not one to run",
 }
 SHELL_LANGS = {"bash", "sh", "shell", "zsh", "console", "shell-session"}
 NON_SHELL_LANGS = {"python", "py", "yaml", "yml", "json", "toml", "text", "txt", "csv", "ini", "md", "markdown"}
