@@ -330,7 +330,7 @@ class _Extractor:
             return
         rules, self.pending = self.pending, []
         text, starts = "", []
-        for number, line, _ in self.paragraph:
+        for _number, line, _ in self.paragraph:
             starts.append(len(text))
             text += line + " "
         for at, end, cmd in inline_commands(text):

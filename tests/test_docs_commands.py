@@ -6,6 +6,7 @@ Parsing only (no command runs); the check itself is ``make check-docs``.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -238,7 +239,6 @@ def test_path_placeholder_resolves_to_the_newest_match(tmp_path):
     old, new = tmp_path / "outputs/s/multiruns/a", tmp_path / "outputs/s/multiruns/b"
     old.mkdir(parents=True)
     new.mkdir(parents=True)
-    import os
     os.utime(old, (1, 1))
     text, error = cdc.resolve_paths("make report DIRS=outputs/s/multiruns/<stamp>", tmp_path)
     assert (text, error) == ("make report DIRS=outputs/s/multiruns/b", None)
