@@ -29,7 +29,7 @@ from mtl_bench.train import build_and_train
 from mtl_bench.trainer import Trainer
 from mtl_bench.utils import resolve_num_threads
 
-from tests.test_resume import assert_same_run, run_cli
+from tests.test_resume import _signal_at, assert_same_run, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,18 +163,6 @@ def test_the_cli_refuses_a_busy_run_folder_before_hydra_writes_into_it(held_fold
 
 
 # ---------------------------------------------------------------- signals (item 5)
-def _signal_at(monkeypatch, step: int, sig: signal.Signals) -> None:
-    train_step = Trainer.train_step
-
-    def signalling_step(self, x, targets):
-        out = train_step(self, x, targets)
-        if self.global_step == step:
-            os.kill(os.getpid(), sig)
-        return out
-
-    monkeypatch.setattr(Trainer, "train_step", signalling_step)
-
-
 def test_sigint_checkpoints_marks_interrupted_and_resumes_identically(make_cfg, monkeypatch):
     ref, cfg = make_cfg("trainer.epochs=3"), make_cfg("trainer.epochs=3")
     build_and_train(ref)
