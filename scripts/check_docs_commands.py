@@ -474,6 +474,7 @@ class Outcome:
     failed: int = 0
     skipped: int = 0
     errors: int = 0
+    repeated: int = 0
     failures: list[str] = field(default_factory=list)
 
 
@@ -499,6 +500,7 @@ def execute(plans: Sequence[Plan], work: Path, timeout: float) -> Outcome:
             continue
         if text in done:
             first, rc = done[text]
+            outcome.repeated += 1
             print(line_for(index, p, f"same command as [{first}]: rc {rc}"), flush=True)
             continue
         rc = run_and_report(index, p, text, work, timeout, outcome)
@@ -585,7 +587,7 @@ def run_all(plans: Sequence[Plan], args: argparse.Namespace, marker_errors: bool
             outcome = execute(plans, make_sandbox(Path(tmp)), args.timeout)
     total = time.monotonic() - start
     print(f"\n{outcome.ok} ran ok, {outcome.failed} failed, {outcome.skipped} skipped, "
-          f"{outcome.errors} not runnable; {total:.0f} s")
+          f"{outcome.errors} not runnable, {outcome.repeated} identical to an earlier command; {total:.0f} s")
     for line in outcome.failures:
         print(f"  {line}")
     return 1 if outcome.failed or outcome.errors or marker_errors else 0
