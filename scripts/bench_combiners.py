@@ -61,6 +61,9 @@ def load_combiner(name: str, tasks):
     cfg = OmegaConf.load(REPO / "configs" / "combiner" / f"{name}.yaml")
     comb = instantiate(cfg)
     comb.setup(list(tasks))
+    set_roles = getattr(comb, "set_roles", None)
+    if set_roles is not None:  # auxiliary-task combiners (aux_weight, gcs, ol_aux): task 0 the target, the rest auxiliaries
+        set_roles(list(tasks)[:1])
     return comb
 
 
