@@ -6,6 +6,7 @@ import math
 import os
 import random
 import re
+import time
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -44,25 +45,64 @@ def _read(path: str) -> str | None:
         return None
 
 
+def allowed_cpus() -> set[int]:
+    """The CPU ids this process may run on (its affinity mask: ``taskset``, SLURM's CPU binding)."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
 def available_cpus() -> int:
-    """CPUs this process may use: its affinity mask (``taskset``, SLURM's CPU binding), capped by a cgroup quota."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """How many CPUs this process may use: its affinity mask, capped by a cgroup quota (containers, SLURM cgroups)."""
+    n = len(allowed_cpus())
     quota = _cgroup_cpu_quota()
     return max(1, min(n, quota) if quota else n)
+
+
+def _cpu_times() -> dict[int, tuple[int, int]]:
+    """``{cpu: (busy jiffies, total jiffies)}`` from ``/proc/stat`` (empty where there is none)."""
+    text = _read("/proc/stat") or ""
+    out = {}
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            ticks = [int(v) for v in fields[:8]]
+            idle = ticks[3] + ticks[4]  # idle + iowait
+            out[int(name[3:])] = (sum(ticks) - idle, sum(ticks))
+    return out
+
+
+def busy_cpus(cpus: set[int], interval_s: float = 0.2) -> float:
+    """How many of ``cpus`` other work keeps busy: the summed non-idle share of each over ``interval_s`` (this process
+    sleeps meanwhile), from ``/proc/stat``; 0 where that is unavailable."""
+    before = _cpu_times()
+    if not before:
+        return 0.0
+    time.sleep(interval_s)
+    after = _cpu_times()
+    busy = 0.0
+    for c in cpus & before.keys() & after.keys():
+        d_busy, d_total = after[c][0] - before[c][0], after[c][1] - before[c][1]
+        busy += d_busy / d_total if d_total > 0 else 0.0
+    return busy
 
 
 def resolve_num_threads(requested: int | None) -> tuple[int, str]:
     """Intra-op threads for a run and where the number came from: ``trainer.num_threads`` when set; else
     ``OMP_NUM_THREADS`` (a user's choice, and what the joblib launcher's workers get: cores // jobs); else
-    ``SLURM_CPUS_PER_TASK``; else the CPUs available to the process (never torch's count of the machine's cores,
-    which ignores affinity and quotas and oversubscribes shared machines)."""
+    ``SLURM_CPUS_PER_TASK``; else the CPUs available to the process that other work leaves idle right now (at least
+    one).  Never torch's count of the machine's cores: with a core busy elsewhere, OpenMP threads waiting for each
+    other made a small run up to 20x slower (docs/benchmarks.md)."""
     if requested:
         return int(requested), "trainer.num_threads"
     for var in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
             return min(int(value), available_cpus()), var
-    return available_cpus(), "CPUs available to the process"
+    n = available_cpus()
+    busy = busy_cpus(allowed_cpus()) if n > 1 else 0.0
+    idle = max(1, n - round(busy))
+    return idle, f"idle CPUs: {n} available, {busy:.1f} busy with other work"
 
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")

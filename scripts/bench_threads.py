@@ -3,10 +3,10 @@ MLP, EW, Adam) under three thread settings, on an idle machine and with all but 
 processes (the situation of a laptop or CI box doing other work).
 
 Settings (each a fresh process, since OpenMP reads its environment once):
-- ``torch default``: torch's own thread count (the machine's cores) and OpenMP's default waiting (spin first) —
-  what `make train` did before ``trainer.num_threads`` defaulted to the available CPUs and ``mtl_bench`` set
-  ``OMP_WAIT_POLICY=PASSIVE``;
-- ``mtl_bench default``: ``trainer.num_threads`` unset (the CPUs available to the process) and passive waiting;
+- ``torch default``: torch's own thread count (the machine's cores), what `make train` used before
+  ``trainer.num_threads`` defaulted to the idle CPUs;
+- ``mtl_bench default``: ``trainer.num_threads`` unset: the CPUs available to the process minus those other work
+  keeps busy when the run starts (``mtl_bench.utils.resolve_num_threads``);
 - ``1 thread``: ``trainer.num_threads=1``.
 
 Rounds alternate the settings; the figure is the median over rounds of each run's median training-epoch time
@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -38,9 +39,9 @@ from bench_common import publish  # noqa: E402
 
 from mtl_bench.utils import available_cpus, markdown_table  # noqa: E402
 
-# name -> (extra overrides, environment); OMP_WAIT_POLICY="" is OpenMP's unset default (mtl_bench keeps a set value)
+# name -> (extra overrides, environment)
 SETTINGS = {
-    "torch default": (["trainer.num_threads=" + str(os.cpu_count() or 1)], {"OMP_WAIT_POLICY": ""}),
+    "torch default": (["trainer.num_threads=" + str(os.cpu_count() or 1)], {}),
     "mtl_bench default": ([], {}),
     "1 thread": (["trainer.num_threads=1"], {}),
 }
@@ -57,6 +58,7 @@ def busy_cores(n: int) -> Iterator[None]:
     procs = [mp.Process(target=_spin, daemon=True) for _ in range(n)]
     for p in procs:
         p.start()
+    time.sleep(1.0 if n else 0.0)  # let them take their cores
     try:
         yield
     finally:
@@ -68,7 +70,7 @@ def busy_cores(n: int) -> Iterator[None]:
 def epoch_time(extra: list[str], env: dict[str, str], epochs: int, folder: Path) -> float:
     """Median training-epoch time (s) of one run, its first epoch left out."""
     cmd = [sys.executable, "-m", "mtl_bench.train", "logger=none", f"trainer.epochs={epochs}", f"hydra.run.dir={folder}", *extra]
-    run_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    run_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK")}
     subprocess.run(cmd, cwd=REPO, env={**run_env, **env}, check=True, capture_output=True)
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     times = [r["time/train_epoch_s"] for r in records if r.get("type") == "epoch"]

@@ -24,6 +24,7 @@ os.environ.update(
         "HF_HUB_OFFLINE": "1",
         "TQDM_DISABLE": "1",
         "HYDRA_FULL_ERROR": "1",
+        "OMP_NUM_THREADS": "1",  # runs take one intra-op thread (trainer.num_threads default): no load probe per run
     }
 )
 

@@ -330,19 +330,40 @@ def test_a_completed_run_is_skipped_unless_asked_to_continue_or_start_over(make_
 
 
 # ---------------------------------------------------------------- threads
-def test_threads_come_from_the_setting_the_environment_or_the_cpus_available(monkeypatch):
+def test_threads_come_from_the_setting_the_environment_or_the_idle_cpus(monkeypatch):
+    from mtl_bench import utils
+
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})
-    monkeypatch.setattr("mtl_bench.utils._cgroup_cpu_quota", lambda: None)
-    assert resolve_num_threads(None) == (3, "CPUs available to the process")
-    monkeypatch.setattr("mtl_bench.utils._cgroup_cpu_quota", lambda: 2)  # a container's quota
-    assert resolve_num_threads(None) == (2, "CPUs available to the process")
+    monkeypatch.setattr(utils, "_cgroup_cpu_quota", lambda: None)
+    monkeypatch.setattr(utils, "busy_cpus", lambda cpus, interval_s=0.2: 0.2 if cpus == {0, 3, 5} else 99.0)
+    assert resolve_num_threads(None) == (3, "idle CPUs: 3 available, 0.2 busy with other work")
+    monkeypatch.setattr(utils, "busy_cpus", lambda cpus, interval_s=0.2: 1.7)  # two cores taken by other work
+    assert resolve_num_threads(None)[0] == 1
+    monkeypatch.setattr(utils, "busy_cpus", lambda cpus, interval_s=0.2: 3.0)  # all of them: still one thread
+    assert resolve_num_threads(None)[0] == 1
+    monkeypatch.setattr(utils, "busy_cpus", lambda cpus, interval_s=0.2: 0.0)
+    monkeypatch.setattr(utils, "_cgroup_cpu_quota", lambda: 2)  # a container's quota
+    assert resolve_num_threads(None)[0] == 2
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
     assert resolve_num_threads(None) == (1, "SLURM_CPUS_PER_TASK")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what the joblib launcher's workers get
     assert resolve_num_threads(None) == (2, "OMP_NUM_THREADS")
     assert resolve_num_threads(4) == (4, "trainer.num_threads")
+
+
+def test_busy_cpus_measures_other_work_from_proc_stat(monkeypatch):
+    from mtl_bench import utils
+
+    # cpu0: 50 of 100 jiffies busy; cpu1: idle; cpu2 (not ours): fully busy
+    snapshots = iter([
+        "cpu  0 0 0 0 0 0 0 0\ncpu0 100 0 0 100 0 0 0 0\ncpu1 0 0 0 200 0 0 0 0\ncpu2 0 0 0 0 0 0 0 0\n",
+        "cpu  0 0 0 0 0 0 0 0\ncpu0 130 0 20 140 10 0 0 0\ncpu1 0 0 0 300 0 0 0 0\ncpu2 100 0 0 0 0 0 0 0\n",
+    ])
+    monkeypatch.setattr(utils, "_read", lambda path: next(snapshots))
+    monkeypatch.setattr(utils.time, "sleep", lambda s: None)
+    assert utils.busy_cpus({0, 1}) == pytest.approx(0.5)  # (30 + 20) / (30 + 20 + 40 + 10) on cpu0, 0 on cpu1
 
 
 def test_cgroup_quota_is_read_from_cpu_max(monkeypatch):
@@ -358,16 +379,6 @@ def test_cgroup_quota_is_read_from_cpu_max(monkeypatch):
 def test_the_run_records_its_thread_count(make_cfg):
     summary = build_and_train(make_cfg("trainer.num_threads=1"))
     assert summary["threads"] == {"intra_op": 1, "from": "trainer.num_threads"}
-
-
-def test_importing_mtl_bench_first_makes_openmp_threads_sleep_unless_the_user_chose(tmp_path):
-    code = "import os, mtl_bench, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "PASSIVE"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
-                         capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "ACTIVE"
 
 
 # ---------------------------------------------------------------- data that breaks during training (item 8)
