@@ -67,10 +67,14 @@ def _record(signum: int) -> bool:
     return True
 
 
+def _again(signum: int) -> str:
+    return " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else ""
+
+
 def _process_handler(signum: int, frame: FrameType | None) -> None:
     if _record(signum):
         log.warning("%s received: the current job stops at its next checkpoint and no further job starts%s",
-                    signal.Signals(signum).name, " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else "")
+                    signal.Signals(signum).name, _again(signum))
 
 
 def in_entry_process() -> bool:
@@ -80,6 +84,7 @@ def in_entry_process() -> bool:
 
 
 def stop_exit_code(signal_name: str, preempted_code: int) -> int:
+    """130 for Ctrl-C (SIGINT), ``preempted_code`` (``trainer.preemption.exit_code``) for the other stop signals."""
     return INTERRUPT_EXIT_CODE if signal_name == "SIGINT" else preempted_code
 
 
@@ -130,8 +135,7 @@ class PreemptionGuard:
         if self.received is None:
             self.received, self._frame = signal.Signals(signum), frame
             if first:
-                log.warning("%s received: checkpointing after the current step%s", signal.Signals(signum).name,
-                            " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else "")
+                log.warning("%s received: checkpointing after the current step%s", signal.Signals(signum).name, _again(signum))
 
     def __enter__(self) -> "PreemptionGuard":
         if threading.current_thread() is not threading.main_thread():

@@ -318,7 +318,8 @@ def _build_and_train_in(
     try:
         resume_state, resume_path = resume_checkpoint(settings, output_dir)
     except CheckpointError as e:
-        mark_failed(output_dir, e)
+        if dist.is_main:
+            mark_failed(output_dir, e)
         raise
     if resume_state is not None:
         check_resume_config(resume_state.get("config"), resolved, resume_path)

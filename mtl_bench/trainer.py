@@ -37,7 +37,7 @@ from mtl_bench.metrics.delta_tracking import DeltaMSpec
 from mtl_bench.models.mtl_model import MultiTaskModel
 from mtl_bench.optim import group_lrs
 from mtl_bench.optimizers import is_task_wise
-from mtl_bench.preemption import INTERRUPT_EXIT_CODE, PreemptionGuard, status_for
+from mtl_bench.preemption import PreemptionGuard, status_for, stop_exit_code
 from mtl_bench.selection import ModelSelector
 from mtl_bench.tasks import Task
 from mtl_bench.utils import format_table, to_jsonable
@@ -501,8 +501,7 @@ class Trainer:
             self._save_last(mid_epoch=True)
 
     def _stop_preempted(self, signal_name: str) -> None:
-        status = status_for(signal_name)
-        code = INTERRUPT_EXIT_CODE if status == "interrupted" else self.settings.preemption.exit_code
+        status, code = status_for(signal_name), stop_exit_code(signal_name, self.settings.preemption.exit_code)
         err = PreemptedError(signal_name, self.global_step, self.epoch, str(self.last_checkpoint), code, status)
         self.logger.log_event(status, {"signal": signal_name, "global_step": self.global_step, "epoch": self.epoch,
                                        "checkpoint": str(self.last_checkpoint)})
@@ -569,10 +568,13 @@ class Trainer:
         """Log and summarise a failure; a failure to write them (e.g. the disk that caused it is full) is logged and
         does not replace the error being reported."""
         try:
-            self.logger.log_event("error", {"error": message, "global_step": self.global_step, "epoch": self.epoch})
             self.write_summary(status, error=message, failed_step=self.global_step + 1)
         except (OSError, MTLBenchError) as e:
             log.error("summary.json not updated: %s", e)
+        try:
+            self.logger.log_event("error", {"error": message, "global_step": self.global_step, "epoch": self.epoch})
+        except (OSError, MTLBenchError) as e:
+            log.error("metrics.jsonl not updated: %s", e)
 
     def run_epoch(self) -> tuple[dict[str, float], float]:
         """The next epoch: :meth:`train_epoch`, then the combiner's and the scheduler's epoch-end steps; returns the

@@ -167,6 +167,7 @@ def test_sigint_checkpoints_marks_interrupted_and_resumes_identically(make_cfg, 
     ref, cfg = make_cfg("trainer.epochs=3"), make_cfg("trainer.epochs=3")
     build_and_train(ref)
     run = Path(cfg.paths.output_dir)
+    before = signal.getsignal(signal.SIGINT)  # (pytest-xdist workers ignore SIGINT)
     with monkeypatch.context() as m:
         _signal_at(m, 5, signal.SIGINT)
         with pytest.raises(PreemptedError) as err:
@@ -174,7 +175,7 @@ def test_sigint_checkpoints_marks_interrupted_and_resumes_identically(make_cfg, 
     assert err.value.status == "interrupted" and err.value.exit_code == 130 and err.value.step == 5
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and not list(run.rglob("*.tmp"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is before  # restored
     assert build_and_train(cfg)["status"] == "completed"
     assert_same_run(Path(ref.paths.output_dir), run)
 
