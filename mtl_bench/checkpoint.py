@@ -63,6 +63,11 @@ class _HashingWriter:
         self.f.flush()
 
 
+def _tmp(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place."""
+    return path.with_name(path.name + ".tmp")
+
+
 def _write_synced(path: Path, write: Any) -> None:
     with open(path, "wb") as f:
         write(f)
@@ -99,7 +104,7 @@ def _keep_previous(path: Path) -> None:
     if not path.is_file() or not digests:
         return
     prev = previous_path(path)
-    tmp = prev.with_name(prev.name + ".tmp")
+    tmp = _tmp(prev)
     tmp.unlink(missing_ok=True)
     try:
         os.link(path, tmp)
@@ -110,8 +115,8 @@ def _keep_previous(path: Path) -> None:
         return
     os.replace(tmp, prev)
     sidecar = digest_path(prev)
-    _write_synced(sidecar.with_name(sidecar.name + ".tmp"), lambda f: f.write(f"{digests[0]}  {prev.name}\n".encode()))
-    os.replace(sidecar.with_name(sidecar.name + ".tmp"), sidecar)
+    _write_synced(_tmp(sidecar), lambda f: f.write(f"{digests[0]}  {prev.name}\n".encode()))
+    os.replace(_tmp(sidecar), sidecar)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_previous: bool = False) -> Path:
@@ -119,8 +124,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_previou
     ``<stem>.prev<suffix>`` (a way out if the newest one is ever damaged).  :class:`StorageError` (temporary files
     removed, the previous checkpoint intact) when the disk is full or the folder unwritable."""
     path = Path(path)
-    tmp, sidecar = path.with_name(path.name + ".tmp"), digest_path(path)
-    sidecar_tmp = sidecar.with_name(sidecar.name + ".tmp")
+    tmp, sidecar = _tmp(path), digest_path(path)
+    sidecar_tmp = _tmp(sidecar)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         hashing: list[_HashingWriter] = []
@@ -153,7 +158,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_previou
 
 def _expected_digests(path: Path) -> list[str]:
     out = []
-    for candidate in (digest_path(path), digest_path(path).with_name(digest_path(path).name + ".tmp")):
+    for candidate in (digest_path(path), _tmp(digest_path(path))):
         try:
             text = candidate.read_text().split()
         except OSError:
@@ -172,14 +177,18 @@ def way_out(path: Path) -> str:
     return hint
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e.strerror or e}); {way_out(path)}") from None
+
+
 def read_verified(path: str | os.PathLike) -> bytes:
     """The bytes of ``path`` after checking them against its ``.sha256`` digest (:class:`CheckpointError` if absent,
     unreadable or different)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({e.strerror or e}); {way_out(path)}") from None
+    data = _read_bytes(path)
     expected = _expected_digests(path)
     if not expected:
         raise CheckpointError(
@@ -199,13 +208,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Load a checkpoint written by :func:`save_checkpoint`, verified first; ``verify=False`` for files from elsewhere
     (a user-supplied source checkpoint without a digest): then only a file that cannot be unpickled is an error."""
     path = Path(path)
-    if verify:
-        data = read_verified(path)
-    else:
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise CheckpointError(f"checkpoint {path} cannot be read ({e.strerror or e})") from None
+    data = read_verified(path) if verify else _read_bytes(path)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mtl_bench.errors import MTLBenchError
+from mtl_bench.preemption import stop_exit_code, stop_requested
 
 LOCK_NAME = ".mtl_bench.lock"
 
@@ -159,8 +160,6 @@ class RunFolderLock(Callback):  # type: ignore[misc,valid-type]
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         """A sweep whose jobs ran in worker processes (joblib) and that received a stop signal ends with its code."""
-        from mtl_bench.preemption import stop_exit_code, stop_requested
-
         stopped = stop_requested()
         if stopped is not None:
             print(f"[mtl_bench][WARNING] - sweep stopped by {stopped}: unfinished jobs hold a resumable checkpoint or were not "

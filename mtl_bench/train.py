@@ -432,13 +432,12 @@ def not_started(cfg: DictConfig, signal_name: str) -> None:
             log.error("summary.json not written: %s", e)
 
 
-def stop_job(cfg: DictConfig, code: int) -> None:
+def stop_job(code: int) -> None:
     """End a stopped job: in the entry process a SystemExit, which passes through Hydra's job runner and ends a sweep
     run in this process; in a launcher's worker (joblib) a normal return: the entry process, which received the same
     signal, ends the sweep with the code once the dispatched jobs have stopped (``RunFolderLock.on_multirun_end``)."""
     if in_entry_process():
         sys.exit(code)
-    install_process_handlers()  # a signal while this worker composes its next job is recorded, not a traceback
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
@@ -448,13 +447,13 @@ def main(cfg: DictConfig) -> float | None:
     stopped = stop_requested()
     if stopped is not None:  # a sweep received Ctrl-C / SIGTERM between jobs: start no further job
         not_started(cfg, stopped)
-        stop_job(cfg, stop_exit_code(stopped, int(cfg.trainer.preemption.exit_code)))
+        stop_job(stop_exit_code(stopped, int(cfg.trainer.preemption.exit_code)))
         return None
     try:
         summary = build_and_train(cfg)
     except PreemptedError as e:  # not a failure: the job is to be requeued and resumes from its checkpoint
         log.warning("%s", e)
-        stop_job(cfg, e.exit_code)
+        stop_job(e.exit_code)
         return None
     except MTLBenchError as e:
         log.error("%s", e)

@@ -34,8 +34,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from mtl_bench.errors import MTLBenchError
-from mtl_bench.runlock import describe_holder
-from mtl_bench.runlock import holder
+from mtl_bench.runlock import describe_holder, holder
 
 MARKERS = (".hydra", "summary.json", "config_resolved.yaml")
 SKIP_DIRS = frozenset({".hydra", "checkpoints", "wandb", "__pycache__", ".git"})
