@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from mtl_bench.diagnostics.conflicts import PAIR_TYPES as CONFLICT_PAIRS
 from mtl_bench.metrics.delta_m import CONVENTIONS
+from mtl_bench.report.claims import Verdict, evaluate_claims, study_claims
 from mtl_bench.report.baselines import Baselines, resolve_baselines, run_delta_m
 from mtl_bench.report.exploded import DEFAULT_FACTOR, check_factor, find_exploded
 from mtl_bench.report.grouping import (Group, Stat, group_runs, lookup, matches, mean_std, merge_directions,
@@ -49,6 +50,7 @@ class ReportOptions:
     scatter: list[str] | None = None  # two "<task>/<metric>" keys; None: first metric of the first two targets
     transfer_group_by: list[str] | None = None  # groups of the MTL-side transfer runs (δ); None: see robustness.py
     explode_factor: float = DEFAULT_FACTOR  # see mtl_bench.report.exploded
+    claims: dict[str, Any] | None = None  # claim specs (--claims FILE); None: the study.claims the runs recorded
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Report:
     running: list[Run] = field(default_factory=list)  # a live process owns the folder
     stopped: list[Run] = field(default_factory=list)  # preempted / interrupted: resumable
     exploded: dict[str, str] = field(default_factory=dict)  # run path -> why (completed runs only)
+    verdicts: list[Verdict] = field(default_factory=list)  # the study's claims, evaluated (mtl_bench.report.claims)
 
     _group_labels: dict[int, str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -219,6 +222,8 @@ def build_report(runs: Sequence[Run], options: ReportOptions) -> Report:
                     stopped=[r for r in runs if r.stopped], exploded=exploded)
     _diagnostics(report)
     report.robustness = build_robustness(runs, options.transfer_group_by, options.include_loss)
+    specs = options.claims if options.claims is not None else study_claims(completed, notes)
+    report.verdicts = evaluate_claims(report, specs)
     return report
 
 

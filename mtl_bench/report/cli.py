@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flag a completed run as exploded (kept out of means, Δm means, Pareto counts and plots) when a "
                    "target task's test or val loss exceeds F × the median first-epoch val loss of that task over the "
                    "runs on the same dataset (default 100; see docs/report.md)")
+    p.add_argument("--claims", type=Path, metavar="FILE.yaml",
+                   help="evaluate these claims (a mapping id -> spec, or study.claims) instead of the study.claims the runs "
+                   "recorded (docs/studies.md)")
+    p.add_argument("--no-claims", action="store_true", help="skip the verdicts")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT[:GROUP]", help="also read runs from the W&B API (needs network)")
     p.add_argument("--log-wandb", action="store_true", help="log the table (wandb.Table + artifact) and figures to W&B "
@@ -73,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_report(args: argparse.Namespace) -> int:
     from mtl_bench.report.build import ReportOptions, build_report
+    from mtl_bench.report.claims import claims_file
+    from mtl_bench.report.claims.render import plot_verdicts, verdict_lines, write_verdicts_csv
     from mtl_bench.report.outputs import exploded_lines, render_markdown, results_table, write_csvs, write_robustness_csv
     from mtl_bench.report.runs import load_runs
 
@@ -98,7 +104,7 @@ def run_report(args: argparse.Namespace) -> int:
         splits=("test", "val") if args.val else ("test",), source=args.results, include_loss=args.include_loss,
         pareto_metrics=args.pareto_metrics, pareto_split=args.pareto_split, pareto_ref=args.pareto_ref,
         pareto_within=args.pareto_within, scatter=args.scatter, transfer_group_by=args.transfer_group_by,
-        explode_factor=args.explode_factor,
+        explode_factor=args.explode_factor, claims={} if args.no_claims else claims_file(args.claims) if args.claims else None,
     )
     report = build_report(runs, options)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +117,10 @@ def run_report(args: argparse.Namespace) -> int:
         from mtl_bench.report.plots import write_plots
 
         figures = write_plots(report, out)
+        verdict_png = plot_verdicts(report.verdicts, out / "verdicts.png")
+        figures = [verdict_png, *figures] if verdict_png else figures
+    if report.verdicts:
+        write_verdicts_csv(report.verdicts, out / "verdicts.csv")
     (out / "report.md").write_text(render_markdown(report, dirs, [str(f) for f in figures]))
 
     print(results_table(report) if report.rows else "no completed run")
@@ -129,6 +139,10 @@ def run_report(args: argparse.Namespace) -> int:
             if n] + [f"{len(report.failed)} failed job(s)"]
     print(f"{len(report.table_runs)} method run(s) and {n_stl} STL run(s) in {len(report.rows)} row(s), "
           f"{len(report.exploded)} exploded; {', '.join(jobs)}; report: {out / 'report.md'}")
+    if report.verdicts:
+        print(f"verdicts ({len(report.verdicts)} claim(s); effect = estimate [95 % CI over seeds]):")
+        for line in verdict_lines(report.verdicts):
+            print("  " + line)
     if args.log_wandb:
         from mtl_bench.report.wandb_io import log_report
 
