@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from mtl_bench.diagnostics.conflicts import PAIR_TYPES as CONFLICT_PAIRS
 from mtl_bench.metrics.delta_m import CONVENTIONS
 from mtl_bench.report.claims import Verdict, evaluate_claims, study_claims
+from mtl_bench.report.curves import Curve, build_curves
 from mtl_bench.report.baselines import Baselines, resolve_baselines, run_delta_m
 from mtl_bench.report.exploded import DEFAULT_FACTOR, check_factor, find_exploded
 from mtl_bench.report.grouping import (Group, Stat, group_runs, lookup, matches, mean_std, merge_directions,
@@ -103,6 +104,7 @@ class Report:
     stopped: list[Run] = field(default_factory=list)  # preempted / interrupted: resumable
     exploded: dict[str, str] = field(default_factory=dict)  # run path -> why (completed runs only)
     verdicts: list[Verdict] = field(default_factory=list)  # the study's claims, evaluated (mtl_bench.report.claims)
+    curves: list[Curve] = field(default_factory=list)  # the study's curves (mtl_bench.report.curves)
 
     _group_labels: dict[int, str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -224,6 +226,7 @@ def build_report(runs: Sequence[Run], options: ReportOptions) -> Report:
     report.robustness = build_robustness(runs, options.transfer_group_by, options.include_loss)
     specs = options.claims if options.claims is not None else study_claims(completed, notes)
     report.verdicts = evaluate_claims(report, specs)
+    report.curves = build_curves(report, study_claims(completed, notes, "curves"))
     return report
 
 

@@ -79,6 +79,7 @@ def run_report(args: argparse.Namespace) -> int:
     from mtl_bench.report.build import ReportOptions, build_report
     from mtl_bench.report.claims import claims_file
     from mtl_bench.report.claims.render import plot_verdicts, verdict_lines, write_verdicts_csv
+    from mtl_bench.report.curves import plot_curve
     from mtl_bench.report.outputs import exploded_lines, render_markdown, results_table, write_csvs, write_robustness_csv
     from mtl_bench.report.runs import load_runs
 
@@ -119,6 +120,7 @@ def run_report(args: argparse.Namespace) -> int:
         figures = write_plots(report, out)
         verdict_png = plot_verdicts(report.verdicts, out / "verdicts.png")
         figures = [verdict_png, *figures] if verdict_png else figures
+        figures += [plot_curve(c, out) for c in report.curves]
     if report.verdicts:
         write_verdicts_csv(report.verdicts, out / "verdicts.csv")
     (out / "report.md").write_text(render_markdown(report, dirs, [str(f) for f in figures]))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mtl_bench.report.claims.render import verdict_markdown
+from mtl_bench.report.curves import curve_markdown
 from mtl_bench.report.build import CONFLICT_METRICS, GroupRow, Report, arrowed, metric_label, relpath
 from mtl_bench.report.grouping import Stat, lookup, matches, sorted_seeds
 from mtl_bench.report.robustness import Robustness
@@ -138,6 +139,7 @@ def metadata_lines(report: Report, dirs: Sequence[Path]) -> list[str]:
 def render_markdown(report: Report, dirs: Sequence[Path], figures: Sequence[str] = ()) -> str:
     parts = ["# mtl_bench report", "", *metadata_lines(report, dirs), ""]
     parts += verdict_markdown(report.verdicts)
+    parts += curve_markdown(report.curves)
     splits = "/".join(report.options.splits)
     parts += [f"## Results ({splits})", "", results_table(report) if report.rows else "_no completed run_", ""]
     if report.baselines is not None and report.baselines.values:

@@ -45,12 +45,12 @@ def parse_claims(specs: Mapping[str, Any]) -> list[Claim]:
     return claims
 
 
-def study_claims(runs: Sequence[Run], notes: list[str]) -> dict[str, Any]:
-    """The ``study.claims`` mapping the runs recorded (the most common one, with a note when runs disagree)."""
+def study_claims(runs: Sequence[Run], notes: list[str], section: str = "claims") -> dict[str, Any]:
+    """The ``study.<section>`` mapping the runs recorded (the most common one, with a note when runs disagree)."""
     seen: dict[str, tuple[dict[str, Any], int]] = {}
     for run in runs:
         study = run.config().get("study")
-        claims = study.get("claims") if isinstance(study, dict) else None
+        claims = study.get(section) if isinstance(study, dict) else None
         if isinstance(claims, dict) and claims:
             key = canonical(claims)
             seen[key] = (claims, seen.get(key, (claims, 0))[1] + 1)
@@ -58,7 +58,7 @@ def study_claims(runs: Sequence[Run], notes: list[str]) -> dict[str, Any]:
         return {}
     ranked = sorted(seen.values(), key=lambda cv: -cv[1])
     if len(ranked) > 1:
-        notes.append(f"the runs record {len(ranked)} different study.claims sets; the most common one "
+        notes.append(f"the runs record {len(ranked)} different study.{section} sets; the most common one "
                      f"({ranked[0][1]} runs) is evaluated")
     return ranked[0][0]
 
