@@ -3,7 +3,8 @@
 **Quantities** (``quantity`` in a claim; ``split`` picks test or val where the quantity has splits):
 
 ==============================  ==========================================================================
-``delta_m``                     Δm% of the run's targets against the report's STL baselines (higher is better)
+``delta_m``                     Δm% of the run's targets against the report's STL baselines (lower is better:
+                                negative = the MTL model beats its STL baselines; mtl_bench.metrics.delta_m)
 ``<task>/<metric>``             a selected task metric, e.g. ``t0/mse``, ``seg/miou`` (direction as recorded)
 ``au/dominated``                AdaTask's dominated fraction of the shared parameters (``summary["au"]``)
 ``au/rau/<task>``               the task's mean rAU over the shared parameters
@@ -47,7 +48,7 @@ class Context:
 
     def higher_is_better(self, quantity: str) -> bool | None:
         if quantity == "delta_m":
-            return True
+            return False
         if quantity.startswith(("au/", "conflict/", "robustness/", "summary/")):
             return False if quantity in ("au/dominated", "robustness/delta") else None
         return self.report.directions.get(quantity)
