@@ -28,6 +28,16 @@ and compares gradient pairs:
 
 The probe's passes run in the parameters' dtype without autocast, whatever ``trainer.precision`` is.
 
+Which losses (``losses``):
+
+* ``"raw"`` (default): the task losses as defined by the tasks; loss transforms are not applied (the probe measures
+  the tasks, not the training objective);
+* ``"objective"``: each task's term of the training objective, ``c_t · L_t`` for a run whose loss transform of task
+  t is a positive scale ``c_t`` (``loss_transforms.<t>: {kind: scale, factor: c_t}``; tasks without a transform:
+  ``c_t = 1``).  This is how a task whose loss is in other units enters the shared update (Elich et al.'s magnitude
+  argument: a fixed scalar weight undoes it).  Only scale transforms have such a per-sample term; any other
+  transform is refused (``ConfigError``).
+
 For every pair the four metrics of :mod:`mtl_bench.diagnostics.gradient_stats` (``cos``, ``mag_sim``,
 ``sign_conflict``, ``dot``) are computed on the whole shared vector (layer ``all``) and per layer (a layer = one
 shared parameter tensor, named as in ``model.shared_named_parameters()``).  Gradients are of the raw task
@@ -83,6 +93,14 @@ pair type, metric and layer (``all`` + one per shared parameter tensor)::
 ``pair_type`` ∈ inter_task, inter_sample, inter_task_averaged, inter_sample_averaged; ``metric`` ∈ cos, mag_sim,
 sign_conflict, dot.  A pair type with no pairs in the epoch (one task: no inter-task pairs) has no keys.
 ``per_layer=False`` keeps only the ``all`` keys (per-layer statistics are still computed for the plots).
+
+Distributions (``summary()["histograms"]``): over all pairs of the run (every epoch), per pair type and metric,
+the counts of the whole-vector values in ``histogram_bins`` equal bins of a fixed range — ``cos`` on [−1, 1],
+``mag_sim`` and ``sign_conflict`` on [0, 1] — as :func:`histogram` computes them (bins ``[e_k, e_{k+1})``, the last
+bin closed, NumPy's convention), so runs, seeds and arms can be pooled by adding counts and compared bin by bin.
+``label`` (free text, recorded in ``summary()["settings"]``) names the study setting a run belongs to: the report's
+conflict-distribution figure (:mod:`mtl_bench.report.conflict_plots`) draws the MTL and STL runs of one label side
+by side.
 """
 
 from __future__ import annotations
@@ -106,6 +124,8 @@ log = logging.getLogger(__name__)
 PAIR_TYPES = ("inter_task", "inter_sample", "inter_task_averaged", "inter_sample_averaged")
 BN_MODES = ("eval", "batch")
 PER_SAMPLE = ("auto", "vmap", "loop")
+LOSSES = ("raw", "objective")
+HISTOGRAM_RANGES = {"cos": (-1.0, 1.0), "mag_sim": (0.0, 1.0), "sign_conflict": (0.0, 1.0)}
 PREFIX = "conflict"
 _VMAP_ERRORS = (RuntimeError, NotImplementedError)
 
@@ -122,6 +142,33 @@ def _flag(key: str, value: Any) -> bool:
     return value
 
 
+def histogram(values: np.ndarray, metric: str, bins: int) -> dict[str, Any]:
+    """Counts of the finite ``values`` of ``metric`` in ``bins`` equal bins of :data:`HISTOGRAM_RANGES`:
+    ``{"range": [lo, hi], "counts": [...], "n": finite values, "outside": finite values outside the range,
+    "nonfinite": the others}``.  Bin k is ``[lo + k·w, lo + (k+1)·w)``, the last one also holds ``hi``."""
+    lo, hi = HISTOGRAM_RANGES[metric]
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    finite = v[np.isfinite(v)]
+    counts = np.histogram(finite, bins=bins, range=(lo, hi))[0]
+    return {"range": [lo, hi], "counts": [int(c) for c in counts], "n": int(finite.size),
+            "outside": int(finite.size - counts.sum()), "nonfinite": int(v.size - finite.size)}
+
+
+def scale_factor(task: str, transform: Any) -> float:
+    """The factor ``c`` of a transform that is ``L ↦ c·L`` with ``c > 0`` (checked on a few losses in float64);
+    a ``ConfigError`` for any other transform (``losses="objective"`` has no per-sample term for it)."""
+    grid = torch.tensor([0.25, 1.0, 3.0, 40.0], dtype=torch.float64)
+    try:
+        ratios = transform(grid) / grid
+    except (TypeError, RuntimeError, ValueError):
+        ratios = torch.full_like(grid, math.nan)
+    c = float(ratios[0])
+    if not (math.isfinite(c) and c > 0 and torch.allclose(ratios, torch.full_like(ratios, c), rtol=1e-9, atol=0.0)):
+        raise ConfigError(f"diagnostics.conflicts.losses='objective' needs scale transforms (c·L); task '{task}' has "
+                          "another loss transform: use losses=raw")
+    return c
+
+
 class ConflictProbe:
     """Monitor of the trainer (``observe_batch``, ``epoch_record``, ``summary``, ``save_figures``) and gradient
     observer of the engine (``wants_grads``/``observe``).  See the module docstring for the protocol.
@@ -130,7 +177,9 @@ class ConflictProbe:
     this many samples / tasks drawn per probe step; ``bn_mode``: ``eval`` | ``batch``; ``seed``: of the probe's
     own generator; ``per_sample``: ``auto`` | ``vmap`` | ``loop``; ``averaged``: also the App. A5 averaged
     variants; ``per_layer``: per-layer keys in the epoch record; ``averaged_every_n_steps``: cadence of the
-    batch-averaged per-task gradients (a multiple of ``every_n_steps``; ``None``: every probe step).
+    batch-averaged per-task gradients (a multiple of ``every_n_steps``; ``None``: every probe step); ``losses``:
+    ``raw`` | ``objective`` (the tasks' terms of the objective under scale transforms); ``histogram_bins``: bins of
+    the summary's distributions; ``label``: the study setting the run belongs to (for the report's figure).
 
     Call ``setup(model, tasks, shared_named_parameters)`` before training; pass the probe to the trainer as a
     monitor (it is then also an engine observer)."""
@@ -148,6 +197,9 @@ class ConflictProbe:
         averaged: bool = True,
         per_layer: bool = True,
         averaged_every_n_steps: int | None = None,
+        losses: str = "raw",
+        histogram_bins: int = 40,
+        label: str | None = None,
     ):
         self.every = _positive_int("every_n_steps", every_n_steps, 1)
         self.max_samples = _positive_int("max_samples", max_samples, 2, " (inter-sample pairs need two samples)")
@@ -165,6 +217,12 @@ class ConflictProbe:
         if averaged_every_n_steps % self.every:  # the averaged variant runs on probe steps: round up to one
             averaged_every_n_steps = -(-averaged_every_n_steps // self.every) * self.every
         self.averaged_every = averaged_every_n_steps
+        self.losses = check_choice("diagnostics.conflicts.losses", losses, LOSSES)
+        self.histogram_bins = _positive_int("histogram_bins", histogram_bins, 1)
+        if label is not None and not isinstance(label, str):
+            raise ConfigError(f"diagnostics.conflicts.label must be a string or null, got {label!r}")
+        self.label = label
+        self.loss_scales: dict[str, float] = {}
         self.generator = torch.Generator().manual_seed(seed)
         self.method: str | None = None if per_sample == "auto" else per_sample  # None: not decided yet (auto)
         self.fallback_reason: str | None = None
@@ -219,6 +277,8 @@ class ConflictProbe:
         engine_params = getattr(model, "shared_parameters", lambda: [])()
         self.engine_layout = [id(p) for p in engine_params] == [id(p) for p in self.params]
         self.transformed = sorted(transforms) if transforms else []
+        if self.losses == "objective":
+            self.loss_scales = {t: scale_factor(t, fn) for t, fn in (transforms or {}).items()}
         source = getattr(combiner, "grad_source", None)
         self.engine_computes_grads = (hasattr(combiner, "aggregate") and source == "params") or is_task_wise(optimizer)
 
@@ -238,7 +298,8 @@ class ConflictProbe:
 
     # ------------------------------------------------------------------ engine observer protocol
     def _engine_usable(self) -> bool:
-        return self.engine_layout and not self.transformed
+        # the engine's per-task gradients are those of the objective's terms: the probe's own under losses=objective
+        return self.engine_layout and (not self.transformed or self.losses == "objective")
 
     def wants_grads(self, step: int) -> bool:
         """Ask the engine for the batch-averaged per-task gradients on probe steps when it is the cheapest route."""
@@ -390,12 +451,18 @@ class ConflictProbe:
         """The loss vector of one sample: the drawn tasks (+ the mean over all tasks if ``extra``).  ``index``
         slices sample ``index`` out of batched outputs and targets; ``None``: they are one sample's already."""
         pick = (lambda v: v) if index is None else (lambda v: v[index : index + 1])
-        losses = {t: self.tasks[t].loss(pick(out[t]), pick(ys[t])) for t in heads}
+        losses = {t: self._loss(t, pick(out[t]), pick(ys[t])) for t in heads}
         values = [losses[t] for t in drawn]
         if extra:
             values.append(sum(losses[t] for t in self.task_names) / self.num_tasks)
         dtype = self.params[0].dtype
         return torch.stack([v.reshape(()).to(dtype) for v in values])
+
+    def _loss(self, task: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Task ``task``'s loss, times its scale under ``losses="objective"``."""
+        loss = self.tasks[task].loss(out, target)
+        scale = self.loss_scales.get(task)
+        return loss if scale is None else loss * scale
 
     def _fill(self, row: torch.Tensor, grads: Sequence[torch.Tensor | None]) -> None:
         """Write per-parameter gradients into a flat d-vector (zeros where a parameter is unused)."""
@@ -461,7 +528,7 @@ class ConflictProbe:
         with torch.enable_grad():
             out = self.model(x, drawn)
             for j, t in enumerate(drawn):
-                loss = self.tasks[t].loss(out[t], targets[t])
+                loss = self._loss(t, out[t], targets[t])
                 self._fill(rows[j], torch.autograd.grad(loss, self.params, retain_graph=j < len(drawn) - 1, allow_unused=True))
         return rows
 
@@ -502,13 +569,20 @@ class ConflictProbe:
             out[metric] = {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
         return out
 
+    def _run_values(self) -> dict[str, np.ndarray]:
+        """Whole-vector pair values of the run so far, ``(P, 4)`` per pair type that has pairs."""
+        return {p: np.concatenate(v, axis=0) for p, v in self._all_values.items() if v}
+
+    def histograms(self) -> dict[str, dict[str, Any]]:
+        """``{pair_type: {metric: histogram}}`` over all pairs of the run (:func:`histogram`, fixed bins)."""
+        return {ptype: {metric: histogram(values[:, METRICS.index(metric)], metric, self.histogram_bins)
+                        for metric in HISTOGRAM_RANGES}
+                for ptype, values in self._run_values().items()}
+
     def summary(self) -> dict[str, Any]:
         last = self.history[-1]["record"] if self.history else {}
         all_epochs: dict[str, Any] = {}
-        for ptype in PAIR_TYPES:
-            if not self._all_values[ptype]:
-                continue
-            values = np.concatenate(self._all_values[ptype], axis=0)  # (P, 4)
+        for ptype, values in self._run_values().items():
             entry: dict[str, Any] = {"n_pairs": values.shape[0]}
             for k, metric in enumerate(METRICS):
                 stats = row_statistics(values[None, :, k], split=metric == "cos")
@@ -521,7 +595,9 @@ class ConflictProbe:
         return {
             "settings": {"every_n_steps": self.every, "max_samples": self.max_samples, "max_tasks": self.max_tasks,
                          "bn_mode": self.bn_mode, "seed": self.seed, "per_sample": self.per_sample,
-                         "averaged": self.averaged, "per_layer": self.per_layer, "averaged_every_n_steps": self.averaged_every},
+                         "averaged": self.averaged, "per_layer": self.per_layer, "averaged_every_n_steps": self.averaged_every,
+                         "losses": self.losses, "loss_scales": dict(self.loss_scales), "histogram_bins": self.histogram_bins,
+                         "label": self.label},
             "bn_mode": self.bn_mode,
             "bn_semantics": bn + "; running statistics, RNG streams, module modes and .grad are left untouched",
             "per_sample_method": self.method,
@@ -537,6 +613,7 @@ class ConflictProbe:
             },
             "last_epoch": {p: self._whole(last, p) for p in PAIR_TYPES if f"{PREFIX}/{p}/n_pairs" in last},
             "all_epochs": all_epochs,
+            "histograms": self.histograms(),
         }
 
     def state_dict(self) -> dict[str, Any]:
