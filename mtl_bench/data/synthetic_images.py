@@ -62,13 +62,14 @@ from mtl_bench.data.base import Benchmark
 from mtl_bench.data import transforms
 from mtl_bench.data.transforms import RandomScaleCropFlip, StagedImages
 from mtl_bench.errors import ConfigError
-from mtl_bench.task_library import attribute_task, depth_task, segmentation_task
+from mtl_bench.task_library import attribute_task, depth_task, normal_task, segmentation_task
 from mtl_bench.tasks import Task
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross")
 DEFAULT_SHAPES = ("disc", "square", "triangle", "ring")
-DENSE_TASKS = ("seg", "depth")
+DENSE_TASKS = ("seg", "depth", "normal")  # "normal" only with max_tilt > 0 (see task_names)
 DEFAULT_TASKS = ("seg", "depth")
+TARGET_KINDS = {"seg": "label", "depth": "depth", "normal": "normal"}  # RandomScaleCropFlip's rule per dense task
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 NORMALIZATIONS = (*transforms.NORMALIZATIONS, "dataset")  # plus per-channel statistics of the training split
 MIN_SIDE = 32
@@ -87,18 +88,43 @@ HAZE_DISTANCE = 4.0
 TEXTURE_COARSE = 0.06  # std of the coarse background texture (cells of 8 px)
 TEXTURE_FINE = 0.03  # std of the fine background texture
 SENSOR_NOISE = 0.02
+# Tilted ("3-D") mode, max_tilt > 0 (see the module docstring): camera, light, shading and object texture.
+FOCAL = 1.0  # focal length / min(H, W): f = min(H, W) pixels (a 53 deg field of view across the shorter side)
+MAX_TILT = 60.0  # largest allowed dataset.max_tilt (degrees)
+LIGHT = (-0.4, 0.5, 0.77)  # direction towards the light (x right, y up, z towards the camera), normalised on use
+AMBIENT = 0.35  # shading = AMBIENT + (1 - AMBIENT) max(0, n . l), divided by its value for a fronto-parallel surface
+OBJECT_TEXTURE = 0.2  # amplitude of the checker-like cosine texture on the object planes
+# The room layout: a floor and a back wall (NYUv2's dominant surfaces); lengths in metres, angles in degrees.
+LAYOUTS = ("flat", "room")
+CAMERA_HEIGHT = (1.0, 1.4)  # above the floor
+CAMERA_PITCH = (5.0, 15.0)  # downwards
+WALL_DISTANCE = (3.2, 4.0)  # where the wall meets the camera's horizontal viewing direction
+WALL_YAW = 30.0  # the wall turns by U(-WALL_YAW, WALL_YAW) about the vertical
+WALL_GREY = (0.45, 0.85)  # grey level of the wall colour (plus per-channel tints of ±BACKGROUND_TINT)
+FLOOR_GREY = (0.15, 0.55)  # grey level of the floor colour (darker than most walls)
+FLOOR_TILE = 0.5  # period of the floor's tile texture
+FLOOR_TEXTURE = 0.15  # its amplitude
+FAR_DEPTH = 10.0  # depth clip of the room (reached only by very wide images)
 CONSTANTS = {
     "object_depth": list(OBJECT_DEPTH), "background_depth": list(BACKGROUND_DEPTH), "background_slope": BACKGROUND_SLOPE,
     "size_at_unit_depth": SIZE_AT_UNIT_DEPTH, "size_jitter": list(SIZE_JITTER), "ring_hole": RING_HOLE,
     "background_tint": BACKGROUND_TINT, "haze_colour": list(HAZE_COLOUR), "haze_distance": HAZE_DISTANCE, "texture_coarse": TEXTURE_COARSE,
     "texture_fine": TEXTURE_FINE, "sensor_noise": SENSOR_NOISE,
 }
+TILT_CONSTANTS = {"focal": FOCAL, "light": list(LIGHT), "ambient": AMBIENT, "object_texture": OBJECT_TEXTURE}
+ROOM_CONSTANTS = {
+    "camera_height": list(CAMERA_HEIGHT), "camera_pitch": list(CAMERA_PITCH), "wall_distance": list(WALL_DISTANCE),
+    "wall_yaw": WALL_YAW, "wall_grey": list(WALL_GREY), "floor_grey": list(FLOOR_GREY), "floor_tile": FLOOR_TILE,
+    "floor_texture": FLOOR_TEXTURE, "far_depth": FAR_DEPTH,
+}
 
 
 @dataclass(frozen=True)
 class SceneObject:
     """One drawn object: its shape, ``seg`` class id (1-based), depth plane, centre (row, col, pixels), radius
-    (pixels), rotation (radians) and RGB colour before haze."""
+    (pixels), rotation (radians) and RGB colour before haze.  With ``max_tilt > 0``: ``depth`` is the depth of the
+    plane at the centre pixel, ``radius`` the apparent radius of the untilted shape there, and ``normal`` the
+    plane's unit normal (x right, y up, z towards the camera; (0, 0, 1) = fronto-parallel)."""
 
     shape: str
     label: int
@@ -107,18 +133,21 @@ class SceneObject:
     radius: float
     angle: float
     colour: tuple[float, float, float]
+    normal: tuple[float, float, float] = (0.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class Scene:
     """A rendered sample: ``image`` uint8 H×W×3, ``seg`` uint8 H×W (0 = background), ``depth`` float32 H×W,
-    ``instance`` int8 H×W (index into ``objects`` of the visible object, −1 = background)."""
+    ``instance`` int8 H×W (index into ``objects`` of the visible object, −1 = background), ``normal`` float32
+    H×W×3 unit normals of the visible surface (x right, y up, z towards the camera; ``None`` where not kept)."""
 
     image: np.ndarray
     seg: np.ndarray
     depth: np.ndarray
     instance: np.ndarray
     objects: tuple[SceneObject, ...]
+    normal: np.ndarray | None = None
 
 
 def _check_int(value: Any, key: str, minimum: int, maximum: int | None = None) -> int:
@@ -146,13 +175,33 @@ def check_shapes(shapes: Sequence[str] | None) -> tuple[str, ...]:
     return _check_names("shapes", shapes, DEFAULT_SHAPES, SHAPES)
 
 
-def task_names(shapes: Sequence[str]) -> tuple[str, ...]:
-    """Every task a dataset with these shape classes offers: ``seg``, ``depth``, ``has_<shape>``..."""
-    return (*DENSE_TASKS, *(f"has_{s}" for s in shapes))
+def task_names(shapes: Sequence[str], three_d: bool = False) -> tuple[str, ...]:
+    """Every task a dataset with these shape classes offers: ``seg``, ``depth`` (and ``normal`` for 3-D scenes:
+    ``layout=room`` or ``max_tilt > 0``), ``has_<shape>``..."""
+    dense = DENSE_TASKS if three_d else tuple(t for t in DENSE_TASKS if t != "normal")
+    return (*dense, *(f"has_{s}" for s in shapes))
 
 
-def check_tasks(tasks: Sequence[str] | None, shapes: Sequence[str]) -> tuple[str, ...]:
-    return _check_names("tasks", tasks, DEFAULT_TASKS, task_names(shapes))
+def check_tasks(tasks: Sequence[str] | None, shapes: Sequence[str], three_d: bool = False) -> tuple[str, ...]:
+    valid = task_names(shapes, three_d)
+    if not three_d and tasks is not None and "normal" in tasks:
+        raise ConfigError(f"dataset.tasks={list(tasks)} is invalid: task 'normal' needs 3-D scenes (dataset.layout=room or "
+                          f"dataset.max_tilt > 0); expected distinct names among {list(valid)}")
+    return _check_names("tasks", tasks, DEFAULT_TASKS, valid)
+
+
+def check_max_tilt(value: Any) -> float:
+    """``dataset.max_tilt``: degrees in [0, MAX_TILT] (0 = fronto-parallel objects)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) <= MAX_TILT
+    if not ok:
+        raise ConfigError(f"dataset.max_tilt={value!r} is invalid; expected degrees in [0, {MAX_TILT:g}] (0 = fronto-parallel objects)")
+    return float(value)
+
+
+def check_layout(value: Any) -> str:
+    if value not in LAYOUTS:
+        raise ConfigError(f"dataset.layout={value!r} is invalid; choose one of {list(LAYOUTS)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -164,6 +213,8 @@ class SceneParams:
     shapes: tuple[str, ...] = DEFAULT_SHAPES
     min_objects: int = 1
     max_objects: int = 4
+    max_tilt: float = 0.0  # degrees; > 0: tilted object planes (3-D scenes)
+    layout: str = "flat"  # flat: one slanted background plane | room: floor + back wall (3-D scenes)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "height", _check_int(self.height, "height", MIN_SIDE))
@@ -171,6 +222,14 @@ class SceneParams:
         object.__setattr__(self, "shapes", check_shapes(self.shapes))
         object.__setattr__(self, "min_objects", _check_int(self.min_objects, "min_objects", 1, MAX_OBJECTS))
         object.__setattr__(self, "max_objects", _check_int(self.max_objects, "max_objects", self.min_objects, MAX_OBJECTS))
+        object.__setattr__(self, "max_tilt", check_max_tilt(self.max_tilt))
+        object.__setattr__(self, "layout", check_layout(self.layout))
+
+    @property
+    def three_d(self) -> bool:
+        """3-D scenes (``layout=room`` or ``max_tilt > 0``): objects drawn with a depth test, possibly tilted, Lambertian
+        shading, object and floor textures, and a ``normal`` task.  Otherwise the original flat scenes."""
+        return self.layout == "room" or self.max_tilt > 0
 
     @property
     def num_classes(self) -> int:
@@ -214,14 +273,102 @@ def _shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, radius: float, angle
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render_scene(rng: np.random.Generator, params: SceneParams) -> Scene:
-    """Render one sample from ``rng`` (see the module docstring for the recipe)."""
+def camera_rays(h: int, w: int) -> np.ndarray:
+    """H×W×3 camera rays ``(x, y, 1)`` through the pixel centres, in the camera frame (x right, y *down*, z forward
+    = depth), with the focal length ``f = FOCAL · min(H, W)`` pixels and the principal point at the image centre."""
+    f = FOCAL * min(h, w)
+    y = (np.arange(h, dtype=np.float64) + 0.5 - h / 2) / f
+    x = (np.arange(w, dtype=np.float64) + 0.5 - w / 2) / f
+    rays = np.ones((h, w, 3))
+    rays[..., 0], rays[..., 1] = x[None, :], y[:, None]
+    return rays
+
+
+def surface_normals(z: np.ndarray, z_x: np.ndarray, z_y: np.ndarray, rays: np.ndarray) -> np.ndarray:
+    """Unit normals (x right, y up, z towards the camera) of a surface given as depth ``z(x, y)`` over the normalised
+    image coordinates of ``rays`` with partial derivatives ``z_x``, ``z_y``.
+
+    The surface is ``P(x, y) = z · (x, y, 1)``; ``∂P/∂x × ∂P/∂y = −z · (z_x, z_y, −(z + x z_x + y z_y))`` in the camera
+    frame (y down, z forward), so the normal facing the camera is ``(z_x, z_y, −(z + x z_x + y z_y))`` there, and
+    ``(z_x, −z_y, z + x z_x + y z_y)`` after flipping y and z into the output convention.
+    """
+    x, y = rays[..., 0], rays[..., 1]
+    n = np.stack(np.broadcast_arrays(z_x, -z_y, z + x * z_x + y * z_y), axis=-1)
+    return n / np.linalg.norm(n, axis=-1, keepdims=True)
+
+
+def shading(normals: np.ndarray) -> np.ndarray:
+    """Lambertian shading ``AMBIENT + (1 − AMBIENT) max(0, n · l)`` relative to a fronto-parallel surface's."""
+    light = np.asarray(LIGHT) / np.linalg.norm(LIGHT)
+    lambert = AMBIENT + (1.0 - AMBIENT) * np.clip(normals @ light, 0.0, None)
+    return lambert / (AMBIENT + (1.0 - AMBIENT) * light[2])
+
+
+def tilt_frame(tilt: float, azimuth: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The unit normal ``n`` (output convention) of a plane tilted by ``tilt`` towards ``azimuth`` (radians; 0 = the
+    normal leans right, π/2 = up) and the plane's in-plane axes ``e1``, ``e2`` in the **camera** frame: the image
+    right/down axes of the untilted plane rotated by ``tilt`` about the axis that takes (0, 0, 1) to ``n``."""
+    n = np.array([np.sin(tilt) * np.cos(azimuth), np.sin(tilt) * np.sin(azimuth), np.cos(tilt)])
+    m = n * np.array([1.0, -1.0, -1.0])  # the normal in the camera frame (y down, z forward)
+    axis = np.cross([0.0, 0.0, -1.0], m)
+    s = np.linalg.norm(axis)
+    if s < 1e-12:
+        return n, np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    k = axis / s
+    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    rot = np.eye(3) + np.sin(tilt) * kx + (1.0 - np.cos(tilt)) * (kx @ kx)  # Rodrigues
+    return n, rot[:, 0], rot[:, 1]
+
+
+def _draw_tilted_objects(rng: np.random.Generator, params: SceneParams, colour: np.ndarray, depth: np.ndarray,
+                         normal: np.ndarray, seg: np.ndarray, instance: np.ndarray) -> list[SceneObject]:
+    """Tilted ("3-D") mode's objects, drawn into the arrays in place with a depth test (see the module docstring)."""
+    h, w = params.height, params.width
+    f = FOCAL * min(h, w)
+    rays = camera_rays(h, w)
+    n = int(rng.integers(params.min_objects, params.max_objects + 1))
+    depths = np.sort(rng.uniform(*OBJECT_DEPTH, size=n))[::-1]
+    objects = []
+    side = min(h, w)
+    for k in range(n):
+        z = float(np.float32(depths[k]))
+        cls = int(rng.integers(len(params.shapes)))
+        radius = SIZE_AT_UNIT_DEPTH * side / z * rng.uniform(*SIZE_JITTER)
+        cy, cx = rng.uniform(0.1 * h, 0.9 * h), rng.uniform(0.1 * w, 0.9 * w)
+        angle = rng.uniform(0, 2 * np.pi)
+        rgb = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
+        tilt, azimuth = np.deg2rad(rng.uniform(0.0, params.max_tilt)), rng.uniform(0, 2 * np.pi)
+        n_out, e1, e2 = tilt_frame(tilt, azimuth)
+        m = n_out * np.array([1.0, -1.0, -1.0])
+        centre = z * np.array([(cx - w / 2) / f, (cy - h / 2) / f, 1.0])  # the plane's point on the centre pixel's ray
+        along = rays @ m  # < 0 where the ray meets the plane's front side
+        hits = along < -1e-6
+        zz = np.where(hits, float(centre @ m) / np.where(hits, along, -1.0), np.inf)
+        offset = zz[..., None] * rays - centre  # in-plane offset from the centre (metres) where hits
+        a, b = np.where(hits, offset @ e1, 0.0), np.where(hits, offset @ e2, 0.0)
+        world_radius = radius * z / f
+        mask = hits & _shape_mask(params.shapes[cls], b, a, world_radius, angle) & (zz < depth)
+        c, s = np.cos(angle), np.sin(angle)
+        period = world_radius  # the texture turns with the shape
+        texture = 1.0 + OBJECT_TEXTURE * np.cos(2 * np.pi * (c * a + s * b) / period) * np.cos(2 * np.pi * (c * b - s * a) / period)
+        colour[mask] = (np.asarray(rgb) * float(shading(n_out)))[None, :] * texture[mask][:, None]
+        depth[mask] = zz[mask]
+        normal[mask] = n_out
+        seg[mask] = cls + 1
+        instance[mask] = k
+        objects.append(SceneObject(params.shapes[cls], cls + 1, z, (float(cy), float(cx)), float(radius), float(angle),
+                                   tuple(float(v) for v in rgb), tuple(float(v) for v in n_out)))
+    return objects
+
+
+def _flat_background(rng: np.random.Generator, params: SceneParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``flat`` layout's background: colour (float64 H×W×3), depth (float32 H×W) and normals (float64 H×W×3)."""
     h, w = params.height, params.width
     rows = np.arange(h, dtype=np.float64)[:, None] + 0.5
     cols = np.arange(w, dtype=np.float64)[None, :] + 0.5
     u, v = cols / w - 0.5, rows / h - 0.5
 
-    # background: slanted plane, colour gradient, coarse + fine texture
+    # slanted plane, colour gradient, coarse + fine texture
     z0 = rng.uniform(*BACKGROUND_DEPTH)
     theta, slope = rng.uniform(0, 2 * np.pi), rng.uniform(0, BACKGROUND_SLOPE)
     depth = (z0 + slope * (np.cos(theta) * u + np.sin(theta) * v)).astype(np.float32)
@@ -232,12 +379,74 @@ def render_scene(rng: np.random.Generator, params: SceneParams) -> Scene:
     gh, gw = max(2, h // 8 + 1), max(2, w // 8 + 1)
     coarse = _interp_matrix(h, gh) @ rng.normal(0.0, TEXTURE_COARSE, size=(gh, gw)) @ _interp_matrix(w, gw).T
     colour = colour + coarse[..., None] + rng.normal(0.0, TEXTURE_FINE, size=(h, w, 3))
+    # normals of the surface z(x, y) over the normalised image coordinates x = u·w/f, y = v·h/f
+    f = FOCAL * min(h, w)
+    z_x, z_y = slope * np.cos(theta) * f / w, slope * np.sin(theta) * f / h
+    normal = surface_normals(depth.astype(np.float64), np.full((h, w), z_x), np.full((h, w), z_y), camera_rays(h, w))
+    return colour, depth, normal
 
-    # objects: far to near, so later (nearer) objects occlude earlier ones
-    n = int(rng.integers(params.min_objects, params.max_objects + 1))
-    depths = np.sort(rng.uniform(*OBJECT_DEPTH, size=n))[::-1]
+
+def plane_depth(rays: np.ndarray, m: np.ndarray, d: float) -> np.ndarray:
+    """Depth (camera z) where each ray meets the plane ``m · P = d`` (camera frame, ``m`` facing the camera, ``d < 0``);
+    ``inf`` where a ray does not meet its front side."""
+    along = rays @ m
+    hits = along < -1e-9
+    return np.where(hits, d / np.where(hits, along, -1.0), np.inf)
+
+
+def _room_background(rng: np.random.Generator, params: SceneParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``room`` layout's background: a floor and a back wall seen by a camera pitched down (see the module docstring)."""
+    h, w = params.height, params.width
+    rays = camera_rays(h, w)
+    height = rng.uniform(*CAMERA_HEIGHT)
+    pitch = np.deg2rad(rng.uniform(*CAMERA_PITCH))
+    distance = rng.uniform(*WALL_DISTANCE)
+    yaw = np.deg2rad(rng.uniform(-WALL_YAW, WALL_YAW))
+    wall_rgb = rng.uniform(*WALL_GREY) + rng.uniform(-BACKGROUND_TINT, BACKGROUND_TINT, size=3)
+    floor_rgb = rng.uniform(*FLOOR_GREY) + rng.uniform(-BACKGROUND_TINT, BACKGROUND_TINT, size=3)
+    # level frame: x right, y down, z forward, horizontal; rows of `to_cam` = the camera's axes in it
+    to_cam = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(pitch), -np.sin(pitch)], [0.0, np.sin(pitch), np.cos(pitch)]])
+    floor_m = to_cam @ np.array([0.0, -1.0, 0.0])  # the floor lies `height` below the camera, its normal points up
+    wall_m = to_cam @ np.array([np.sin(yaw), 0.0, -np.cos(yaw)])  # the wall meets the level axis at `distance`
+    z_floor = plane_depth(rays, floor_m, -height)
+    z_wall = plane_depth(rays, wall_m, -distance * np.cos(yaw))
+    floor = z_floor < z_wall
+    depth = np.minimum(np.where(floor, z_floor, z_wall), FAR_DEPTH)
+    flip = np.array([1.0, -1.0, -1.0])  # camera frame -> output convention (x right, y up, z towards the camera)
+    normal = np.where(floor[..., None], floor_m * flip, wall_m * flip)
+    # colours: plain wall and floor, floor tiles (in floor coordinates, aligned with the wall), coarse + fine texture
+    level = (depth[..., None] * rays) @ to_cam  # hit points in the level frame
+    c, s = np.cos(yaw), np.sin(yaw)
+    a, b = c * level[..., 0] + s * level[..., 2], -s * level[..., 0] + c * level[..., 2]
+    tiles = 1.0 + FLOOR_TEXTURE * np.cos(2 * np.pi * a / FLOOR_TILE) * np.cos(2 * np.pi * b / FLOOR_TILE)
+    colour = np.where(floor[..., None], floor_rgb * tiles[..., None], wall_rgb)
+    gh, gw = max(2, h // 8 + 1), max(2, w // 8 + 1)
+    coarse = _interp_matrix(h, gh) @ rng.normal(0.0, TEXTURE_COARSE, size=(gh, gw)) @ _interp_matrix(w, gw).T
+    colour = colour + coarse[..., None] + rng.normal(0.0, TEXTURE_FINE, size=(h, w, 3))
+    return colour, depth.astype(np.float32), normal
+
+
+def render_scene(rng: np.random.Generator, params: SceneParams) -> Scene:
+    """Render one sample from ``rng`` (see the module docstring for the recipe)."""
+    h, w = params.height, params.width
+    if params.layout == "room":
+        colour, depth, normal = _room_background(rng, params)
+    else:
+        colour, depth, normal = _flat_background(rng, params)
     seg = np.zeros((h, w), dtype=np.uint8)
     instance = np.full((h, w), -1, dtype=np.int8)
+
+    if params.three_d:  # shading of every surface; object planes (tilted) drawn with a depth test
+        colour = colour * shading(normal)[..., None]
+        depth64 = depth.astype(np.float64)
+        objects = _draw_tilted_objects(rng, params, colour, depth64, normal, seg, instance)
+        return _finish(rng, colour, depth64.astype(np.float32), seg, instance, objects, normal)
+
+    # flat scenes: fronto-parallel objects drawn far to near, so later (nearer) objects occlude earlier ones
+    rows = np.arange(h, dtype=np.float64)[:, None] + 0.5
+    cols = np.arange(w, dtype=np.float64)[None, :] + 0.5
+    n = int(rng.integers(params.min_objects, params.max_objects + 1))
+    depths = np.sort(rng.uniform(*OBJECT_DEPTH, size=n))[::-1]
     objects = []
     side = min(h, w)
     for k in range(n):
@@ -252,15 +461,20 @@ def render_scene(rng: np.random.Generator, params: SceneParams) -> Scene:
         depth[mask] = z
         seg[mask] = cls + 1
         instance[mask] = k
+        normal[mask] = (0.0, 0.0, 1.0)
         objects.append(SceneObject(params.shapes[cls], cls + 1, z, (float(cy), float(cx)), float(radius), float(angle),
                                    tuple(float(c) for c in rgb)))
+    return _finish(rng, colour, depth, seg, instance, objects, normal)
 
-    # aerial perspective, sensor noise, quantisation
+
+def _finish(rng: np.random.Generator, colour: np.ndarray, depth: np.ndarray, seg: np.ndarray, instance: np.ndarray,
+            objects: Sequence[SceneObject], normal: np.ndarray) -> Scene:
+    """Aerial perspective, sensor noise and quantisation of a scene's colours."""
     keep = np.exp(-depth.astype(np.float64) / HAZE_DISTANCE)[..., None]
     colour = colour * keep + np.asarray(HAZE_COLOUR) * (1.0 - keep)
     colour = colour + rng.normal(0.0, SENSOR_NOISE, size=colour.shape)
     image = np.rint(np.clip(colour, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return Scene(image=image, seg=seg, depth=depth, instance=instance, objects=tuple(objects))
+    return Scene(image=image, seg=seg, depth=depth, instance=instance, objects=tuple(objects), normal=normal.astype(np.float32))
 
 
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -302,7 +516,7 @@ class SyntheticImageDataset(StagedImages):
         self.params = params
         self.split = split
         self.seed = _check_int(seed, "seed", 0)
-        self.tasks = check_tasks(tasks, params.shapes)
+        self.tasks = check_tasks(tasks, params.shapes, params.three_d)
         self.set_normalization(normalize, mean, std)
         n = _check_int(size, f"n_{split}", 1)
         h, w = params.height, params.width
@@ -310,15 +524,19 @@ class SyntheticImageDataset(StagedImages):
         self.seg = np.empty((n, h, w), dtype=np.uint8)
         self.depth = np.empty((n, h, w), dtype=np.float32)
         self.instance = np.empty((n, h, w), dtype=np.int8)
+        # normals (N×H×W×3 float32) are kept only for a split that trains or evaluates them
+        self.normal = np.empty((n, h, w, 3), dtype=np.float32) if "normal" in self.tasks else None
         self.objects: list[tuple[SceneObject, ...]] = []
         for i in range(n):
             scene = render_scene(sample_rng(self.seed, split, i), params)
             self.images[i], self.seg[i], self.depth[i], self.instance[i] = scene.image, scene.seg, scene.depth, scene.instance
+            if self.normal is not None:
+                self.normal[i] = scene.normal
             self.objects.append(scene.objects)
         # presence of each class (visible pixels), N × C
         self.presence = np.stack([(self.seg == k + 1).any(axis=(1, 2)) for k in range(len(params.shapes))], axis=1)
         self.augment = bool(augment)
-        dense = {t: ("label" if t == "seg" else "depth") for t in self.tasks if t in DENSE_TASKS}
+        dense = {t: TARGET_KINDS[t] for t in self.tasks if t in DENSE_TASKS}
         self.transform = RandomScaleCropFlip(scales=(1.0,), flip_prob=0.5, seed=aug_seed, kinds=dense) if self.augment else None
 
     def set_normalization(self, normalize: str | None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
@@ -343,13 +561,14 @@ class SyntheticImageDataset(StagedImages):
         return self.images.shape[0]
 
     def scene(self, index: int) -> Scene:
-        """Sample ``index`` as rendered (arrays are views of the stored ones)."""
-        return Scene(self.images[index], self.seg[index], self.depth[index], self.instance[index], self.objects[index])
+        """Sample ``index`` as rendered (arrays are views of the stored ones; ``normal`` is ``None`` unless kept)."""
+        normal = None if self.normal is None else self.normal[index]
+        return Scene(self.images[index], self.seg[index], self.depth[index], self.instance[index], self.objects[index], normal)
 
     def fingerprint(self) -> str:
-        """BLAKE2b-128 of the split's images and labels (shapes and bytes)."""
+        """BLAKE2b-128 of the split's images and labels (shapes and bytes; normals where kept)."""
         hsh = hashlib.blake2b(digest_size=16)
-        for arr in (self.images, self.seg, self.depth):
+        for arr in (self.images, self.seg, self.depth) + (() if self.normal is None else (self.normal,)):
             hsh.update(np.asarray(arr.shape, dtype=np.int64).tobytes())
             hsh.update(np.ascontiguousarray(arr).data)
         return hsh.hexdigest()
@@ -359,6 +578,8 @@ class SyntheticImageDataset(StagedImages):
             return torch.from_numpy(self.seg[i].astype(np.int64))
         if task == "depth":
             return torch.from_numpy(self.depth[i].copy()).unsqueeze(0)
+        if task == "normal":
+            return torch.from_numpy(self.normal[i].transpose(2, 0, 1).copy())
         k = self.params.shapes.index(task[len("has_"):])
         return torch.tensor([float(self.presence[i, k])], dtype=torch.float32)
 
@@ -374,7 +595,8 @@ class SyntheticImageDataset(StagedImages):
         return image, {t: self._target(t, i) for t in self.tasks}
 
     def augment_sample(self, image: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """A random horizontal flip of the image and dense labels when ``augment=True``; otherwise the inputs unchanged."""
+        """A random horizontal flip of the image and dense labels (normals: x negated) when ``augment=True``; otherwise
+        the inputs unchanged."""
         if self.transform is None:
             return image, targets
         dense = {t: v for t, v in targets.items() if t in DENSE_TASKS}
@@ -400,6 +622,8 @@ def _task(name: str, num_classes: int) -> Task:
         return segmentation_task("seg", num_classes)
     if name == "depth":
         return depth_task("depth")
+    if name == "normal":
+        return normal_task("normal")
     return attribute_task(name)
 
 
@@ -417,12 +641,15 @@ def build_synthetic_images(
     augment: bool = False,
     aug_seed: int = 0,
     normalize: str | None = None,
+    max_tilt: float = 0.0,
+    layout: str = "flat",
     name: str = "synthetic_images",
 ) -> Benchmark:
-    """Generated shape scenes with ``seg`` / ``depth`` (and optional ``has_<shape>``) tasks; see the module docstring."""
-    params = SceneParams(height, width, check_shapes(shapes), min_objects, max_objects)
+    """Generated shape scenes with ``seg`` / ``depth`` (``normal`` with ``max_tilt > 0``; optional ``has_<shape>``)
+    tasks; see the module docstring."""
+    params = SceneParams(height, width, check_shapes(shapes), min_objects, max_objects, max_tilt, layout)
     sizes = {"train": _check_int(n_train, "n_train", 1), "val": _check_int(n_val, "n_val", 1), "test": _check_int(n_test, "n_test", 1)}
-    selected = check_tasks(tasks, params.shapes)
+    selected = check_tasks(tasks, params.shapes, params.three_d)
     normalize = check_normalize(normalize)
     seed = _check_int(seed, "seed", 0)
 
@@ -446,7 +673,7 @@ def build_synthetic_images(
         "augment": "hflip" if augment else False,
         "normalize": normalize,
         "normalize_stats": {"mean": mean, "std": std} if mean is not None else None,
-        "constants": CONSTANTS,
+        "constants": {**CONSTANTS, **(TILT_CONSTANTS if params.three_d else {}), **(ROOM_CONSTANTS if params.layout == "room" else {})},
         "fingerprint": combined,
         "split_fingerprints": fingerprints,
     }
