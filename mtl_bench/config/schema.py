@@ -51,10 +51,6 @@ class TrainerConf:
     max_steps_per_epoch: Optional[int] = None
     grad_clip_norm: Optional[float] = None
     check_finite: bool = True  # stop on a NaN/inf task loss or one outside the combiner's domain (one host sync per step)
-    # what a diverged run means to a sweep: fail (the launcher records a failed job; with max_batch_size the sweep
-    # stops) | record (status diverged in summary.json, the sweep goes on: learning-rate grids, where a too-large
-    # rate diverging is a result, not an error)
-    on_divergence: str = "fail"
     # sequential: K backward passes | batched: K head passes + one vmapped encoder pass (same G up to rounding;
     # faster only for some models, see docs/benchmarks.md; falls back to sequential where vmap fails)
     per_task_backward: str = "sequential"
