@@ -7,8 +7,16 @@ update attributable to task k, and rAU its share across tasks::
     AU_k ← ρ AU_k + (1 − ρ) (Δθ_k)²,      rAU_k = AU_k / Σ_j AU_j
 
 A parameter is *dominated* by a task when max_k rAU_k exceeds ``threshold`` (0.9); balanced parameters have
-rAU_k ≈ 1/K.  Reported per shared layer (parameter tensor) and over all shared parameters: mean rAU per task,
-the fraction of dominated parameters, and the entropy of rAU normalised by log K (1 = balanced, 0 = one task).
+rAU_k ≈ 1/K.  Reported per shared **layer** — a module with parameters, e.g. ``encoder.net.0`` holding the
+tensors ``encoder.net.0.weight`` and ``.bias`` (:func:`layer_of`) — and over all shared parameters: mean rAU per
+task, the fraction of dominated parameters, the entropy of rAU normalised by log K (1 = balanced, 0 = one task)
+and the layer's **max share** max_k mean rAU_k (1/K when balanced on average, → 1 when one task owns the layer).
+The paper plots rAU per shared layer (dominance is strongest in the higher layers) and over training; the
+summary therefore holds ``layers`` ({layer: mean_rau per task, dominated, entropy, max_share, dominant_task}),
+``layer_max_share`` ({layer: max share}, the report's ``au/layer_max/<layer>``) and ``history`` (one entry per
+epoch: epoch, last probe step, and the overall and per-layer mean rAU per task and dominated fraction); the
+epoch records of metrics.jsonl carry the same numbers as ``au/<layer>/rau/<task>``, ``au/<layer>/dominated``,
+``au/<layer>/entropy``, ``au/<layer>/max_share`` (``<layer>`` = ``all`` over every shared parameter).
 
 Attribution Δθ_k (our reconstruction of the paper's definition, see the reference note §2.2.1):
 
@@ -38,6 +46,24 @@ from mtl_bench.errors import ConfigError
 from mtl_bench.optimizers import is_task_wise
 
 SUPPORTED = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad")
+ALL = "all"  # the pseudo-layer of every shared parameter
+
+
+def layer_of(name: str) -> str:
+    """The module a shared parameter belongs to: its name without the attribute (``encoder.net.0.weight`` →
+    ``encoder.net.0``); a name without a dot is its own layer."""
+    head, dot, _ = name.rpartition(".")
+    return head if dot else name
+
+
+def layer_index(names: Sequence[str], sizes: Sequence[int]) -> dict[str, torch.Tensor]:
+    """``{layer: positions in the flat vector of shared scalars}``, layers in order of first appearance."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    offset = 0
+    for name, n in zip(names, sizes):
+        parts.setdefault(layer_of(name), []).append(torch.arange(offset, offset + n))
+        offset += n
+    return {layer: torch.cat(idx) for layer, idx in parts.items()}
 
 
 class AUMonitor:
@@ -56,7 +82,8 @@ class AUMonitor:
         self.au: torch.Tensor | None = None  # K×d
         self.momentum: torch.Tensor | None = None  # K×d per-task first moments (Adam / SGD momentum)
         self._grads: torch.Tensor | None = None
-        self.history: list[dict[str, Any]] = []  # per-epoch layer statistics (for plots)
+        self.history: list[dict[str, Any]] = []  # per-epoch statistics (summary["au"]["history"])
+        self.last_probe_step: int | None = None
 
     def setup(self, optimizer: torch.optim.Optimizer, shared_named: Sequence[tuple[str, torch.nn.Parameter]], task_names: Sequence[str]):
         self.optimizer = optimizer
@@ -72,6 +99,7 @@ class AUMonitor:
         self.names = [n for n, _ in shared_named]
         self.params = [p for _, p in shared_named]
         self.sizes = [p.numel() for p in self.params]
+        self.layers = layer_index(self.names, self.sizes)
         self._shared_ids = {id(p) for p in self.params}
         if self.group is None:
             raise ConfigError("diagnostics.au: the optimizer has no parameter group with the shared parameters")
@@ -84,13 +112,14 @@ class AUMonitor:
 
     def state_dict(self) -> dict[str, Any]:
         """The running squared-update averages, the per-task moments and the per-epoch history (checkpoints)."""
-        return {"au": self.au, "momentum": self.momentum, "history": list(self.history)}
+        return {"au": self.au, "momentum": self.momentum, "history": list(self.history), "last_probe_step": self.last_probe_step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         device = self.params[0].device if getattr(self, "params", None) else "cpu"
         self.au = state["au"].to(device) if state["au"] is not None else None
         self.momentum = state["momentum"].to(device) if state["momentum"] is not None else None
         self.history = list(state["history"])
+        self.last_probe_step = state.get("last_probe_step")
 
     # ------------------------------------------------------------------ engine observer protocol
     def probe(self, step: int) -> bool:
@@ -113,6 +142,7 @@ class AUMonitor:
             return
         updates = self._task_updates()
         self._grads = None
+        self.last_probe_step = step
         self.last_updates = updates  # K×d signed per-task updates of this probe step (for tests and analyses)
         if updates is None:
             return
@@ -179,40 +209,57 @@ class AUMonitor:
         }
 
     def layer_stats(self) -> dict[str, dict[str, Any]]:
+        """``{layer: _stats}`` per shared layer (module) and for ``all`` shared parameters; ``{}`` before a probe."""
         if self.au is None:
             return {}
-        out, offset = {}, 0
-        for name, n in zip(self.names, self.sizes):
-            out[name] = self._stats(self.au[:, offset : offset + n])
-            offset += n
-        out["all"] = self._stats(self.au)
+        out = {layer: self._stats(self.au[:, idx]) for layer, idx in self.layers.items()}
+        out[ALL] = self._stats(self.au)
         return out
 
+    def _named(self, st: Mapping[str, Any]) -> dict[str, Any]:
+        """One layer's statistics with the mean rAU per task name, its largest share and that task."""
+        rau = dict(zip(self.task_names, st["mean_rau"]))
+        finite = {t: v for t, v in rau.items() if math.isfinite(v)}
+        top = max(finite, key=finite.get) if finite else None
+        return {"mean_rau": rau, "dominated": st["dominated"], "entropy": st["entropy"],
+                "max_share": finite[top] if top is not None else float("nan"), "dominant_task": top}
+
+    def named_stats(self) -> dict[str, dict[str, Any]]:
+        return {layer: self._named(st) for layer, st in self.layer_stats().items()}
+
     def epoch_record(self, epoch: int) -> dict[str, float]:
-        """Flat ``au/...`` metrics for metrics.jsonl / W&B (per layer and over all shared parameters)."""
-        stats = self.layer_stats()
+        """Flat ``au/<layer>/...`` metrics for metrics.jsonl / W&B, and one entry of the history."""
+        stats = self.named_stats()
         if not stats:
             return {}
-        self.history.append({"epoch": epoch, **{k: v for k, v in stats.items()}})
+        self.history.append(self._history_entry(epoch, stats))
         rec: dict[str, float] = {}
         for layer, st in stats.items():
-            rec[f"au/{layer}/dominated"] = st["dominated"]
-            rec[f"au/{layer}/entropy"] = st["entropy"]
-            for t, r in zip(self.task_names, st["mean_rau"]):
+            for key in ("dominated", "entropy", "max_share"):
+                rec[f"au/{layer}/{key}"] = st[key]
+            for t, r in st["mean_rau"].items():
                 rec[f"au/{layer}/rau/{t}"] = r
         return rec
 
+    def _history_entry(self, epoch: int, stats: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+        brief = {layer: {"mean_rau": st["mean_rau"], "dominated": st["dominated"]} for layer, st in stats.items() if layer != ALL}
+        return {"epoch": epoch, "step": self.last_probe_step, "mean_rau": stats[ALL]["mean_rau"],
+                "dominated": stats[ALL]["dominated"], "layers": brief}
+
     def summary(self) -> dict[str, Any]:
-        stats = self.layer_stats()
+        stats = self.named_stats()
+        overall = stats.pop(ALL, {})
         approx = "exact" if self.every == 1 or self.task_wise else f"per-task gradient held constant over {self.every} steps"
         return {
             "attribution": ("task-wise optimizer updates" if self.task_wise
                             else f"{self.kind}: per-task first moment / shared second moment"),
             "every_n_steps": self.every, "decay": self.decay, "threshold": self.threshold, "approximation": approx,
-            "dominated_fraction": stats.get("all", {}).get("dominated"),
-            "entropy": stats.get("all", {}).get("entropy"),
-            "mean_rau": dict(zip(self.task_names, stats.get("all", {}).get("mean_rau", []))),
-            "layers": {k: v for k, v in stats.items() if k != "all"},
+            "dominated_fraction": overall.get("dominated"),
+            "entropy": overall.get("entropy"),
+            "mean_rau": overall.get("mean_rau", {}),
+            "layers": stats,
+            "layer_max_share": {layer: st["max_share"] for layer, st in stats.items()},
+            "history": list(self.history),
         }
 
     def save_figures(self, output_dir: str | Path) -> dict[str, Path]:
@@ -221,7 +268,8 @@ class AUMonitor:
 
     def save_heatmap(self, path: str | Path) -> Path | None:
         """Layers × tasks heatmap of the mean rAU (last epoch), with the dominated fraction per layer."""
-        stats = self.layer_stats()
+        stats = self.named_stats()
+        stats.pop(ALL, None)
         if not stats:
             return None
         import matplotlib
@@ -229,8 +277,8 @@ class AUMonitor:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        layers = [n for n in self.names if n in stats]
-        data = [stats[n]["mean_rau"] for n in layers]
+        layers = list(stats)
+        data = [[stats[n]["mean_rau"][t] for t in self.task_names] for n in layers]
         fig, ax = plt.subplots(figsize=(4.5 + 0.8 * len(self.task_names), 1.6 + 0.35 * len(layers)))
         im = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(self.task_names)), self.task_names, rotation=45, ha="right")

@@ -1,0 +1,134 @@
+"""AU / rAU per shared layer and over training (Yang et al., AdaTask, AAAI 2023): hand-built cases with values
+derived by hand, the first-step property that separates Adam from AdaTask, and a run's summary / metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mtl_bench.diagnostics.au import AUMonitor, layer_index, layer_of
+from mtl_bench.optimizers import AdaTaskAdam
+from mtl_bench.train import build_and_train
+
+TASKS = ("a", "b")
+# three shared "layers" of 2 weights + 1 bias each: 9 scalars, layer l at positions 3l .. 3l+2
+NAMES = ["enc.0.weight", "enc.0.bias", "enc.1.weight", "enc.1.bias", "enc.2.weight", "enc.2.bias"]
+SHAPES = [(2,), (1,), (2,), (1,), (2,), (1,)]
+
+
+def shared_params():
+    return [(n, torch.nn.Parameter(torch.zeros(s, dtype=torch.float64))) for n, s in zip(NAMES, SHAPES)]
+
+
+def per_layer(values_a, values_b):
+    """K×9 per-task gradients, constant within each layer."""
+    return torch.tensor([[v for v in values_a for _ in range(3)], [v for v in values_b for _ in range(3)]], dtype=torch.float64)
+
+
+def test_layer_of_and_layer_index_group_a_module_s_tensors_wherever_they_are():
+    assert layer_of("encoder.net.0.weight") == "encoder.net.0" and layer_of("w") == "w"
+    idx = layer_index(["a.weight", "b.weight", "a.bias"], [2, 3, 1])
+    assert list(idx) == ["a", "b"]
+    assert idx["a"].tolist() == [0, 1, 5] and idx["b"].tolist() == [2, 3, 4]
+
+
+def test_per_layer_rau_and_its_history_on_a_hand_built_sgd_run():
+    """SGD without momentum: Δθ_k = lr·g_k.  Step 0: layer 0 gets task gradients (3, 1) → rAU (0.9, 0.1);
+    layer 1 (1, 1) → (0.5, 0.5); layer 2 (0, 2) → (0, 1).  Step 1: layer 2 gets (2, 0); with ρ = 0.5,
+    AU_a = (1−ρ)·4lr², AU_b = ρ(1−ρ)·4lr² → rAU (2/3, 1/3); the other layers keep their ratios."""
+    named = shared_params()
+    au = AUMonitor(every_n_steps=1, decay=0.5, threshold=0.85)
+    au.setup(torch.optim.SGD([p for _, p in named], lr=0.5), named, TASKS)
+    steps = [per_layer((3, 1, 0), (1, 1, 2)), per_layer((3, 1, 2), (1, 1, 0))]
+    records = []
+    for step, grads in enumerate(steps):
+        au.observe(step, grads, TASKS, None, "params")
+        au.after_step(step)
+        records.append(au.epoch_record(step + 1))
+    s = au.summary()
+    assert list(s["layers"]) == ["enc.0", "enc.1", "enc.2"]
+    assert s["layer_max_share"] == pytest.approx({"enc.0": 0.9, "enc.1": 0.5, "enc.2": 2 / 3})
+    assert s["layers"]["enc.0"]["mean_rau"] == pytest.approx({"a": 0.9, "b": 0.1})
+    assert s["layers"]["enc.0"]["dominated"] == 1.0 and s["layers"]["enc.0"]["dominant_task"] == "a"
+    assert s["layers"]["enc.2"]["mean_rau"] == pytest.approx({"a": 2 / 3, "b": 1 / 3}) and s["layers"]["enc.2"]["dominated"] == 0.0
+    assert s["mean_rau"] == pytest.approx({"a": (0.9 + 0.5 + 2 / 3) / 3, "b": (0.1 + 0.5 + 1 / 3) / 3})
+    assert s["dominated_fraction"] == pytest.approx(1 / 3)
+    first, second = s["history"]
+    assert (first["epoch"], first["step"], second["epoch"], second["step"]) == (1, 0, 2, 1)
+    assert first["layers"]["enc.2"]["mean_rau"] == pytest.approx({"a": 0.0, "b": 1.0})
+    assert first["layers"]["enc.2"]["dominated"] == 1.0 and first["dominated"] == pytest.approx(2 / 3)
+    assert first["mean_rau"] == pytest.approx({"a": (0.9 + 0.5) / 3, "b": (0.1 + 0.5 + 1.0) / 3})
+    assert records[0]["au/enc.2/rau/b"] == pytest.approx(1.0) and records[1]["au/enc.2/rau/b"] == pytest.approx(1 / 3)
+    assert records[1]["au/enc.0/max_share"] == pytest.approx(0.9) and records[1]["au/all/dominated"] == pytest.approx(1 / 3)
+
+
+def test_history_survives_a_checkpoint():
+    named = shared_params()
+    au = AUMonitor(every_n_steps=1)
+    au.setup(torch.optim.SGD([p for _, p in named], lr=0.1), named, TASKS)
+    au.observe(0, per_layer((1, 2, 3), (3, 2, 1)), TASKS, None, "params")
+    au.after_step(0)
+    au.epoch_record(1)
+    other = AUMonitor(every_n_steps=1)
+    other.setup(torch.optim.SGD([p for _, p in named], lr=0.1), named, TASKS)
+    other.load_state_dict(au.state_dict())
+    assert other.summary() == au.summary() and other.summary()["history"][0]["step"] == 0
+
+
+def first_step_rau(kind: str, grads: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Per-layer mean rAU after one optimizer step with per-task gradients ``grads`` (K×9)."""
+    named = shared_params()
+    params = [p for _, p in named]
+    if kind == "adatask":
+        opt = AdaTaskAdam([{"params": params, "name": "shared"}], lr=1e-2, eps=1e-14)
+        opt.set_task_gradients(grads)
+    else:
+        opt = torch.optim.Adam(params, lr=1e-2, eps=1e-14)
+        total, offset = grads.sum(0), 0
+        for p in params:
+            p.grad = total[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+    au = AUMonitor(every_n_steps=1)
+    au.setup(opt, named, TASKS)
+    au.observe(0, grads, TASKS, None, "params")
+    au.before_step(0)
+    opt.step()
+    au.after_step(0)
+    return {layer: st["mean_rau"] for layer, st in au.summary()["layers"].items()}
+
+
+def test_first_step_adam_shares_follow_squared_gradients_adatask_shares_are_equal():
+    """Adam's first step: m̂_k = g_k, v̂ = (g_a + g_b)², so Δθ_k ∝ g_k and rAU_k = g_k² / (g_a² + g_b²) — task b,
+    with gradients ×10 in layer 0 (its loss ×100), takes 100/101 there.  AdaTask: Δθ_k = lr·g_k/|g_k| = ±lr for
+    each task, so rAU = 1/2 everywhere, whatever the scales."""
+    grads = per_layer((1.0, -2.0, 0.5), (10.0, 5.0, -1.0))
+    adam = first_step_rau("adam", grads)
+    expected = {"enc.0": 1 / 101, "enc.1": 4 / 29, "enc.2": 0.25 / 1.25}
+    for layer, share_a in expected.items():
+        assert adam[layer] == pytest.approx({"a": share_a, "b": 1 - share_a}, rel=1e-9)
+    ada = first_step_rau("adatask", grads)
+    for layer in expected:
+        assert ada[layer] == pytest.approx({"a": 0.5, "b": 0.5}, rel=1e-9)
+
+
+def test_run_with_three_shared_layers_writes_per_layer_rau_over_training(make_cfg, tmp_path):
+    summary = build_and_train(make_cfg("diagnostics.au.enabled=true", "diagnostics.au.every_n_steps=2", "trainer.epochs=3",
+                                       "backbone.hidden=[8,8,8]", "dataset.label_scales=[1.0,10.0]"), output_dir=tmp_path / "r")
+    au = summary["au"]
+    layers = ["encoder.net.0", "encoder.net.2", "encoder.net.4"]
+    assert list(au["layers"]) == layers and list(au["layer_max_share"]) == layers
+    for layer in layers:
+        st = au["layers"][layer]
+        assert sum(st["mean_rau"].values()) == pytest.approx(1.0)
+        assert st["max_share"] == max(st["mean_rau"].values()) and st["dominant_task"] == "t1"  # the x100-loss task
+    assert [h["epoch"] for h in au["history"]] == [1, 2, 3]
+    assert [h["step"] for h in au["history"]] == [6, 14, 22]  # 8 steps per epoch (256 samples, batch 32), probes on even steps
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    for h, rec in zip(au["history"], epochs):
+        for layer in layers:
+            assert rec[f"au/{layer}/rau/t0"] == pytest.approx(h["layers"][layer]["mean_rau"]["t0"])
+            assert rec[f"au/{layer}/dominated"] == pytest.approx(h["layers"][layer]["dominated"])
+        assert rec["au/all/rau/t1"] == pytest.approx(h["mean_rau"]["t1"])
