@@ -455,6 +455,13 @@ def main(cfg: DictConfig) -> float | None:
         log.warning("%s", e)
         stop_job(e.exit_code)
         return None
+    except NonFiniteLossError as e:
+        log.error("%s", e)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            if cfg.trainer.get("on_divergence", "fail") == "record":
+                return None  # recorded in summary.json (status diverged); the sweep goes on
+            raise
+        sys.exit(exit_code(e))
     except MTLBenchError as e:
         log.error("%s", e)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:

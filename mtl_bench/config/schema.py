@@ -51,6 +51,10 @@ class TrainerConf:
     max_steps_per_epoch: Optional[int] = None
     grad_clip_norm: Optional[float] = None
     check_finite: bool = True  # stop on a NaN/inf task loss or one outside the combiner's domain (one host sync per step)
+    # what a diverged run means to a sweep: fail (the launcher records a failed job; with max_batch_size the sweep
+    # stops) | record (status diverged in summary.json, the sweep goes on: learning-rate grids, where a too-large
+    # rate diverging is a result, not an error)
+    on_divergence: str = "fail"
     # sequential: K backward passes | batched: K head passes + one vmapped encoder pass (same G up to rounding;
     # faster only for some models, see docs/benchmarks.md; falls back to sequential where vmap fails)
     per_task_backward: str = "sequential"
@@ -197,6 +201,24 @@ class SyntheticImagesDatasetConf:
 
 
 @dataclass
+class MultiDigitsDatasetConf:
+    """MultiMNIST-style pairs of scikit-learn's 8x8 digits (``mtl_bench.data.multi_digits``); checked by the builder."""
+
+    _target_: str = "mtl_bench.data.multi_digits.build_multi_digits"
+    name: str = "multi_digits"
+    canvas: int = 16
+    offset: int = 4  # > 2 * jitter
+    jitter: int = 1
+    overlap: str = "max"  # max | sum
+    n_train: int = 10000
+    n_val: int = 2000
+    n_test: int = 2000
+    seed: int = 0  # data seed, independent of the training seed
+    source_fractions: List[float] = field(default_factory=lambda: [0.6, 0.15, 0.25])
+    tasks: Optional[List[str]] = None  # None: [left, right]
+
+
+@dataclass
 class _OptimizerBase:
     _partial_: bool = True
     _convert_: str = "all"  # plain lists in param_groups, so optimizer state saves with weights_only
@@ -233,7 +255,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "schema/mode": {"mtl": MTLModeConf, "stl": STLModeConf, "aux": AuxModeConf, "forkmerge": ForkMergeModeConf,
                     "transfer": TransferModeConf},
     "schema/logger": {"wandb": WandbLoggerConf, "none": NoLoggerConf},
-    "schema/dataset": {"synthetic": SyntheticDatasetConf, "synthetic_images": SyntheticImagesDatasetConf},
+    "schema/dataset": {"synthetic": SyntheticDatasetConf, "synthetic_images": SyntheticImagesDatasetConf,
+                       "multi_digits": MultiDigitsDatasetConf},
     "schema/optimizer": {"adam": AdamConf, "adamw": AdamWConf, "sgd": SGDConf},
 }
 

@@ -15,7 +15,7 @@ from mtl_bench.preemption import check_signals
 # transfer source's identity (mtl_bench.transfer).  "trainer.checkpoint_every" covers its _n_steps/_min siblings.
 RUNTIME_KEYS = (
     "trainer.resume", "trainer.device", "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
-    "trainer.checkpoint_every", "trainer.keep_previous_checkpoint", "trainer.preemption", "trainer.eval_batch_size", "paths",
+    "trainer.checkpoint_every", "trainer.keep_previous_checkpoint", "trainer.on_divergence", "trainer.preemption", "trainer.eval_batch_size", "paths",
     "logger", "tags",
 )
 
@@ -43,6 +43,7 @@ def validate_config(cfg: DictConfig) -> None:
     if not t.checkpoint_every_min >= 0:
         raise ConfigError(f"trainer.checkpoint_every_min must be >= 0, got {t.checkpoint_every_min!r}")
     check_signals(list(t.preemption.signals))
+    check_choice("trainer.on_divergence", t.get("on_divergence", "fail"), ("fail", "record"))
     if t.grad_clip_norm is not None and not t.grad_clip_norm > 0:
         raise ConfigError(f"trainer.grad_clip_norm must be positive or null, got {t.grad_clip_norm!r}")
     _positive_int(cfg.seed, "seed", minimum=0)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from mtl_bench.baselines import load_published
 from mtl_bench.errors import ConfigError, check_choice
@@ -59,6 +59,23 @@ class DeltaMSpec:
         return out
 
 
+def _dataset_name(summary: Mapping[str, Any]) -> Any:
+    data = summary.get("dataset")
+    return data.get("name") if isinstance(data, Mapping) else None
+
+
+def same_dataset(summaries: Iterable[tuple[Path, Mapping[str, Any]]], dataset: str,
+                 other: set[str]) -> Iterator[tuple[Path, Mapping[str, Any]]]:
+    """The summaries except completed STL runs of another dataset (their dataset names are added to ``other``): a study
+    whose arms use different datasets (balanced / imbalanced) keeps every arm's STL runs in one sweep folder."""
+    for path, summary in summaries:
+        name = _dataset_name(summary)
+        if summary.get("mode") == "stl" and isinstance(name, str) and name != dataset:
+            other.add(name)
+            continue
+        yield path, summary
+
+
 def build_delta_m(cfg: Mapping[str, Any] | None, dataset: str, directions: Mapping[str, bool]) -> tuple[DeltaMSpec | None, dict]:
     """The Δm spec of a run (or ``None`` and the reason) from the ``delta_m`` config node."""
     if not cfg:
@@ -80,7 +97,11 @@ def build_delta_m(cfg: Mapping[str, Any] | None, dataset: str, directions: Mappi
             log.warning("Δm is off: %s", reason)
             return None, {"enabled": False, "reason": reason, "stl_runs": [str(p) for p in runs]}
     if runs:
-        per_split = stl_baselines_from_summaries(read_stl_summaries(runs), ("val", "test"))  # each summary read once
+        other: set[str] = set()  # STL runs of other datasets in the same folders (e.g. a study's other arm): skipped
+        mine = list(same_dataset(read_stl_summaries(runs), dataset, other))
+        if other and not any(summary.get("mode") == "stl" for _, summary in mine):
+            raise ConfigError(f"delta_m.stl_runs were trained on {sorted(other)}, this run uses dataset '{dataset}'")
+        per_split = stl_baselines_from_summaries(mine, ("val", "test"))
         datasets = set(per_split["test"].datasets.values())
         if datasets and datasets != {dataset}:
             raise ConfigError(f"delta_m.stl_runs were trained on {sorted(datasets)}, this run uses dataset '{dataset}'")

@@ -41,6 +41,13 @@ class Baselines:
     runs_per_task: dict[str, int] = field(default_factory=dict)
     seeds: dict[str, list[int]] = field(default_factory=dict)
     datasets: dict[str, str] = field(default_factory=dict)
+    per_dataset: dict[str, "Baselines"] = field(default_factory=dict)  # several datasets: each one's own baselines
+
+    def for_run(self, run: Run) -> "Baselines | None":
+        """The baselines of ``run``'s dataset (itself when there is one dataset; ``None`` when its dataset has none)."""
+        if not self.per_dataset:
+            return self
+        return self.per_dataset.get(str(run.dataset))
 
 
 def _from_stl(paths: Sequence[str | Path], description: str,
@@ -122,7 +129,11 @@ def resolve_baselines(stl_option: Sequence[str | Path] | None, stl_runs: Sequenc
 
 def run_delta_m(run: Run, baselines: Baselines, split: str, convention: str, allow_missing: bool,
                 source: str = "selected") -> tuple[float, str | None]:
-    """Δm% of ``run`` on its targets (NaN and the reason when it cannot be computed)."""
+    """Δm% of ``run`` on its targets against its dataset's baselines (NaN and the reason when it cannot be computed)."""
+    own = baselines.for_run(run)
+    if own is None:
+        return math.nan, f"{run.name}: no STL baselines on its dataset '{run.dataset}'"
+    baselines = own
     results = run.results(source)
     targets = set(run.targets)
     metrics = {k: v for k, v in metrics_for_split(results, split).items() if k.rpartition("/")[0] in targets}
@@ -135,3 +146,25 @@ def run_delta_m(run: Run, baselines: Baselines, split: str, convention: str, all
     gaps = [*d.missing_baselines, *d.undefined_baselines]
     return d.value, (f"{run.name} ({split}): Δm leaves out {gaps}" if gaps else None)
 
+
+
+def resolve_per_dataset(stl_runs: Sequence[Run], runs: Sequence[Run]) -> tuple[Baselines | None, str]:
+    """Baselines per dataset when the report's runs span several datasets (e.g. a study's balanced and imbalanced
+    arms, each with its own STL runs): each dataset's runs are compared with that dataset's STL runs only."""
+    per: dict[str, Baselines] = {}
+    reasons = []
+    for name in sorted({str(r.dataset) for r in runs}):
+        mine = [r for r in runs if str(r.dataset) == name]
+        baselines, why = resolve_baselines(None, [r for r in stl_runs if str(r.dataset) == name], mine)
+        if baselines is None:
+            reasons.append(f"{name}: {why}")
+        else:
+            per[name] = baselines
+    if not per:
+        return None, "; ".join(reasons)
+    values = {split: {f"{name}:{k}": v for name, b in per.items() for k, v in b.values.get(split, {}).items()}
+              for split in ("val", "test")}
+    desc = "per dataset: " + "; ".join(f"{name}: {b.description}" for name, b in per.items())
+    if reasons:
+        desc += " (no baselines: " + "; ".join(reasons) + ")"
+    return Baselines(values, desc, per_dataset=per), ""

@@ -24,7 +24,7 @@ from mtl_bench.diagnostics.conflicts import PAIR_TYPES as CONFLICT_PAIRS
 from mtl_bench.metrics.delta_m import CONVENTIONS
 from mtl_bench.report.claims import Verdict, evaluate_claims, study_claims
 from mtl_bench.report.curves import Curve, build_curves
-from mtl_bench.report.baselines import Baselines, resolve_baselines, run_delta_m
+from mtl_bench.report.baselines import Baselines, resolve_baselines, resolve_per_dataset, run_delta_m
 from mtl_bench.report.exploded import DEFAULT_FACTOR, check_factor, find_exploded
 from mtl_bench.report.grouping import (Group, Stat, group_runs, lookup, matches, mean_std, merge_directions,
                                        parse_key_values, repeated_seeds, sorted_seeds, stl_groups)
@@ -235,7 +235,11 @@ def _delta_m(table_runs: list[Run], stl_runs: list[Run], options: ReportOptions,
     """The baselines (from the non-exploded STL runs), why there are none, and every table run's Δm per split."""
     if not table_runs:
         return None, "only STL runs" if stl_runs else "no completed run", {}
-    baselines, reason = resolve_baselines(options.stl, stl_runs, table_runs)
+    several = len({str(r.dataset) for r in [*table_runs, *stl_runs]}) > 1
+    if several and not options.stl:
+        baselines, reason = resolve_per_dataset(stl_runs, table_runs)
+    else:
+        baselines, reason = resolve_baselines(options.stl, stl_runs, table_runs)
     run_delta: dict[str, dict[str, float]] = {}
     for run in table_runs if baselines is not None else ():
         for split in options.splits:

@@ -12,6 +12,12 @@
 ``conflict/<pair>/<metric>``    Elich et al.'s conflict statistic (``cos``, ``mag_sim``, ``sign_conflict``) of a pair
                                 type (``inter_task``, ``inter_sample``, ...), mean over the run
 ``robustness/delta``            the transfer run's own corruption δ against the STL mean ratios (< 0: MTL better)
+``robustness/degradation/<t>``  a transfer run's degradation on task t: mean over t's metrics (directions as
+                                recorded) of the mean over corruption × severity cells of ±(corrupted/clean − 1),
+                                signed so that > 0 is worse.  δ is linear in it: the MTL run's degradation minus
+                                the STL run's of the same seed is that seed's δ_t, so a seed-paired
+                                ``difference`` claim gives δ_t with an interval that includes both sides' seed
+                                variance
 ``summary/<dotted.path>``       any number in ``summary.json``
 ==============================  ==========================================================================
 
@@ -19,10 +25,11 @@ A value that a run does not have is NaN; sides drop such runs and name them.
 
 **A side** (``where``, ``tune``): the completed, non-exploded runs whose values of the ``where`` keys (as
 :func:`~mtl_bench.report.grouping.lookup` reads them: overrides, group choices, resolved config) equal the given
-value or one of the given values.  ``tune: [optimizer.lr]`` then chooses, among the values of the tuned keys that
-the side's runs take, the one with the best mean **validation** value of ``select_on`` over seeds (default: the
-claim's quantity; the direction is the quantity's, or ``select_mode: max|min``), and keeps only those runs — the
-same tuning budget for every arm, decided on validation and never on test.
+value or one of the given values (STL runs only if ``where`` names ``mode``).  ``tune: [optimizer.lr]`` then
+chooses, among the values of the tuned keys that the side's runs take, the one with the best mean **validation**
+value of ``select_on`` over seeds (default: the claim's quantity; the direction is the quantity's, or
+``select_mode: max|min``), and keeps only those runs — the same tuning budget for every arm, decided on validation
+and never on test.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ class Context:
             return _conflict(run, rest)
         if head == "robustness" and rest == "delta":
             return self._robust_delta(run)
+        if head == "robustness" and rest.startswith("degradation/"):
+            return degradation(run, rest.partition("/")[2], self.report.options.include_loss)
         if head == "summary":
             found, value = dotted(run.summary, rest)
             return as_float(value) if found else math.nan
@@ -89,6 +98,26 @@ class Context:
             if str(run.path) in group.per_run:
                 return float(group.per_run[str(run.path)])
         return math.nan
+
+
+def degradation(run: Run, task: str, include_loss: bool = False) -> float:
+    """See ``robustness/degradation/<task>`` in the module docstring (NaN without usable transfer results)."""
+    from mtl_bench.report.robustness import read_transfer
+
+    result, _ = read_transfer(run)
+    if result is None:
+        return math.nan
+    per_metric = []
+    for key, clean in result.clean.items():
+        hib = run.directions.get(key)
+        if key.partition("/")[0] != task or hib is None or (key.endswith("/loss") and not include_loss):
+            continue
+        if not (math.isfinite(clean) and clean > 0):
+            continue
+        ratios = [m[key] / clean - 1.0 for m in result.corrupted.values() if math.isfinite(m.get(key, math.nan))]
+        if ratios:
+            per_metric.append((-1.0 if hib else 1.0) * math.fsum(ratios) / len(ratios))
+    return math.fsum(per_metric) / len(per_metric) if per_metric else math.nan
 
 
 def _au(run: Run, rest: str) -> float:
@@ -150,7 +179,10 @@ class SideSpec:
 
 
 def side_runs(ctx: Context, side: SideSpec) -> list[Run]:
-    return [r for r in ctx.runs() if all(lookup(r, k) in vals for k, vals in side.where.items())]
+    """The completed, non-exploded runs matching ``where``; STL runs only when ``where`` names ``mode`` (an STL
+    baseline trained with the same optimizer is not one more run of an MTL arm)."""
+    stl_ok = "mode" in side.where
+    return [r for r in ctx.runs() if (stl_ok or not r.is_stl) and all(lookup(r, k) in vals for k, vals in side.where.items())]
 
 
 @dataclass
