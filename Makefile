@@ -20,6 +20,11 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2   # pytest-xdist processes (the CI machine has 2 cores)
 LAUNCHER    ?=
 LAUNCH      := $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER),)
+# Hydra overrides written as make command-line words (`make study-<name> paths.data_dir=/data`): make takes every
+# NAME=VALUE word for a variable, so the words whose NAME has a dot or a slash (paths.data_dir=..., hydra/launcher=...)
+# are forwarded to Hydra from $(MAKEOVERRIDES), each single-quoted for the shell (spaces and quotes kept; their order
+# is make's: give each key once).  Choices without a dot (combiner=ew) are make variables: put them in ARGS.
+HYDRA_OVERRIDES = $(strip $(foreach w,$(subst \ ,@mtl_sp@,$(MAKEOVERRIDES)),$(if $(findstring .,$(firstword $(subst =, ,$(w))))$(findstring /,$(firstword $(subst =, ,$(w)))),'$(subst @mtl_sp@, ,$(subst ','\'',$(w)))')))
 DIRS        ?=
 REPORT_ARGS ?=
 STUDIES     := elich_optimizers adatask_dominance elich_conflicts dibs_transforms forkmerge_synthetic elich_corruptions
@@ -52,12 +57,44 @@ quick-studies: install
 
 # Elich et al.'s grid selects on validation Δm against the STL baselines, and AdaTask (Adam only) is its own row.
 study-elich_optimizers: install
-	$(PY) -m mtl_bench.train experiment=synthetic_stl_baselines $(LAUNCH) $(ARGS)
-	$(PY) -m mtl_bench.train experiment=elich_optimizers $(LAUNCH) $(ARGS)
-	$(PY) -m mtl_bench.train experiment=elich_optimizers optimizer=adatask_adam combiner=ew $(LAUNCH) $(ARGS)
+	$(PY) -m mtl_bench.train experiment=synthetic_stl_baselines $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+	$(PY) -m mtl_bench.train experiment=elich_optimizers $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+	$(PY) -m mtl_bench.train experiment=elich_optimizers optimizer=adatask_adam combiner=ew $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+
+# The paper presets on the real data (docs/paper_protocols.md), e.g. make study-dibs_nyuv2 paths.data_dir=/data;
+# the single-command ones (elich_conflicts_*) run through study-% below.
+ELICH_OPTIMIZER_STUDIES := elich_optimizers_nyuv2_segnet elich_optimizers_nyuv2_deeplab elich_optimizers_cityscapes_segnet elich_optimizers_cityscapes_deeplab
+ELICH_CORRUPTION_STUDIES := elich_corruptions_nyuv2 elich_corruptions_nyuv2_deeplab elich_corruptions_cityscapes elich_corruptions_cityscapes_deeplab elich_corruptions_celeba
+.PHONY: $(addprefix study-,$(ELICH_OPTIMIZER_STUDIES) $(ELICH_CORRUPTION_STUDIES) adatask_cityscapes forkmerge_nyuv2 dibs_nyuv2 dibs_cityscapes)
+
+# Elich et al.: the STL baselines (Δm reference, a fixed folder), the optimizer x method x lr grid, the AdaTask row.
+$(addprefix study-,$(ELICH_OPTIMIZER_STUDIES)): study-%: install
+	$(PY) -m mtl_bench.train experiment=$*_stl $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+	$(PY) -m mtl_bench.train experiment=$* $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+	$(PY) -m mtl_bench.train experiment=$* optimizer=adatask_adam combiner=ew $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+
+# Elich et al. App. A6: the EW and STL backbones, then the backbones of the other methods of Tables A8/A9.
+$(addprefix study-,$(ELICH_CORRUPTION_STUDIES)): study-%: install
+	$(PY) -m mtl_bench.train experiment=$* $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+	$(PY) -m mtl_bench.train experiment=$* mode.source=mtl combiner=uw,rlw,imtl_g,pcgrad,cagrad $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+
+# AdaTask: Adam vs AdaTask-Adam (EW), then the GradNorm + Adam row of Table 1.
+study-adatask_cityscapes: install
+	$(PY) -m mtl_bench.train experiment=adatask_cityscapes $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+	$(PY) -m mtl_bench.train experiment=adatask_cityscapes optimizer=adam combiner=gradnorm $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+
+# ForkMerge: the ForkMerge runs, then the baselines (other modes, another preset).
+study-forkmerge_nyuv2: install
+	$(PY) -m mtl_bench.train experiment=forkmerge_nyuv2 $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+	$(PY) -m mtl_bench.train experiment=forkmerge_nyuv2_baselines $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+
+# DiBS-MTL: the method grid, then CAGrad with the official code's c = 0.4.
+study-dibs_nyuv2 study-dibs_cityscapes: study-%: install
+	$(PY) -m mtl_bench.train experiment=$* $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
+	$(PY) -m mtl_bench.train experiment=$* combiner=cagrad combiner.c=0.4 $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
 
 study-%: install
-	$(PY) -m mtl_bench.train experiment=$* $(LAUNCH) $(ARGS)
+	$(PY) -m mtl_bench.train experiment=$* $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
 
 report: install
 	$(PY) -m mtl_bench.report $(or $(DIRS),$(shell ls -dt outputs/*/multiruns/*/ 2>/dev/null | head -1)) $(REPORT_ARGS)
