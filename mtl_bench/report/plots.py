@@ -27,6 +27,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from mtl_bench.report.au_plots import au_figures
 from mtl_bench.report.build import CONFLICT_METRICS, GroupRow, Report
 from mtl_bench.report.conflict_plots import conflict_distributions
 from mtl_bench.report.pareto import pareto_optimal
@@ -215,6 +216,7 @@ def delta_heatmaps(report: Report, out: Path) -> list[Path]:
         fig = Figure(figsize=(1.2 + 0.75 * len(rob.severities) * len(panels) + 1.2, 1.4 + 0.32 * len(rob.corruptions)),
                      layout="constrained")
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        marks = [rob.significance(g, task) for _, task in rob.panel_tasks(g)]
         for k, (ax, (title, matrix)) in enumerate(zip(axes, panels)):
             im = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
             ax.set_xticks(range(len(rob.severities)), [str(s) for s in rob.severities], fontsize=7)
@@ -223,10 +225,13 @@ def delta_heatmaps(report: Report, out: Path) -> list[Path]:
             ax.set_title(title, fontsize=9)
             for i, row in enumerate(matrix):
                 for j, v in enumerate(row):
-                    ax.text(j, i, "" if math.isnan(v) else f"{v:+.3f}", ha="center", va="center", fontsize=6,
+                    iv = marks[k][i][j]
+                    star = "*" if iv.finite and (iv.lo > 0 or iv.hi < 0) else ""
+                    ax.text(j, i, "" if math.isnan(v) else f"{v:+.3f}{star}", ha="center", va="center", fontsize=6,
                             color="white" if math.isfinite(v) and abs(v) > 0.6 * lim else "black")
         fig.colorbar(im, ax=list(axes), shrink=0.8, label="δ  (< 0: MTL degrades less)")
-        fig.suptitle(f"corruption transferability δ: {_short(g.group.label)}", fontsize=9)
+        fig.suptitle(f"corruption transferability δ: {_short(g.group.label)}  (* = 95 % interval over seed-paired "
+                     "MTL − STL differences excludes 0)", fontsize=8)
         name = _safe(g.group.short) or "group"
         stem, i = name, 2
         while name in used:
@@ -244,5 +249,6 @@ def write_plots(report: Report, out: Path) -> list[Path]:
         return delta_heatmaps(report, out)
     files = bar_charts(report, out)
     files += [p for p in (pareto_scatter(report, out), conflicts_plot(report, out), au_heatmap(report, out)) if p is not None]
+    files += au_figures(report, out)  # rAU per shared layer and over training (mtl_bench/report/au_plots.py)
     files += [p for p in (conflict_distributions(report, out),) if p is not None]  # mtl_bench/report/conflict_plots.py
     return files + delta_heatmaps(report, out)

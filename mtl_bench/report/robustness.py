@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from mtl_bench.report.grouping import Group, Stat, default_group_keys, group_runs, lookup, merge_directions, repeated_seeds
+from mtl_bench.report.claims.stats import Interval, t_interval
 from mtl_bench.report.runs import Run, as_float
 
 Cell = tuple[str, int]  # (corruption, severity)
@@ -341,10 +342,43 @@ class Robustness:
 
     def panels(self, group: GroupDelta, max_tasks: int = 4) -> list[tuple[str, list[list[float]]]]:
         """The heatmap panels of ``group``: the mean over tasks, then one per task when there are 2..``max_tasks``."""
-        out = [("mean over tasks", delta_matrix(group, self.corruptions, self.severities))]
-        if 1 < len(group.tasks) <= max_tasks:
-            out += [(t.task, delta_matrix(group, self.corruptions, self.severities, t.task)) for t in group.tasks]
-        return out
+        return [(title, delta_matrix(group, self.corruptions, self.severities, task))
+                for title, task in self.panel_tasks(group, max_tasks)]
+
+    def panel_tasks(self, group: GroupDelta, max_tasks: int = 4) -> list[tuple[str, str | None]]:
+        tasks = [t.task for t in group.tasks] if 1 < len(group.tasks) <= max_tasks else []
+        return [("mean over tasks", None), *((t, t) for t in tasks)]
+
+    def significance(self, group: GroupDelta, task: str | None = None) -> list[list[Interval]]:
+        """Rows = corruptions, columns = severities: the 95 % t interval over seeds of the seed-paired cell δ (each
+        MTL run against the STL run of the same seed and task), what the heatmap marks as significant."""
+        per_seed = paired_cell_deltas(group, task)
+        return [[t_interval([v[(c, s)] for v in per_seed.values() if (c, s) in v]) for s in self.severities]
+                for c in self.corruptions]
+
+
+def paired_cell_deltas(group: GroupDelta, task: str | None = None) -> dict[Any, dict[Cell, float]]:
+    """``{seed: {cell: δ}}``: per seed, the MTL run's signed ratio minus the same-seed STL run's, per metric, averaged
+    over the task's metrics and then over the tasks (``task``: that one only).  Seeds without both sides are left out."""
+    per_seed: dict[Any, dict[Cell, list[float]]] = {}
+    for t in group.tasks:
+        if task is not None and t.task != task:
+            continue
+        stl_by_seed = {r.seed: read_transfer(r)[0] for r in t.stl_runs}
+        for run in group.group.runs:
+            mine, theirs = read_transfer(run)[0], stl_by_seed.get(run.seed)
+            if mine is None or theirs is None:
+                continue
+            cells: dict[Cell, list[float]] = {}
+            for m in t.metrics:
+                sign = -1.0 if m.higher_is_better else 1.0
+                a, b = _ratios(mine, m.key), _ratios(theirs, m.key)
+                for cell in m.cells:
+                    if math.isfinite(a.get(cell, math.nan)) and math.isfinite(b.get(cell, math.nan)):
+                        cells.setdefault(cell, []).append(sign * (a[cell] - b[cell]))
+            for cell, vals in cells.items():
+                per_seed.setdefault(run.seed, {}).setdefault(cell, []).append(_mean(vals))
+    return {seed: {c: _mean(v) for c, v in cells.items()} for seed, cells in per_seed.items()}
 
 
 def _same(a: str | None, b: str | None) -> bool:
