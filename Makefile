@@ -6,7 +6,8 @@
 #   make quick-studies            every study's `_quick` preset (minutes on 2 CPU cores)
 #   make study-dibs_transforms    one study's full grid; study-elich_optimizers also runs its STL baselines first
 #   LAUNCHER=joblib_local | submitit_slurm picks the Hydra launcher of a study target
-#   make report                   tables + plots of the newest multirun (or DIRS="<multirun dir> ..."),
+#   make report                   tables, verdicts + plots of the newest multirun (STUDY=<experiment name>: of that
+#                                 study; or DIRS="<multirun dir> ..."); make quick-reports: every quick study's,
 #                                 options in REPORT_ARGS, e.g. REPORT_ARGS="--pareto-ref optimizer=adam"
 
 PYTHON      ?= python3
@@ -31,7 +32,7 @@ STUDIES     := elich_optimizers adatask_dominance elich_conflicts dibs_transform
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install train test test-all clean-outputs sync-wandb quick-studies study-elich_optimizers report check-docs
+.PHONY: install train test test-all clean-outputs sync-wandb quick-studies quick-reports study-elich_optimizers report check-docs
 
 install: $(VENV)/.installed
 
@@ -97,7 +98,14 @@ study-%: install
 	$(PY) -m mtl_bench.train experiment=$* $(LAUNCH) $(ARGS) $(HYDRA_OVERRIDES)
 
 report: install
-	$(PY) -m mtl_bench.report $(or $(DIRS),$(shell ls -dt outputs/*/multiruns/*/ 2>/dev/null | head -1)) $(REPORT_ARGS)
+	$(PY) -m mtl_bench.report $(or $(DIRS),$(shell ls -dt outputs/$(or $(STUDY),*)/multiruns/*/ 2>/dev/null | head -1)) $(REPORT_ARGS)
+
+# The report (with its verdict table) of the newest multirun of every `_quick` study, one after the other.
+quick-reports: install
+	@set -e; for s in $(STUDIES); do d=$$(ls -dt outputs/$${s}_quick/multiruns/*/ 2>/dev/null | head -1); \
+		if [ -z "$$d" ]; then echo "== $${s}_quick: no multirun yet (make quick-studies)"; continue; fi; \
+		echo "== $${s}_quick: $$d"; $(PY) -m mtl_bench.report $$d $(REPORT_ARGS); \
+	done
 
 # Run every command README.md and docs/*.md show, in a temporary folder (tens of minutes on 2 cores); markers and
 # options (--list, -k TEXT) in scripts/check_docs_commands.py, e.g. make check-docs DOCS_ARGS="--list".
