@@ -132,3 +132,80 @@ def test_run_with_three_shared_layers_writes_per_layer_rau_over_training(make_cf
             assert rec[f"au/{layer}/rau/t0"] == pytest.approx(h["layers"][layer]["mean_rau"]["t0"])
             assert rec[f"au/{layer}/dominated"] == pytest.approx(h["layers"][layer]["dominated"])
         assert rec["au/all/rau/t1"] == pytest.approx(h["mean_rau"]["t1"])
+
+
+# ------------------------------------------------------------------------------- report figures (au_plots.py)
+
+LAYERS = ["enc.0", "enc.1"]
+
+
+def fake_run(tmp_path, name: str, optimizer: str, lr: float, seed: int, share: float, val_t0: float, epochs=(1, 2),
+             spec: dict | None = None):
+    """A completed run whose summary["au"] gives task t1 the mean rAU ``share`` in every layer (dominated fraction
+    = share − 0.5) and, over training, ``share`` at the last epoch and 0.5 before."""
+    from mtl_bench.report.runs import Run
+
+    layers = {layer: {"mean_rau": {"t0": 1 - share, "t1": share}, "dominated": share - 0.5} for layer in LAYERS}
+    history = [{"epoch": e, "step": 10 * e, "mean_rau": {"t0": 1 - s, "t1": s}, "dominated": s - 0.5, "layers": {}}
+               for e in epochs for s in [share if e == epochs[-1] else 0.5]]
+    summary = {"status": "completed", "seed": seed, "mode": "mtl", "tasks": ["t0", "t1"],
+               "choices": {"optimizer": optimizer, "dataset": "synthetic_imbalanced"},
+               "metric_directions": {"t0/mse": False, "t1/mse": False},
+               "selected": {"val/t0/mse": val_t0, "test/t0/mse": val_t0, "val/t1/mse": 1.0, "test/t1/mse": 1.0},
+               "dataset": {"name": "synthetic"},
+               "au": {"mean_rau": {"t0": 1 - share, "t1": share}, "dominated_fraction": share - 0.5, "layers": layers,
+                      "history": history}}
+    path = tmp_path / name
+    path.mkdir(parents=True)
+    return Run(path, "completed", summary, [f"optimizer={optimizer}", f"optimizer.lr={lr}", f"seed={seed}"],
+               config_data={"study": {"au_plots": spec}} if spec else {})
+
+
+SPEC = {"by": "optimizer", "tune": ["optimizer.lr"], "select_on": "t0/mse", "select_mode": "min"}
+
+
+def study_runs(tmp_path, spec=SPEC):
+    """Adam: lr 0.01 has the lower val t0 MSE (chosen) with t1 shares 0.8 / 0.9 / 1.0 over seeds 0-2; lr 0.001 has
+    shares 0.6.  AdaTask: one lr, shares 0.5, 0.5, 0.5; its seed 2 stopped after epoch 1."""
+    runs = []
+    for seed, share in enumerate((0.8, 0.9, 1.0)):
+        runs.append(fake_run(tmp_path, f"adam_hi_{seed}", "adam", 0.01, seed, share, 1.0, spec=spec))
+        runs.append(fake_run(tmp_path, f"adam_lo_{seed}", "adam", 0.001, seed, 0.6, 2.0, spec=spec))
+        runs.append(fake_run(tmp_path, f"ada_{seed}", "adatask_adam", 0.01, seed, 0.5, 0.5, spec=spec,
+                             epochs=(1, 2) if seed < 2 else (1,)))
+    return runs
+
+
+def test_au_plot_cells_follow_the_spec_and_tune_on_validation(tmp_path):
+    from mtl_bench.report.au_plots import cells, history_table, layer_table
+    from mtl_bench.report.build import ReportOptions, build_report
+
+    report = build_report(study_runs(tmp_path), ReportOptions(claims={}))
+    found = cells(report)
+    assert [(c.column, c.chosen, len(c.runs)) for c in found] == [
+        ("optimizer=adam", "optimizer.lr=0.01", 3), ("optimizer=adatask_adam", "optimizer.lr=0.01", 3)]
+    adam = layer_table(found[0].runs)
+    assert list(adam) == LAYERS
+    half = 4.302652729911275 * 0.1 / 3 ** 0.5  # t_{0.975, 2} · s / √n with s = std(0.8, 0.9, 1.0) = 0.1
+    iv = adam["enc.1"]["t1"]
+    assert iv.estimate == pytest.approx(0.9) and iv.hi - iv.estimate == pytest.approx(half)
+    assert adam["enc.0"]["dominated"].estimate == pytest.approx(0.4)
+    hist = history_table(found[1].runs)  # AdaTask: epoch 2 only from seeds 0 and 1
+    assert [(x, iv.n) for x, iv in hist["t1"]] == [(1.0, 3), (2.0, 2)]
+    assert hist["dominated"][-1][1].estimate == pytest.approx(0.0)
+    assert [iv.estimate for _, iv in history_table(found[0].runs)["t1"]] == pytest.approx([0.5, 0.9])
+
+
+def test_au_figures_are_written_and_a_bad_spec_is_one_line(tmp_path):
+    from mtl_bench.report.au_plots import au_figures, cells
+    from mtl_bench.report.build import ReportOptions, build_report
+    from mtl_bench.report.runs import ReportError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    files = au_figures(build_report(study_runs(tmp_path / "a"), ReportOptions(claims={})), out)
+    assert [f.name for f in files] == ["au_layers.png", "au_training.png"] and all(f.stat().st_size > 5000 for f in files)
+    plain = build_report(study_runs(tmp_path / "b", spec=None), ReportOptions(claims={}))
+    assert {c.column for c in cells(plain)} == {row.group.short for row in plain.rows}  # without a spec: the table's groups
+    with pytest.raises(ReportError, match=r"study.au_plots: unknown field\(s\) \['colour'\]"):
+        cells(build_report(study_runs(tmp_path / "c", spec={**SPEC, "colour": "red"}), ReportOptions(claims={})))
