@@ -28,7 +28,6 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from mtl_bench.report.au_plots import au_figures
-from mtl_bench.report.au_plots import au_figures
 from mtl_bench.report.build import CONFLICT_METRICS, GroupRow, Report
 from mtl_bench.report.conflict_plots import conflict_distributions
 from mtl_bench.report.pareto import pareto_optimal
@@ -250,7 +249,6 @@ def write_plots(report: Report, out: Path) -> list[Path]:
         return delta_heatmaps(report, out)
     files = bar_charts(report, out)
     files += [p for p in (pareto_scatter(report, out), conflicts_plot(report, out), au_heatmap(report, out)) if p is not None]
-    files += au_figures(report, out)  # rAU per shared layer and over training (mtl_bench/report/au_plots.py)
     files += au_figures(report, out)  # rAU per shared layer and over training (mtl_bench/report/au_plots.py)
     files += [p for p in (conflict_distributions(report, out),) if p is not None]  # mtl_bench/report/conflict_plots.py
     return files + delta_heatmaps(report, out)
