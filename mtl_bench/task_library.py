@@ -23,6 +23,8 @@ instead of the official code's NaN):
   normalisation; Nash-MTL/FAMO/LibMTL likewise).  Validity as in :func:`normal_valid_mask`.
 * binary attribute: binary cross-entropy with logits, averaged over the batch (FAMO uses sigmoid + ``BCELoss``,
   equal in exact arithmetic).
+* classification (one class per sample, N×C logits): cross-entropy averaged over the samples whose label is in
+  ``[0, C)``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.metrics._dense import check_dense, resize_to
 from mtl_bench.metrics.attributes import BinaryAttributeMetrics
+from mtl_bench.metrics.classification import ClassificationMetrics, check_logits
 from mtl_bench.metrics.depth import DepthMetrics, depth_valid_mask
 from mtl_bench.metrics.normals import MEDIAN_MODES, NormalMetrics, normal_valid_mask
 from mtl_bench.metrics.segmentation import SegmentationMetrics
@@ -121,3 +124,23 @@ def attribute_task(name: str) -> Task:
     _check_name(name, "attribute_task")
     return Task(name=name, loss=partial(attribute_loss, task=name), metrics=partial(BinaryAttributeMetrics, task=name),
                 out_dim=1, kind="binary")
+
+
+def classification_loss(pred: torch.Tensor, target: torch.Tensor, *, num_classes: int, task: str = "classification") -> torch.Tensor:
+    """Mean cross-entropy of N×C logits against N class ids (log-softmax + gather, like the segmentation loss).
+    Targets outside ``[0, num_classes)`` are left out of the loss and reported by the metric at the next evaluation."""
+    check_logits(pred, target, num_classes, task)
+    target = target.reshape(-1)
+    valid = (target >= 0) & (target < num_classes)
+    safe = torch.where(valid, target, 0).to(torch.int64).unsqueeze(1)
+    nll = -F.log_softmax(pred.float(), dim=1).gather(1, safe).squeeze(1)
+    return torch.where(valid, nll, 0.0).sum() / valid.sum().clamp_min(1)
+
+
+def classification_task(name: str, num_classes: int) -> Task:
+    """Multi-class classification of one label per sample (e.g. MultiMNIST's left/right digit); metric ``acc``."""
+    _check_name(name, "classification_task")
+    metrics = partial(ClassificationMetrics, num_classes=num_classes, task=name)
+    metrics()  # validates num_classes now
+    return Task(name=name, loss=partial(classification_loss, num_classes=num_classes, task=name), metrics=metrics,
+                out_dim=num_classes, kind="classification")
