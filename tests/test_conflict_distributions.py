@@ -205,7 +205,7 @@ def test_figure_puts_mtl_and_stl_series_of_a_setting_side_by_side(tmp_path):
     data = collect(report)
     assert list(data) == ["setting A", "setting B"]
     a = data["setting A"]
-    assert list(a) == ["MTL: inter-sample", "MTL: inter-task", "STL t0: inter-sample", "STL t1: inter-sample"]
+    assert list(a) == ["MTL: inter-task", "MTL: inter-sample", "STL t0: inter-sample", "STL t1: inter-sample"]
     # histograms pooled over the 3 seeds; means kept per run
     assert a["MTL: inter-task"].counts["cos"].tolist() == [0, 0, 0, 3]
     assert a["MTL: inter-sample"].counts["cos"].tolist() == [3, 0, 0, 0]

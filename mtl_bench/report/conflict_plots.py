@@ -102,7 +102,13 @@ def collect(report: Report) -> dict[str, dict[str, Series]]:
             colour = COLOURS["stl"] if run.is_stl else COLOURS[pair]
             series = out.setdefault(setting, {}).setdefault(name, Series(name, colour))
             series.add(hists[pair], means.get(pair, {}))
-    return {s: dict(sorted(v.items(), key=lambda kv: (kv[0].startswith("STL"), kv[0]))) for s, v in out.items()}
+    return {s: dict(sorted(v.items(), key=_order)) for s, v in out.items()}
+
+
+def _order(item: tuple[str, Series]) -> tuple[bool, bool, str]:
+    """MTL series first, inter-task before inter-sample, then by name."""
+    name = item[0]
+    return name.startswith("STL "), not name.endswith("inter-task"), name
 
 
 def _violin(ax: Any, x: float, series: Series, metric: str) -> None:
