@@ -140,12 +140,12 @@ LAYERS = ["enc.0", "enc.1"]
 
 
 def fake_run(tmp_path, name: str, optimizer: str, lr: float, seed: int, share: float, val_t0: float, epochs=(1, 2),
-             spec: dict | None = None):
+             spec: dict | None = None, layers_names=tuple(LAYERS)):
     """A completed run whose summary["au"] gives task t1 the mean rAU ``share`` in every layer (dominated fraction
     = share − 0.5) and, over training, ``share`` at the last epoch and 0.5 before."""
     from mtl_bench.report.runs import Run
 
-    layers = {layer: {"mean_rau": {"t0": 1 - share, "t1": share}, "dominated": share - 0.5} for layer in LAYERS}
+    layers = {layer: {"mean_rau": {"t0": 1 - share, "t1": share}, "dominated": share - 0.5} for layer in layers_names}
     history = [{"epoch": e, "step": 10 * e, "mean_rau": {"t0": 1 - s, "t1": s}, "dominated": s - 0.5, "layers": {}}
                for e in epochs for s in [share if e == epochs[-1] else 0.5]]
     summary = {"status": "completed", "seed": seed, "mode": "mtl", "tasks": ["t0", "t1"],
@@ -209,3 +209,23 @@ def test_au_figures_are_written_and_a_bad_spec_is_one_line(tmp_path):
     assert {c.column for c in cells(plain)} == {row.group.short for row in plain.rows}  # without a spec: the table's groups
     with pytest.raises(ReportError, match=r"study.au_plots: unknown field\(s\) \['colour'\]"):
         cells(build_report(study_runs(tmp_path / "c", spec={**SPEC, "colour": "red"}), ReportOptions(claims={})))
+
+
+def test_short_layer_names_and_a_deep_encoder_s_panels_stacked(tmp_path):
+    from PIL import Image
+
+    from mtl_bench.report.au_plots import au_figures, short_layers
+    from mtl_bench.report.build import ReportOptions, build_report
+
+    assert short_layers(["encoder.net.0", "encoder.net.2"]) == ["0", "2"]
+    assert short_layers(["encoder.body.conv1.0", "encoder.body.layer4.0.conv2"]) == ["conv1.0", "layer4.0.conv2"]
+    assert short_layers(["encoder.net.0"]) == ["encoder.net.0"]
+    deep = [f"encoder.block{i}" for i in range(12)]
+    runs = [fake_run(tmp_path, f"{opt}_{seed}", opt, 0.01, seed, 0.7, 1.0, spec={"by": "optimizer"}, layers_names=deep)
+            for opt in ("adam", "adatask_adam") for seed in range(2)]
+    out = tmp_path / "out"
+    out.mkdir()
+    layers_png = au_figures(build_report(runs, ReportOptions(claims={})), out)[0]
+    width, height = Image.open(layers_png).size
+    # two panels one below the other (7.1 x 6.5 in at 110 dpi), not 2 x 12 layers side by side (24 in wide)
+    assert (width, height) == (781, 715)

@@ -45,6 +45,7 @@ from mtl_bench.report.runs import ReportError, Run
 SPEC_FIELDS = ("panels", "by", "where", "tune", "select_on", "select_mode")
 DEFAULT_SELECT = ("summary/selected.val/loss", "min")
 MAX_CELLS = 8
+STACK_LAYERS = 8  # more shared layers than this: au_layers.png stacks its panels (one per row)
 
 
 @dataclass
@@ -148,12 +149,30 @@ def history_table(runs: Sequence[Run]) -> dict[str, list[tuple[float, Interval]]
 # ---------------------------------------------------------------------------------------------------- figures
 
 
-def _grid(found: list[Cell], width: float, height: float) -> tuple[Figure, dict[int, Any]]:
+def _grid(found: list[Cell], width: float, height: float, stack: bool = False) -> tuple[Figure, dict[int, Any]]:
+    """The figure and each cell's axes; ``stack``: one cell per row (wide panels of deep networks)."""
+    if stack:
+        return _stacked(found, width, height)
     rows = list(dict.fromkeys(c.row for c in found))
     columns = list(dict.fromkeys(c.column for c in found))
     fig = Figure(figsize=(0.8 + width * len(columns), 0.9 + height * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(columns), squeeze=False, sharey=True)
     return fig, {i: axes[rows.index(c.row)][columns.index(c.column)] for i, c in enumerate(found)}
+
+
+def _stacked(found: list[Cell], width: float, height: float) -> tuple[Figure, dict[int, Any]]:
+    fig = Figure(figsize=(0.8 + width, 0.9 + height * len(found)), layout="constrained")
+    axes = fig.subplots(len(found), 1, squeeze=False, sharey=True)
+    return fig, {i: axes[i][0] for i in range(len(found))}
+
+
+def short_layers(layers: Sequence[str]) -> list[str]:
+    """Layer names without the dotted prefix they all share (``encoder.net.0`` → ``net.0`` next to ``encoder.net.2``)."""
+    parts = [layer.split(".") for layer in layers]
+    common = 0
+    while len(layers) > 1 and all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+        common += 1
+    return [".".join(p[common:]) for p in parts]
 
 
 def _half(iv: Interval) -> tuple[float, float]:
@@ -174,7 +193,8 @@ def _layer_panel(ax: Any, cell: Cell) -> None:
                 color="black", ms=4, capsize=2, label="dominated fraction")
     if tasks:
         ax.axhline(1.0 / len(tasks), color="grey", ls=":", lw=1, label="1/K (balanced)")
-    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(range(len(layers)), short_layers(layers), rotation=30 if len(layers) <= STACK_LAYERS else 60, ha="right",
+                  fontsize=7 if len(layers) <= STACK_LAYERS else 5)
     ax.set_ylim(0.0, 1.05)
     ax.set_title(cell.title, fontsize=7)
 
@@ -193,8 +213,9 @@ def _training_panel(ax: Any, cell: Cell) -> None:
     ax.set_title(cell.title, fontsize=7)
 
 
-def _draw(found: list[Cell], path: Path, panel: Any, size: tuple[float, float], ylabel: str, title: str) -> Path:
-    fig, axes = _grid(found, *size)
+def _draw(found: list[Cell], path: Path, panel: Any, size: tuple[float, float], ylabel: str, title: str,
+          stack: bool = False) -> Path:
+    fig, axes = _grid(found, *size, stack=stack)
     for i, cell in enumerate(found):
         panel(axes[i], cell)
     first = axes[0]
@@ -210,8 +231,10 @@ def au_figures(report: Any, out: Path) -> list[Path]:
     found = cells(report)
     if not found:
         return []
-    files = [_draw(found, out / "au_layers.png", _layer_panel, (0.9 + 0.9 * max(len(layer_table(c.runs)) for c in found), 2.8),
-                   "mean rAU / dominated fraction", "rAU per shared layer (mean, 95 % t interval over seeds)")]
+    n = max(len(layer_table(c.runs)) for c in found)
+    stack = n > STACK_LAYERS  # a deep encoder: one wide panel per cell, one below the other
+    files = [_draw(found, out / "au_layers.png", _layer_panel, (min(1.5 + 0.4 * n, 16.0) if stack else 0.9 + 0.9 * n, 2.8),
+                   "mean rAU / dominated fraction", "rAU per shared layer (mean, 95 % t interval over seeds)", stack)]
     if any(au_of(r).get("history") for c in found for r in c.runs):
         files.append(_draw(found, out / "au_training.png", _training_panel, (3.6, 2.6), "mean rAU (all shared) / dominated",
                            "rAU over training (mean, 95 % band over seeds)"))
