@@ -1,7 +1,13 @@
 """Procedurally generated image scenes with dense labels: a CPU-sized stand-in for NYUv2/Cityscapes in
-corruption-robustness studies (Elich et al.'s transferability protocol) where the real data are unavailable.
+corruption-robustness studies (Elich et al.'s transferability protocol) where the real data are unavailable, and,
+as 3-D scenes with NYUv2's three tasks (``dataset=synthetic_scenes``), in optimizer, loss-scale and
+gradient-conflict studies.
 
-Scene recipe (one image, H×W, everything drawn from the image's own ``numpy`` generator; depths in "metres",
+Two kinds of scenes share the generator: the original **flat** scenes (the default: ``layout=flat``,
+``max_tilt=0``; byte-identical to the renderer before the 3-D scenes were added) and **3-D** scenes
+(``layout=room`` and/or ``max_tilt > 0``, below).
+
+Flat-scene recipe (one image, H×W, everything drawn from the image's own ``numpy`` generator; depths in "metres",
 NYUv2-like):
 
 1. **Background**: a slanted depth plane ``z(u, v) = z0 + g·(u, v)`` over centred pixel coordinates
@@ -20,6 +26,31 @@ NYUv2-like):
    depth), which also dims the contrast of far texture; with the size cue it makes depth inferable from the
    image.  Then sensor noise (σ = 0.02) and quantisation to ``uint8``.
 
+3-D scenes (``layout=room`` or ``max_tilt > 0``) use a pinhole camera with focal length ``f = min(H, W)`` pixels
+(53° across the shorter side), x right, y up, z towards the camera for normals:
+
+1. **Room** (``layout=room``; ``flat`` keeps the slanted background plane above): a floor and a back wall, NYUv2's
+   dominant surfaces.  The camera stands ``U(1.0, 1.4)`` m above the floor, pitched down by ``U(5°, 15°)``; the wall
+   crosses its horizontal viewing direction at ``U(3.2, 4.0)`` m, turned by ``U(−30°, 30°)`` about the vertical.
+   The floor fills the bottom ~30 % of the image (1.4–5.6 m away, median 2.4), the wall the rest (2.4–5.6 m, median
+   3.5; objects 0.6–2.2 m).  Plain colours (wall
+   grey ``U(0.45, 0.85)``, floor ``U(0.15, 0.55)``, tints ±0.1), floor tiles of 0.5 m (a cosine pattern in floor
+   coordinates: perspective shows in it), the flat background's coarse and fine texture.
+2. **Objects**: drawn as in the flat recipe (same classes, depths of their centre points ``U(0.8, 2)``, sizes:
+   world radius ``0.25 · U(0.85, 1.15)`` m, positions, rotations, colours) but each on a **plane tilted** by
+   ``U(0, max_tilt)`` degrees towards a uniform azimuth about its centre point (``max_tilt = 0``: fronto-parallel).
+   The shape lives in the plane's own coordinates, so a tilted disc projects to an ellipse; every pixel shows the
+   *nearest* surface (a depth test: tilted planes may cut each other, the floor may hide an object's lower part).
+   A checker-like cosine texture in plane coordinates (±20 %) reveals the plane's orientation by perspective.
+3. **Shading**: Lambertian, ``0.35 + 0.65 max(0, n · l)`` for the fixed light direction ``l ∝ (−0.4, 0.5, 0.77)``
+   (upper left, in front), relative to a fronto-parallel surface; then haze, noise and quantisation as above.
+
+Normals (task ``normal``, 3-D scenes only): float32 3×H×W unit vectors of the visible surface (x right, y up, z
+towards the camera; (0, 0, 1) faces the camera; horizontal flips negate x).  Object pixels carry their plane's
+normal; the room's floor and wall theirs; the flat background's normals follow from its depth map (the surface
+``P = z(x, y)·(x, y, 1)`` is not a plane under perspective, so they vary slightly across the image).  Normals and
+depth maps agree: finite differences of the 3-D points ``depth · ray`` reproduce the stored normals (tested).
+
 Tasks (the same task objects, losses and metrics as NYUv2's; see :mod:`mtl_bench.task_library`):
 
 * ``seg`` — per-pixel class, ``C + 1`` classes: 0 = background, ``k`` = the ``k``-th shape of ``shapes``
@@ -30,6 +61,8 @@ Tasks (the same task objects, losses and metrics as NYUv2's; see :mod:`mtl_bench
   visible), CelebA-style; they need a pooled encoder and linear heads (``backbone=test_resnet_pool
   heads=linear dataset.tasks=[has_disc,...]``) because no head pools a dense feature map.  Default tasks:
   ``[seg, depth]`` (a dense seg + depth pair, like Cityscapes).
+* ``normal`` (3-D scenes only) — float32 3×H×W unit normals; loss 1 − cos, metrics mean/median angle and the
+  fractions within 11.25°/22.5°/30°.  ``dataset=synthetic_scenes`` selects ``[seg, depth, normal]``.
 
 Determinism: sample ``i`` of split ``s`` is rendered from ``np.random.default_rng(SeedSequence([seed, s, i]))``
 (``s`` = 0, 1, 2 for train/val/test), so a split's contents depend only on ``(seed, generator parameters, i)``:
@@ -41,6 +74,33 @@ Learnability (CPU, 2 cores, defaults, ``trainer.batch_size=16``, Adam 1e-3, the 
 predictor 0.155) and depth abs_err ≈ 0.38 / rel_err ≈ 0.18 (best constant 0.56 / 0.42; an oracle predicting one
 constant for objects and one for background, given the true segmentation, 0.20).  The trainer's default batch of
 128 gives only 4 steps per epoch on 512 images: use small batches for quick studies.
+
+``dataset=synthetic_scenes`` (48×48, ``layout=room``, ``max_tilt=45``, tasks ``[seg, depth, normal]``,
+``backbone=test_resnet heads=conv``; figures from ``python -m mtl_bench.data.gradient_alignment`` and
+``python -m mtl_bench.train``, one torch thread, seeds 0–2 of the initialisation, data seed 0):
+
+* **Loss scales at init** (first 32 training images as one batch): depth L1 2.64 / 2.82 / 2.84 (metres: the heads
+  start near 0 and the mean depth is 2.77), seg cross-entropy 1.73 / 1.68 / 1.55 (≈ ln 5), normal 1 − cos
+  1.10 / 0.79 / 0.86 — and the *gradient* norms on the shared encoder rank the other way round (normal 1.2–2.1,
+  seg 0.57–0.70, depth 0.38–0.42).  After 5 epochs the losses are seg ≈ 0.40, depth ≈ 0.46, normal ≈ 0.086: the
+  normal loss (1 − cos ≈ θ²/2 for small errors) ends an order of magnitude below the others, as on NYUv2.
+* **Correlated per-sample gradients**: every image is a view of the same kind of room (grey wall above a darker
+  tiled floor, the same haze colour and light direction, objects nearer than the background, ~80 % background
+  pixels), so the inputs share low-level statistics and, above all, the targets share a common component (a depth
+  of ~2.8 m everywhere, background class, floor normals up at the bottom): at init every sample's loss pulls the
+  shared features the same way, and neighbouring pixels of an image carry near-identical labels (large smooth
+  regions), so a sample's gradient does not average out to a sample-specific direction.  Mean |cos| between
+  per-sample gradients of the shared encoder (summed loss, BatchNorm in eval mode, 32 samples, 496 pairs):
+  **0.85 / 0.63 / 0.69** (signed mean cos the same sign and nearly the same size: a common direction; first conv
+  layer alone 0.62–0.72; per task: depth 0.95–0.97, seg 0.83–0.87, normal 0.63–0.85).  The ``synthetic`` MLP
+  regression benchmark (isotropic Gaussian inputs, zero-mean labels) gives **0.075 / 0.063 / 0.058** (first
+  layer 0.013–0.015: near-orthogonal, as inputs drawn i.i.d. from N(0, I_100) make them).  Inter-task cosines on the
+  same sample are small by comparison (scenes −0.32…+0.07, ``synthetic`` −0.19…+0.02).
+* **Learnability** (Adam 1e-3, batch 16, 5 epochs of 512 images = 160 steps, seed 0; 4.4 s of CPU per epoch with
+  one thread, training + validation): test seg mIoU 0.32 (all-background 0.16), pixel accuracy 0.83; depth abs_err
+  0.46 m, rel_err 0.22 (best constant 0.84 m); normal mean angle 18.8°, median 15.3°, 39 % within 11.25° (best
+  constant direction: 39.3° mean, 2.5 % within 11.25°).  Seg and depth still improve at epoch 5; the normal error
+  levels off near 19° after two epochs.
 
 A split implements the staged-sample protocol of :mod:`mtl_bench.corruptions.datasets`
 (``raw_sample`` → ``augment_sample`` → ``normalize_sample``, chained by ``__getitem__``), so
@@ -344,8 +404,8 @@ def _draw_tilted_objects(rng: np.random.Generator, params: SceneParams, colour: 
         along = rays @ m  # < 0 where the ray meets the plane's front side
         hits = along < -1e-6
         zz = np.where(hits, float(centre @ m) / np.where(hits, along, -1.0), np.inf)
-        offset = zz[..., None] * rays - centre  # in-plane offset from the centre (metres) where hits
-        a, b = np.where(hits, offset @ e1, 0.0), np.where(hits, offset @ e2, 0.0)
+        offset = np.where(hits, zz, 0.0)[..., None] * rays - centre  # in-plane offset from the centre (metres) where hits
+        a, b = offset @ e1, offset @ e2
         world_radius = radius * z / f
         mask = hits & _shape_mask(params.shapes[cls], b, a, world_radius, angle) & (zz < depth)
         c, s = np.cos(angle), np.sin(angle)
