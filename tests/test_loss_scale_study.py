@@ -219,7 +219,7 @@ def _final_params(make_cfg, *overrides: str) -> torch.Tensor:
     from mtl_bench.checkpoint import load_checkpoint
     from mtl_bench.train import build_and_train
 
-    cfg = make_cfg("experiment=loss_scale_quick", "hydra.mode=RUN", *overrides, "trainer.selection.rule=last", "trainer.epochs=2")
+    cfg = make_cfg("experiment=loss_scale_quick", "hydra.mode=RUN", *overrides, "trainer.selection.rule=last", "trainer.epochs=1")
     build_and_train(cfg, output_dir=cfg.paths.output_dir)
     state = load_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")["model"]
     return torch.cat([v.reshape(-1).double() for v in state.values()])
