@@ -40,8 +40,8 @@ Which losses (``losses``):
 
 For every pair the four metrics of :mod:`mtl_bench.diagnostics.gradient_stats` (``cos``, ``mag_sim``,
 ``sign_conflict``, ``dot``) are computed on the whole shared vector (layer ``all``) and per layer (a layer = one
-shared parameter tensor, named as in ``model.shared_named_parameters()``).  Gradients are of the raw task
-losses (loss transforms are not applied: the probe measures the tasks, not the training objective).
+shared parameter tensor, named as in ``model.shared_named_parameters()``).  Gradients are of the losses chosen by
+``losses`` (above: the raw task losses by default).
 
 Per-sample gradients (``per_sample``):
 
