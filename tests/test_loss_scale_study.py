@@ -236,3 +236,11 @@ def test_scale_free_arms_repeat_bit_for_bit_at_a_power_of_two_and_round_at_ten(a
     assert torch.equal(runs[1024.0], runs[1.0])
     assert not torch.equal(runs[10.0], runs[1.0])
     assert float((runs[10.0] - runs[1.0]).norm() / runs[1.0].norm()) < 1e-4
+
+
+def test_without_runs_the_kind_is_inconclusive_with_a_reason(tmp_path):
+    # the property tests/test_claims.py checks for every registered kind
+    rep = build_report([_run(tmp_path, "r0", 0, "adam", "x1", 0.9)], ReportOptions(claims={}))
+    spec = {**SPEC, "kind": "invariance_with_failures", "failed_value": 0.0, "a": {"where": {"loss_scale_arm": "nope"}}}
+    v = InvarianceWithFailures.from_spec("c", spec).evaluate(Context(rep))
+    assert v.verdict == "inconclusive" and v.details
