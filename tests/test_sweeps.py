@@ -134,7 +134,7 @@ def test_elich_quick_grid_runs_its_stl_baselines_first_and_reads_them_from_the_s
     jobs = grid_jobs(cfg)
     arms = [job[0].split("=")[1] for job in jobs]
     n_stl = sum(a.startswith("stl_") for a in arms)
-    assert n_stl == 4 and all(a.startswith("stl_") for a in arms[:n_stl])  # 2 tasks x 2 seeds, launched first
+    assert n_stl == 12 and all(a.startswith("stl_") for a in arms[:n_stl])  # 2 tasks x 2 datasets x 3 seeds, first
     assert cfg.hydra.sweeper.max_batch_size == 2 and n_stl % 2 == 0  # parallel launchers: STL batches finish first
     assert list(cfg.delta_m.stl_runs) == [cfg.hydra.sweep.dir]
     for arm in sorted(set(arms)):

@@ -43,12 +43,14 @@ class Spread(Claim):
         self.side = SideSpec.parse({"where": self.field("where", {}), "tune": self.field("tune", [])},
                                    f"claim '{self.claim_id}'")
 
-    def cells(self, ctx: Context, notes: list[str]) -> dict[tuple[str | None, str | None], dict[Any, float]]:
+    def cells(self, ctx: Context, notes: list[str]) -> tuple[dict[tuple[str | None, str | None], dict[Any, float]],
+                                                           dict[tuple[str | None, str | None], str]]:
+        """``({cell: {seed: value}}, {cell: chosen tuned value(s)})``."""
         runs = side_runs(ctx, self.side)
         grid: dict[tuple[str | None, str | None], list] = {}
         for run in runs:
             grid.setdefault((lookup(run, self.axes[0]), lookup(run, self.axes[1])), []).append(run)
-        out = {}
+        out, chosen = {}, {}
         for cell, members in sorted(grid.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
             what = f"{self.axes[0]}={cell[0]}, {self.axes[1]}={cell[1]}"
             if self.side.tune:
@@ -56,15 +58,18 @@ class Spread(Claim):
                 tuned = tune(ctx, members, self.side.tune, select_on, self.select_mode)
                 notes.append(describe_tuning(what, self.side.tune, tuned, select_on))
                 members = tuned.runs
+                chosen[cell] = "/".join(str(v) for v in tuned.chosen) or "-"
             out[cell] = per_seed(ctx, members, self.quantity, self.split, what, notes)
-        return out
+        return out, chosen
 
     def evaluate_effect(self, ctx: Context, notes: list[str]):
-        cells = self.cells(ctx, notes)
+        cells, chosen = self.cells(ctx, notes)
         xs = sorted({c[0] for c in cells}, key=str)
         ys = sorted({c[1] for c in cells}, key=str)
         label = f"spread over {self.axes[0]} − spread over {self.axes[1]} of {self.quantity}"
-        table = [{self.axes[0]: x, self.axes[1]: y, "mean": statistics.fmean(v.values()) if v else math.nan,
+        tuned_key = f"{','.join(self.side.tune)} (val-chosen)"
+        table = [{self.axes[0]: x, self.axes[1]: y, **({tuned_key: chosen.get((x, y), "-")} if self.side.tune else {}),
+                  "mean": statistics.fmean(v.values()) if v else math.nan,
                   "std": statistics.stdev(v.values()) if len(v) > 1 else math.nan, "n": len(v)}
                  for (x, y), v in cells.items()]
         missing = [f"{x}/{y}" for x in xs for y in ys if not cells.get((x, y))]
