@@ -114,3 +114,17 @@ def test_sweep_goes_on_past_a_diverged_learning_rate(tmp_path):
 def test_on_divergence_choices_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"trainer.on_divergence.*record"):
         validate_config(compose_cfg(["trainer.on_divergence=ignore"], tmp_path))
+
+
+def test_repeated_stl_runs_count_once_but_different_ones_are_an_error(tmp_path):
+    # an auxiliary-task grid trains the same STL target once per scenario: identical results, one baseline run
+    from mtl_bench.metrics.delta_m import stl_baselines_from_runs
+
+    for name in ("a", "b"):
+        _write(tmp_path / "rep", name, _summary("stl", "A", 0, ["t0"], {"t0/mse": 1.5}))
+    base = stl_baselines_from_runs(tmp_path / "rep")
+    assert base.values == {"t0/mse": 1.5} and base.runs_per_task == {"t0": 1} and len(base.skipped) == 1
+    _write(tmp_path / "diff", "a", _summary("stl", "A", 0, ["t0"], {"t0/mse": 1.5}))
+    _write(tmp_path / "diff", "b", _summary("stl", "A", 0, ["t0"], {"t0/mse": 1.25}))
+    with pytest.raises(ConfigError, match="two completed STL runs with seed 0"):
+        stl_baselines_from_runs(tmp_path / "diff")

@@ -250,11 +250,19 @@ def stl_baselines_from_runs(paths: str | Path | Iterable[str | Path], split: str
     ``paths``: run directories, ``summary.json`` files and/or multirun directories (searched recursively for
     ``summary.json``).  Summaries whose ``mode`` is not ``"stl"`` and runs whose ``status`` is not
     ``"completed"`` are skipped and listed in ``skipped`` with the reason.  Errors (``ConfigError``): a task
-    seen with two different datasets, two runs of one task with the same seed (e.g. an lr sweep: pass one
-    run per seed), runs of one task reporting different metric sets, a missing or non-finite metric, and
-    malformed summaries.
+    seen with two different datasets, two runs of one task with the same seed and different results (e.g. an lr
+    sweep: pass one run per seed; exact repeats, same seed and same values, count once and are listed in
+    ``skipped``), runs of one task reporting different metric sets, a missing or non-finite metric, and malformed
+    summaries.
     """
     return stl_baselines_from_summaries(read_stl_summaries(paths), (split,))[split]
+
+
+def _repeats(task_runs: Sequence[tuple[Path, int, dict[str, float]]], seed: int, values: Mapping[str, Any]) -> bool:
+    """Whether an STL run with this seed and exactly these values is already counted: the same run repeated by a
+    study grid (e.g. one STL arm per scenario of an auxiliary-task study, which trains the same target alone)."""
+    mine = {k: float(v) for k, v in values.items()}
+    return any(s == seed and v == mine for _, s, v in task_runs)
 
 
 def _stl_baselines(summaries: Iterable[tuple[Path, Mapping[str, Any]]], split: str) -> STLBaselines:
@@ -295,6 +303,9 @@ def _stl_baselines(summaries: Iterable[tuple[Path, Mapping[str, Any]]], split: s
                 "pass the STL runs of one dataset"
             )
         datasets[task] = (name, path)
+        if _repeats(runs.get(task, []), seed, values):
+            skipped.append((str(path), f"the same results as another STL run of task '{task}' with seed {seed} (a repeat)"))
+            continue
         for other_path, other_seed, other_values in runs.get(task, []):
             if other_seed == seed:
                 raise ConfigError(
