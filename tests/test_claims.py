@@ -191,6 +191,9 @@ def test_invariance_pinned(tmp_path):
 def test_every_kind_without_runs_is_inconclusive(kind, tmp_path):
     # shared property: a claim whose runs are absent is evaluated (no exception) and is inconclusive, with a reason
     specs = {"difference": {"a": {"where": {"combiner": "nope"}}, "b": {"where": {"combiner": "none"}}},
+             "pooled_difference": {"a": {"where": {"combiner": "nope"}}, "b": {"where": {"combiner": "none"}}},
+             "invariance_with_failures": {"axis": "loss_transforms", "reference": "none", "a": {"where": {"combiner": "nope"}},
+                                          "failed_value": 1.0},
              "spread": {"axes": ["optimizer", "combiner"], "where": {"combiner": "nope"}},
              "invariance": {"axis": "loss_transforms", "reference": "none", "a": {"where": {"combiner": "nope"}}}}
     assert set(specs) == set(CLAIM_KINDS), "a new claim kind needs its case here"

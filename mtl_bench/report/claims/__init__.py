@@ -17,12 +17,15 @@ import yaml
 from mtl_bench.report.claims.base import Claim, Verdict
 from mtl_bench.report.claims.difference import Difference
 from mtl_bench.report.claims.invariance import Invariance
+from mtl_bench.report.claims.invariance_failures import InvarianceWithFailures
+from mtl_bench.report.claims.pooled import PooledDifference
 from mtl_bench.report.claims.quantities import Context
 from mtl_bench.report.claims.spread import Spread
 from mtl_bench.report.grouping import canonical
 from mtl_bench.report.runs import ReportError, Run
 
-CLAIM_KINDS: dict[str, type[Claim]] = {k.kind: k for k in (Difference, Spread, Invariance)}
+CLAIM_KINDS: dict[str, type[Claim]] = {k.kind: k for k in (Difference, PooledDifference, Spread, Invariance,
+                                                             InvarianceWithFailures)}
 
 __all__ = ["CLAIM_KINDS", "Claim", "Verdict", "parse_claims", "study_claims", "claims_file", "evaluate_claims"]
 
