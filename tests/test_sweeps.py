@@ -26,7 +26,8 @@ from tests.conftest import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(CONFIG_DIR)
-STUDIES = ["elich_optimizers", "adatask_dominance", "elich_conflicts", "dibs_transforms", "forkmerge_synthetic", "elich_corruptions"]
+STUDIES = ["elich_optimizers", "adatask_dominance", "elich_conflicts", "dibs_transforms", "forkmerge_synthetic", "elich_corruptions",
+           "loss_scale"]
 # Hydra 1.3's automatic schema matching of configs/hydra/launcher/submitit_slurm.yaml (see that file)
 DEPRECATED_SCHEMA_MATCH = "ignore:(?s).*is validated against ConfigStore schema with the same name:UserWarning"
 
@@ -101,9 +102,9 @@ def test_quick_preset_reuses_the_full_one_with_a_smaller_grid(study):
     assert quick.trainer.num_threads == 1
     assert list(quick.tags) == [*full.tags, "quick"]
     n_quick, n_full = len(grid_jobs(quick)), len(grid_jobs(full))
-    assert 2 <= n_quick < n_full
+    assert 2 <= n_quick <= n_full  # the same grid with shorter runs, or a smaller one
     seeds = {j for job in grid_jobs(quick) for j in job if j.startswith("seed=")}
-    assert seeds == {"seed=0", "seed=1"}  # two seeds
+    assert len(seeds) >= 3  # intervals over seeds need at least three (issue 14's budget: fewer, shorter runs instead)
 
 
 @pytest.mark.parametrize("preset", grid_presets())
