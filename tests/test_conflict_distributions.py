@@ -104,6 +104,14 @@ def test_objective_losses_refuse_non_scale_transforms():
         ConflictProbe(histogram_bins=0)
 
 
+def test_figures_flag(tmp_path):
+    probe = linear_probe("vmap", figures=False)
+    assert probe.save_figures(tmp_path / "off") == {} and not (tmp_path / "off").exists()
+    assert probe.summary()["settings"]["figures"] is False
+    with pytest.raises(ConfigError, match="figures"):
+        ConflictProbe(figures="no")
+
+
 def test_histograms_survive_a_checkpoint_round_trip():
     probe = linear_probe("vmap", label="toy")
     fresh = ConflictProbe(every_n_steps=1, max_samples=3, averaged=False, histogram_bins=7, label="toy")
