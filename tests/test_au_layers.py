@@ -154,7 +154,7 @@ def fake_run(tmp_path, name: str, optimizer: str, lr: float, seed: int, share: f
                "selected": {"val/t0/mse": val_t0, "test/t0/mse": val_t0, "val/t1/mse": 1.0, "test/t1/mse": 1.0},
                "dataset": {"name": "synthetic"},
                "au": {"mean_rau": {"t0": 1 - share, "t1": share}, "dominated_fraction": share - 0.5, "layers": layers,
-                      "history": history}}
+                      "layer_max_share": {layer: max(share, 1 - share) for layer in layers}, "history": history}}
     path = tmp_path / name
     path.mkdir(parents=True)
     return Run(path, "completed", summary, [f"optimizer={optimizer}", f"optimizer.lr={lr}", f"seed={seed}"],
@@ -205,6 +205,11 @@ def test_au_figures_are_written_and_a_bad_spec_is_one_line(tmp_path):
     out.mkdir()
     files = au_figures(build_report(study_runs(tmp_path / "a"), ReportOptions(claims={})), out)
     assert [f.name for f in files] == ["au_layers.png", "au_training.png"] and all(f.stat().st_size > 5000 for f in files)
+    old = study_runs(tmp_path / "old")  # a previous version's summary: per-tensor layers, shares as lists
+    for run in old:
+        run.summary["au"] = {"mean_rau": {"t0": 0.5, "t1": 0.5}, "dominated_fraction": 0.0,
+                             "layers": {"enc.0.weight": {"mean_rau": [0.5, 0.5], "dominated": 0.0}}}
+    assert au_figures(build_report(old, ReportOptions(claims={})), out) == []
     plain = build_report(study_runs(tmp_path / "b", spec=None), ReportOptions(claims={}))
     assert {c.column for c in cells(plain)} == {row.group.short for row in plain.rows}  # without a spec: the table's groups
     with pytest.raises(ReportError, match=r"study.au_plots: unknown field\(s\) \['colour'\]"):

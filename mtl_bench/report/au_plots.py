@@ -66,9 +66,11 @@ class Cell:
 
 
 def au_of(run: Run) -> Mapping[str, Any] | None:
-    """``summary["au"]`` when it has per-layer statistics (older runs without them are skipped)."""
+    """``summary["au"]`` when it has per-layer statistics by task name (``layer_max_share`` marks that format; runs
+    of older versions, whose ``layers`` were per tensor with unnamed shares, are skipped)."""
     au = run.summary.get("au")
-    return au if isinstance(au, Mapping) and isinstance(au.get("layers"), Mapping) and au["layers"] else None
+    ok = isinstance(au, Mapping) and isinstance(au.get("layers"), Mapping) and isinstance(au.get("layer_max_share"), Mapping)
+    return au if ok and au["layers"] else None
 
 
 def _check(spec: Mapping[str, Any]) -> None:
