@@ -397,10 +397,12 @@ def test_optuna_lr_search_runs_trials_and_writes_the_best_lr(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("study", STUDIES)
 def test_quick_preset_runs_to_completion(study, tmp_path):
-    """(slow: 10-60 s each) `python -m mtl_bench.train experiment=<study>_quick`: every job completes."""
+    """(slow: minutes each) `python -m mtl_bench.train experiment=<study>_quick`: every job completes, or diverges where
+    the study records divergence as a result (trainer.on_divergence=record: a too-large learning rate or loss scale)."""
     sweep = tmp_path / study
     r = cli(f"experiment={study}_quick", "logger=none", f"hydra.sweep.dir={sweep}", f"paths.output_root={tmp_path / 'out'}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     runs = summaries(sweep)
     assert len(runs) == documented_grid_sizes()[f"{study}_quick"]
-    assert all(s["status"] == "completed" for s in runs)
+    recorded = compose_with_hydra([f"experiment={study}_quick"]).trainer.on_divergence == "record"
+    assert all(s["status"] == "completed" or (recorded and s["status"] == "diverged") for s in runs)
