@@ -11,10 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -26,6 +23,7 @@ from mtl_bench.report.claims.invariance_failures import InvarianceWithFailures
 from mtl_bench.report.claims.quantities import Context
 from mtl_bench.report.runs import ReportError, Run
 from tests.conftest import CONFIG_DIR
+from tests.test_sweeps import compose_with_hydra
 
 ARMS = {  # method -> (optimizer class, combiner class): Adam, SGD, AdaTask with EW; Adam with UW-O and DiBS-MTL
     "adam_ew": ("torch.optim.Adam", "mtl_bench.combiners.ew.EqualWeighting"),
@@ -36,30 +34,19 @@ ARMS = {  # method -> (optimizer class, combiner class): Adam, SGD, AdaTask with
 }
 FACTORS = (1.0, 10.0, 100.0, 1e3, 1e4)  # the reference and Elich et al.'s x10 ... x1e4 of the brief
 EXPONENTS = (2.0, 4.0)
-KINDS = {**CLAIM_KINDS, InvarianceWithFailures.kind: InvarianceWithFailures}
-
-
-def compose_hydra(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+KINDS = CLAIM_KINDS
 
 
 def grid(preset: str) -> tuple[DictConfig, list[dict[str, str]]]:
     """The preset's config and its jobs as the basic sweeper makes them, each as ``{key: value}``."""
-    cfg = compose_hydra([f"experiment={preset}"])
+    cfg = compose_with_hydra([f"experiment={preset}"])
     params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
     jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)
     return cfg, [dict(o.split("=", 1) for o in job) for batch in jobs for job in batch]
 
 
 def job_config(preset: str, job: dict[str, str]):
-    cfg = compose_hydra([f"experiment={preset}", *(f"{k}={v}" for k, v in job.items())])
+    cfg = compose_with_hydra([f"experiment={preset}", *(f"{k}={v}" for k, v in job.items())])
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
@@ -120,7 +107,7 @@ def test_each_level_scales_what_the_combiner_sees_of_t1_by_exactly_its_factor():
 
 
 def test_claims_parse_and_name_only_levels_and_arms_of_the_grid():
-    cfg = compose_hydra(["experiment=loss_scale_quick"])
+    cfg = compose_with_hydra(["experiment=loss_scale_quick"])
     levels = set(re.findall(r"\{[^}]*\}", cfg.hydra.sweeper.params["loss_transforms.t1"]))
     assert len(levels) == 7
     claims = OmegaConf.to_container(cfg.study.claims)
