@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mtl_bench.metrics.delta_m import delta_m, metrics_for_split
 from tests.conftest import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -354,19 +355,31 @@ def test_requeued_slurm_job_finds_its_output_folder_again(tmp_path, monkeypatch)
 
 
 def test_elich_quick_arms_give_delta_m_against_the_stl_runs_of_the_same_sweep(tmp_path):
+    # both data arms in one sweep folder: each MTL run reads the STL runs of its own dataset only
     sweep = tmp_path / "elich"
     r = cli("-m", "experiment=elich_optimizers_quick", "elich_arm=stl_t0,stl_t1,adam_ew_lr1e-2", "seed=0",
+            "dataset=synthetic,synthetic_imbalanced", "hydra/launcher=basic",
             "trainer.epochs=1", "trainer.max_steps_per_epoch=3", "dataset.n_train=256", "dataset.n_val=64",
             "dataset.n_test=64", "logger=none", f"hydra.sweep.dir={sweep}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    stl_t0, stl_t1, mtl = summaries(sweep)
-    assert [(s["mode"], s["tasks"]) for s in (stl_t0, stl_t1)] == [("stl", ["t0"]), ("stl", ["t1"])]
-    assert not stl_t0["delta_m"]["enabled"]
-    assert mtl["mode"] == "mtl" and (mtl["optimizer"]["choice"], mtl["optimizer"]["lr"]) == ("adam", 0.01)
-    dm = mtl["delta_m"]
-    assert dm["enabled"] and "selection_fallback" not in dm
-    assert dm["source"]["paths"] == [str(sweep)] and dm["source"]["runs_per_task"] == {"t0": 1, "t1": 1}
-    assert "val/delta_m" in mtl["selected"] and "test/delta_m" in mtl["selected"]
+    runs = summaries(sweep)
+    stl = {(s["dataset"]["name"], s["tasks"][0]): s for s in runs if s["mode"] == "stl"}
+    mtl = {s["dataset"]["name"]: s for s in runs if s["mode"] == "mtl"}
+    assert sorted(stl) == [(d, t) for d in ("synthetic", "synthetic_imbalanced") for t in ("t0", "t1")]
+    assert not any(s["delta_m"]["enabled"] for s in stl.values())
+    for name, run in mtl.items():
+        assert (run["optimizer"]["choice"], run["optimizer"]["lr"]) == ("adam", 0.01)
+        dm = run["delta_m"]
+        assert dm["enabled"] and "selection_fallback" not in dm
+        assert dm["source"]["paths"] == [str(sweep)] and dm["source"]["runs_per_task"] == {"t0": 1, "t1": 1}
+        assert "val/delta_m" in run["selected"] and "test/delta_m" in run["selected"]
+        # the baselines are this dataset's STL runs: Δm recomputed from them equals the run's own
+        mine = metrics_for_split(run["selected"], "test")
+        mine = {k: v for k, v in mine.items() if not k.endswith("/loss") and k.split("/")[0] in ("t0", "t1")}
+        base = {k: stl[(name, k.split("/")[0])]["selected"][f"test/{k}"] for k in mine}
+        expected = delta_m(mine, base, run["metric_directions"], "per_metric", False).value
+        assert run["selected"]["test/delta_m"] == pytest.approx(expected, rel=1e-9)
+    assert mtl["synthetic"]["selected"]["test/delta_m"] != mtl["synthetic_imbalanced"]["selected"]["test/delta_m"]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
