@@ -15,7 +15,8 @@ from mtl_bench.preemption import check_signals
 # transfer source's identity (mtl_bench.transfer).  "trainer.checkpoint_every" covers its _n_steps/_min siblings.
 RUNTIME_KEYS = (
     "trainer.resume", "trainer.device", "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
-    "trainer.checkpoint_every", "trainer.keep_previous_checkpoint", "trainer.on_divergence", "trainer.preemption", "trainer.eval_batch_size", "paths",
+    "trainer.checkpoint_every", "trainer.keep_previous_checkpoint", "trainer.on_divergence", "trainer.preemption",
+    "trainer.eval_batch_size", "paths",
     "logger", "tags",
 )
 

@@ -7,6 +7,7 @@ definitions plus the ``train``/``val``/``test`` splits.  Every split yields batc
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -135,3 +136,17 @@ def make_loader(
         )
     loader.resumable = batches if shuffle else None  # type: ignore[attr-defined]
     return loader
+
+
+def check_int(value: Any, key: str, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an int (bools refused) within ``[minimum, maximum]``, else a ConfigError naming ``dataset.<key>``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        v = None
+    if v is None or v < minimum or (maximum is not None and v > maximum):
+        valid = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+        raise ConfigError(f"dataset.{key}={value!r} is invalid; expected {valid}")
+    return v

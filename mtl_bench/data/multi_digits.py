@@ -47,13 +47,12 @@ the final model; chance 0.10):
 from __future__ import annotations
 
 import hashlib
-import operator
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from mtl_bench.data.base import Benchmark, TensorDictDataset
+from mtl_bench.data.base import Benchmark, TensorDictDataset, check_int
 from mtl_bench.errors import ConfigError, DatasetError
 from mtl_bench.task_library import classification_task
 
@@ -78,16 +77,6 @@ def load_source_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, np.asarray(digits.target, dtype=np.int64)
 
 
-def _check_int(value: Any, key: str, minimum: int) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        v = None
-    if v is None or v < minimum:
-        raise ConfigError(f"dataset.{key}={value!r} is invalid; expected an integer >= {minimum}")
-    return v
 
 
 def check_fractions(fractions: Any) -> tuple[float, float, float]:
@@ -184,9 +173,9 @@ def build_multi_digits(
     name: str = "multi_digits",
 ) -> Benchmark:
     """MultiMNIST-style pairs of scikit-learn's 8×8 digits, tasks ``left``/``right``; see the module docstring."""
-    canvas = _check_int(canvas, "canvas", DIGIT)
-    offset = _check_int(offset, "offset", 1)
-    jitter = _check_int(jitter, "jitter", 0)
+    canvas = check_int(canvas, "canvas", DIGIT)
+    offset = check_int(offset, "offset", 1)
+    jitter = check_int(jitter, "jitter", 0)
     if offset <= 2 * jitter:
         raise ConfigError(f"dataset.offset={offset} is invalid with dataset.jitter={jitter}; expected offset > 2 * jitter "
                           "(else the 'right' digit could land on or above-left of the 'left' one)")
@@ -195,8 +184,8 @@ def build_multi_digits(
                           f"{DIGIT + offset + 2 * jitter} pixels")
     if overlap not in OVERLAPS:
         raise ConfigError(f"dataset.overlap={overlap!r} is invalid; choose one of {list(OVERLAPS)}")
-    sizes = {"train": _check_int(n_train, "n_train", 1), "val": _check_int(n_val, "n_val", 1), "test": _check_int(n_test, "n_test", 1)}
-    seed = _check_int(seed, "seed", 0)
+    sizes = {"train": check_int(n_train, "n_train", 1), "val": check_int(n_val, "n_val", 1), "test": check_int(n_test, "n_test", 1)}
+    seed = check_int(seed, "seed", 0)
     fractions = check_fractions(source_fractions)
     selected = tuple(TASKS if tasks is None else tasks)
     if not selected or len(set(selected)) != len(selected) or any(t not in TASKS for t in selected):

@@ -121,6 +121,7 @@ import torch
 from mtl_bench.data.base import Benchmark
 from mtl_bench.data import transforms
 from mtl_bench.data.transforms import RandomScaleCropFlip, StagedImages
+from mtl_bench.data.base import check_int
 from mtl_bench.errors import ConfigError
 from mtl_bench.task_library import attribute_task, depth_task, normal_task, segmentation_task
 from mtl_bench.tasks import Task
@@ -210,17 +211,6 @@ class Scene:
     normal: np.ndarray | None = None
 
 
-def _check_int(value: Any, key: str, minimum: int, maximum: int | None = None) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        v = None
-    if v is None or v < minimum or (maximum is not None and v > maximum):
-        valid = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
-        raise ConfigError(f"dataset.{key}={value!r} is invalid; expected {valid}")
-    return v
 
 
 def _check_names(key: str, names: Sequence[str] | None, default: Sequence[str], valid: Sequence[str]) -> tuple[str, ...]:
@@ -277,11 +267,11 @@ class SceneParams:
     layout: str = "flat"  # flat: one slanted background plane | room: floor + back wall (3-D scenes)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "height", _check_int(self.height, "height", MIN_SIDE))
-        object.__setattr__(self, "width", _check_int(self.width, "width", MIN_SIDE))
+        object.__setattr__(self, "height", check_int(self.height, "height", MIN_SIDE))
+        object.__setattr__(self, "width", check_int(self.width, "width", MIN_SIDE))
         object.__setattr__(self, "shapes", check_shapes(self.shapes))
-        object.__setattr__(self, "min_objects", _check_int(self.min_objects, "min_objects", 1, MAX_OBJECTS))
-        object.__setattr__(self, "max_objects", _check_int(self.max_objects, "max_objects", self.min_objects, MAX_OBJECTS))
+        object.__setattr__(self, "min_objects", check_int(self.min_objects, "min_objects", 1, MAX_OBJECTS))
+        object.__setattr__(self, "max_objects", check_int(self.max_objects, "max_objects", self.min_objects, MAX_OBJECTS))
         object.__setattr__(self, "max_tilt", check_max_tilt(self.max_tilt))
         object.__setattr__(self, "layout", check_layout(self.layout))
 
@@ -575,10 +565,10 @@ class SyntheticImageDataset(StagedImages):
             raise ConfigError(f"synthetic_images split={split!r} is invalid; expected one of {list(SPLIT_IDS)}")
         self.params = params
         self.split = split
-        self.seed = _check_int(seed, "seed", 0)
+        self.seed = check_int(seed, "seed", 0)
         self.tasks = check_tasks(tasks, params.shapes, params.three_d)
         self.set_normalization(normalize, mean, std)
-        n = _check_int(size, f"n_{split}", 1)
+        n = check_int(size, f"n_{split}", 1)
         h, w = params.height, params.width
         self.images = np.empty((n, h, w, 3), dtype=np.uint8)
         self.seg = np.empty((n, h, w), dtype=np.uint8)
@@ -708,10 +698,10 @@ def build_synthetic_images(
     """Generated shape scenes with ``seg`` / ``depth`` (``normal`` with ``max_tilt > 0``; optional ``has_<shape>``)
     tasks; see the module docstring."""
     params = SceneParams(height, width, check_shapes(shapes), min_objects, max_objects, max_tilt, layout)
-    sizes = {"train": _check_int(n_train, "n_train", 1), "val": _check_int(n_val, "n_val", 1), "test": _check_int(n_test, "n_test", 1)}
+    sizes = {"train": check_int(n_train, "n_train", 1), "val": check_int(n_val, "n_val", 1), "test": check_int(n_test, "n_test", 1)}
     selected = check_tasks(tasks, params.shapes, params.three_d)
     normalize = check_normalize(normalize)
-    seed = _check_int(seed, "seed", 0)
+    seed = check_int(seed, "seed", 0)
 
     # "dataset" statistics come from the training split: render it first, then configure every split
     train = SyntheticImageDataset(params, "train", sizes["train"], seed, selected, augment, aug_seed)
