@@ -86,6 +86,9 @@ class Context:
         base = self.report.baselines
         if base is None or run.is_stl:
             return math.nan
+        known = self.report.run_delta.get(str(run.path), {})
+        if split in known:  # the report computed it already (its table splits)
+            return known[split]
         key = (str(run.path), split)
         if key not in self._delta:
             opts = self.report.options
