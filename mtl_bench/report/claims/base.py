@@ -94,7 +94,7 @@ class Claim:
     def parse_fields(self) -> None:
         """Read and check the kind's own fields (``self.spec``); raise ReportError naming the claim and field."""
 
-    def field(self, name: str, default: Any = ...) -> Any:
+    def spec_field(self, name: str, default: Any = ...) -> Any:
         if name not in self.spec:
             if default is ...:
                 raise ReportError(f"claim '{self.claim_id}' ({self.kind}): field '{name}' is required")

@@ -62,9 +62,9 @@ class Difference(Claim):
     extra_fields = ("a", "b", "paired")
 
     def parse_fields(self) -> None:
-        self.a = SideSpec.parse(self.field("a"), f"claim '{self.claim_id}'.a")
-        self.b = SideSpec.parse(self.field("b", 0.0), f"claim '{self.claim_id}'.b")
-        self.paired = bool(self.field("paired", True))
+        self.a = SideSpec.parse(self.spec_field("a"), f"claim '{self.claim_id}'.a")
+        self.b = SideSpec.parse(self.spec_field("b", 0.0), f"claim '{self.claim_id}'.b")
+        self.paired = bool(self.spec_field("paired", True))
 
     def evaluate_effect(self, ctx: Context, notes: list[str]):
         a = side_values(self, ctx, self.a, "a", notes)

@@ -31,13 +31,13 @@ class Invariance(Claim):
     extra_fields = ("axis", "reference", "a", "b", "by", "relative")
 
     def parse_fields(self) -> None:
-        self.axis = str(self.field("axis"))
-        self.reference = canonical(self.field("reference"))
-        self.a = SideSpec.parse(self.field("a"), f"claim '{self.claim_id}'.a")
-        b = self.field("b", None)
+        self.axis = str(self.spec_field("axis"))
+        self.reference = canonical(self.spec_field("reference"))
+        self.a = SideSpec.parse(self.spec_field("a"), f"claim '{self.claim_id}'.a")
+        b = self.spec_field("b", None)
         self.b = None if b is None else SideSpec.parse(b, f"claim '{self.claim_id}'.b")
-        self.by = self.field("by", None)
-        self.relative = bool(self.field("relative", True))
+        self.by = self.spec_field("by", None)
+        self.relative = bool(self.spec_field("relative", True))
 
     def movements(self, ctx: Context, runs: list, what: str, notes: list[str]) -> dict[str, dict[Any, float]]:
         """``{level: {seed: |q(level) − q(ref)| (/|q(ref)|)}}`` over the non-reference levels."""

@@ -53,7 +53,7 @@ class InvarianceWithFailures(Invariance):
 
     def parse_fields(self) -> None:
         super().parse_fields()
-        value = self.field("failed_value")
+        value = self.spec_field("failed_value")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ReportError(f"claim '{self.claim_id}' ({self.kind}): failed_value must be a finite number "
                               f"(the {self.quantity} a diverged run counts with), got {value!r}")

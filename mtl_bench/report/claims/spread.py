@@ -36,11 +36,11 @@ class Spread(Claim):
     extra_fields = ("axes", "where", "tune")
 
     def parse_fields(self) -> None:
-        axes = self.field("axes")
+        axes = self.spec_field("axes")
         if not isinstance(axes, (list, tuple)) or len(axes) != 2:
             raise ReportError(f"claim '{self.claim_id}' (spread): axes must be two config keys, e.g. [optimizer, combiner]")
         self.axes = [str(a) for a in axes]
-        self.side = SideSpec.parse({"where": self.field("where", {}), "tune": self.field("tune", [])},
+        self.side = SideSpec.parse({"where": self.spec_field("where", {}), "tune": self.spec_field("tune", [])},
                                    f"claim '{self.claim_id}'")
 
     def cells(self, ctx: Context, notes: list[str]) -> tuple[dict[tuple[str | None, str | None], dict[Any, float]],
