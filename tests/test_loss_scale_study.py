@@ -32,7 +32,8 @@ ARMS = {  # method -> (optimizer class, combiner class): Adam, SGD, AdaTask with
     "adam_uw_o": ("torch.optim.Adam", "mtl_bench.combiners.uw_o.OptimalUncertaintyWeighting"),
     "adam_dibs_mtl": ("torch.optim.Adam", "mtl_bench.combiners.dibs_mtl.DiBSMTL"),
 }
-FACTORS = (1.0, 10.0, 100.0, 1e3, 1e4)  # the reference and Elich et al.'s x10 ... x1e4 of the brief
+FACTORS = (1.0, 1.000001, 10.0, 100.0, 1e3, 1e4)  # the reference, the rounding control, Elich et al.'s x10 ... x1e4
+CONTROL = 1.000001  # x(1 + 1e-6): perturbs float32 roundings only
 EXPONENTS = (2.0, 4.0)
 KINDS = CLAIM_KINDS
 
@@ -69,7 +70,7 @@ def test_grid_is_every_method_x_level_x_seed(preset, seeds):
     cells = [(j["loss_scale_arm"], level(j["loss_transforms.t1"]), j["seed"]) for j in jobs]
     levels = [("scale", f) for f in FACTORS] + [("power", p) for p in EXPONENTS]
     assert sorted(cells) == sorted(itertools.product(ARMS, levels, [str(s) for s in range(seeds)]))
-    assert len(cells) == len(set(cells)) == 5 * 7 * seeds
+    assert len(cells) == len(set(cells)) == 5 * 8 * seeds
     assert sorted(p.stem for p in (Path(CONFIG_DIR) / "loss_scale_arm").glob("*.yaml")) == sorted(ARMS)
     lrs = cfg.loss_scale_lr  # every arm has its rate in this preset
     assert set(lrs) == set(ARMS) and all(lr > 0 for lr in lrs.values())
@@ -99,7 +100,10 @@ def test_each_level_scales_what_the_combiner_sees_of_t1_by_exactly_its_factor():
         out = transforms["t1"](losses)
         if kind == "scale":
             assert torch.equal(out, losses * value) and value == cfg.loss_transforms.t1.factor
-            assert torch.equal(out / losses, torch.full_like(losses, value))  # exactly k for these losses
+            if value == CONTROL:  # float32(1 + 1e-6) = 1 + 2^-20: changes the roundings, not the problem
+                assert not torch.equal(out, losses) and torch.allclose(out / losses, torch.ones_like(losses), rtol=0, atol=2e-6)
+            else:
+                assert torch.equal(out / losses, torch.full_like(losses, value))  # exactly k for these losses
         else:
             assert torch.allclose(out.double(), losses.double() ** value, rtol=1e-6)
         seen.add((kind, value))
@@ -109,7 +113,7 @@ def test_each_level_scales_what_the_combiner_sees_of_t1_by_exactly_its_factor():
 def test_claims_parse_and_name_only_levels_and_arms_of_the_grid():
     cfg = compose_with_hydra(["experiment=loss_scale_quick"])
     levels = set(re.findall(r"\{[^}]*\}", cfg.hydra.sweeper.params["loss_transforms.t1"]))
-    assert len(levels) == 7
+    assert len(levels) == 8  # 7 transforms and the rounding control
     claims = OmegaConf.to_container(cfg.study.claims)
     assert len(claims) >= 10
     named = set()

@@ -155,7 +155,7 @@ def test_elich_quick_grid_runs_its_stl_baselines_first_and_reads_them_from_the_s
 
 def test_a_preset_grid_gives_way_to_command_line_sweeps_and_to_the_basic_sweeper():
     cfg = compose_with_hydra(["experiment=dibs_transforms"])
-    assert len(grid_jobs(cfg, ("combiner=ew", "seed=0"))) == 5  # the five transforms
+    assert len(grid_jobs(cfg, ("combiner=ew", "seed=0"))) == 6  # the five transforms and the rounding control
     plain = compose_with_hydra(["experiment=dibs_transforms", "hydra/sweeper=basic"])
     assert not plain.hydra.sweeper.params
 
