@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from mtl_bench.errors import ConfigError, check_choice
+from mtl_bench.metrics.stl_select import check_stl_select, chosen_pairs, select_on_val_loss
 
 CONVENTIONS = ("per_metric", "per_task")
 SPLITS = ("val", "test")
@@ -177,6 +178,17 @@ class STLBaselines:
     datasets: dict[str, str]
     sources: dict[str, list[str]]
     skipped: list[tuple[str, str]]  # (summary.json path, reason)
+    select: str = "unique"  # delta_m.stl_select (mtl_bench.metrics.stl_select)
+    chosen: dict[str, str] = field(default_factory=dict)  # val_loss: task -> label of the chosen configuration
+    candidates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # val_loss: task -> every candidate
+
+    def describe_selection(self) -> str:
+        """The selection rule and, under ``val_loss``, the chosen configuration per task, e.g. ``STL selection:
+        val_loss (lowest mean val loss per task): t0 → optimizer.lr=0.001; t1 → optimizer.lr=0.01``."""
+        if self.select != "val_loss":
+            return "STL selection: unique (one STL run per task and seed)"
+        chosen = "; ".join(f"{t} → {label}" for t, label in sorted(self.chosen.items()))
+        return f"STL selection: val_loss (lowest mean val loss per task): {chosen}"
 
 
 def _summary_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -229,11 +241,15 @@ def read_stl_summaries(paths: str | Path | Iterable[str | Path],
 
 
 def stl_baselines_from_summaries(summaries: Iterable[tuple[Path, Mapping[str, Any]]],
-                                 splits: Sequence[str] = ("test",)) -> dict[str, STLBaselines]:
+                                 splits: Sequence[str] = ("test",), select: str = "unique") -> dict[str, STLBaselines]:
     """:func:`stl_baselines_from_runs` for each of ``splits`` (in that order) over ``(path, summary)`` pairs such as
-    :func:`read_stl_summaries` yields; ``summaries`` is iterated once."""
+    :func:`read_stl_summaries` yields; ``summaries`` is iterated once.  ``select``: which STL runs count
+    (``delta_m.stl_select``, :mod:`mtl_bench.metrics.stl_select`): ``unique`` or ``val_loss``."""
     for split in splits:
         check_choice("split", split, SPLITS)
+    check_stl_select(select)
+    if select == "val_loss":
+        return _selected_on_val_loss(list(summaries), splits)
     seen: list[tuple[Path, Mapping[str, Any]]] = []
 
     def first_pass() -> Iterator[tuple[Path, Mapping[str, Any]]]:
@@ -244,7 +260,17 @@ def stl_baselines_from_summaries(summaries: Iterable[tuple[Path, Mapping[str, An
     return {split: _stl_baselines(first_pass() if i == 0 else seen, split) for i, split in enumerate(splits)}
 
 
-def stl_baselines_from_runs(paths: str | Path | Iterable[str | Path], split: str = "test") -> STLBaselines:
+def _selected_on_val_loss(pairs: list[tuple[Path, Mapping[str, Any]]], splits: Sequence[str]) -> dict[str, STLBaselines]:
+    selection = select_on_val_loss(pairs)
+    chosen = chosen_pairs(pairs, selection)
+    out = {split: _stl_baselines(chosen, split) for split in splits}
+    for b in out.values():
+        b.select, b.chosen, b.candidates = "val_loss", dict(selection.chosen), dict(selection.candidates)
+    return out
+
+
+def stl_baselines_from_runs(paths: str | Path | Iterable[str | Path], split: str = "test",
+                            select: str = "unique") -> STLBaselines:
     """Average the selected ``split`` metrics of completed STL runs over seeds, per task.
 
     ``paths``: run directories, ``summary.json`` files and/or multirun directories (searched recursively for
@@ -253,9 +279,10 @@ def stl_baselines_from_runs(paths: str | Path | Iterable[str | Path], split: str
     seen with two different datasets, two runs of one task with the same seed and different results (e.g. an lr
     sweep: pass one run per seed; exact repeats, same seed and same values, count once and are listed in
     ``skipped``), runs of one task reporting different metric sets, a missing or non-finite metric, and malformed
-    summaries.
+    summaries.  ``select="val_loss"`` chooses one configuration per task on validation loss instead
+    (:mod:`mtl_bench.metrics.stl_select`).
     """
-    return stl_baselines_from_summaries(read_stl_summaries(paths), (split,))[split]
+    return stl_baselines_from_summaries(read_stl_summaries(paths), (split,), select)[split]
 
 
 def _repeats(task_runs: Sequence[tuple[Path, int, dict[str, float]]], seed: int, values: Mapping[str, Any]) -> bool:
@@ -310,7 +337,8 @@ def _stl_baselines(summaries: Iterable[tuple[Path, Mapping[str, Any]]], split: s
             if other_seed == seed:
                 raise ConfigError(
                     f"task '{task}' has two completed STL runs with seed {seed} ({other_path}, {path}); "
-                    "pass one run per seed (e.g. the chosen learning rate of a sweep)"
+                    "pass one run per seed (e.g. the chosen learning rate of a sweep), or set "
+                    "delta_m.stl_select=val_loss to choose one configuration per task on validation loss"
                 )
             if set(other_values) != set(values):
                 raise ConfigError(

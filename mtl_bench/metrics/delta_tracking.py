@@ -8,6 +8,8 @@ Configured by the top-level ``delta_m`` node (``configs/train.yaml``)::
       convention: per_metric # per_metric (Nash-MTL/FAMO) | per_task (LibMTL)
       allow_missing: false   # compute over the metrics that have a baseline, listing the others
       missing_runs: error    # error | warn: STL run folders that do not exist (yet) switch Δm off with a warning
+      stl_select: unique     # unique (one STL run per task and seed) | val_loss (per task the configuration with
+                             # the lowest mean val loss, mtl_bench.metrics.stl_select)
 
 With STL runs, validation metrics are compared with the STL runs' *validation* metrics and test with test.
 Published baselines are test numbers; they are used for both splits and the summary says so.  Without any
@@ -23,7 +25,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from mtl_bench.baselines import load_published
 from mtl_bench.errors import ConfigError, check_choice
-from mtl_bench.metrics.delta_m import CONVENTIONS, DeltaM, delta_m, metrics_for_split, read_stl_summaries, stl_baselines_from_summaries
+from mtl_bench.metrics.delta_m import (CONVENTIONS, DeltaM, STLBaselines, delta_m, metrics_for_split, read_stl_summaries,
+                                       stl_baselines_from_summaries)
+from mtl_bench.metrics.stl_select import check_stl_select
 
 log = logging.getLogger(__name__)
 
@@ -90,23 +94,24 @@ def build_delta_m(cfg: Mapping[str, Any] | None, dataset: str, directions: Mappi
     keyed = {k: v for k, v in keyed.items() if not k.endswith("/loss")}
     missing_runs = cfg.get("missing_runs", "error")
     check_choice("delta_m.missing_runs", missing_runs, ("error", "warn"))
+    select = check_stl_select(cfg.get("stl_select", "unique"))
     if runs and missing_runs == "warn":
         absent = [str(p) for p in runs if not Path(str(p)).exists()]
         if absent:
             reason = f"STL runs not found at {absent} (delta_m.missing_runs=warn): run the STL baselines first"
             log.warning("Δm is off: %s", reason)
-            return None, {"enabled": False, "reason": reason, "stl_runs": [str(p) for p in runs]}
+            return None, {"enabled": False, "reason": reason, "stl_runs": [str(p) for p in runs], "stl_select": select}
     if runs:
         other: set[str] = set()  # STL runs of other datasets in the same folders (e.g. a study's other arm): skipped
         mine = list(same_dataset(read_stl_summaries(runs), dataset, other))
         if other and not any(summary.get("mode") == "stl" for _, summary in mine):
             raise ConfigError(f"delta_m.stl_runs were trained on {sorted(other)}, this run uses dataset '{dataset}'")
-        per_split = stl_baselines_from_summaries(mine, ("val", "test"))
+        per_split = stl_baselines_from_summaries(mine, ("val", "test"), select)
         datasets = set(per_split["test"].datasets.values())
         if datasets and datasets != {dataset}:
             raise ConfigError(f"delta_m.stl_runs were trained on {sorted(datasets)}, this run uses dataset '{dataset}'")
         source = {"kind": "stl_runs", "paths": [str(p) for p in runs], "runs_per_task": per_split["test"].runs_per_task,
-                  "seeds": per_split["test"].seeds, "skipped": per_split["test"].skipped}
+                  "seeds": per_split["test"].seeds, "skipped": per_split["test"].skipped, **_selection(per_split["test"])}
         baselines = {s: b.values for s, b in per_split.items()}
     elif published:
         entry = load_published(published)
@@ -119,4 +124,12 @@ def build_delta_m(cfg: Mapping[str, Any] | None, dataset: str, directions: Mappi
     else:
         return None, {"enabled": False, "reason": "no baselines configured (delta_m.stl_runs or delta_m.published)"}
     spec = DeltaMSpec(convention, baselines, keyed, source, bool(cfg.get("allow_missing", False)))
-    return spec, {"enabled": True, "convention": convention, "source": source, "allow_missing": spec.allow_missing}
+    info = {"enabled": True, "convention": convention, "source": source, "allow_missing": spec.allow_missing}
+    return spec, {**info, "stl_select": select} if runs else info
+
+
+def _selection(baselines: STLBaselines) -> dict[str, Any]:
+    """The STL selection rule and, under ``val_loss``, the chosen configuration and every candidate per task."""
+    if baselines.select != "val_loss":
+        return {"stl_select": baselines.select}
+    return {"stl_select": baselines.select, "chosen": baselines.chosen, "candidates": baselines.candidates}

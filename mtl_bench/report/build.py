@@ -24,7 +24,7 @@ from mtl_bench.diagnostics.conflicts import PAIR_TYPES as CONFLICT_PAIRS
 from mtl_bench.metrics.delta_m import CONVENTIONS
 from mtl_bench.report.claims import Verdict, evaluate_claims, study_claims
 from mtl_bench.report.curves import Curve, build_curves
-from mtl_bench.report.baselines import Baselines, resolve_baselines, resolve_per_dataset, run_delta_m
+from mtl_bench.report.baselines import Baselines, resolve_baselines, resolve_per_dataset, run_delta_m, stl_select_rule
 from mtl_bench.report.exploded import DEFAULT_FACTOR, check_factor, find_exploded
 from mtl_bench.report.grouping import (Group, Stat, group_runs, lookup, matches, mean_std, merge_directions,
                                        parse_key_values, repeated_seeds, sorted_seeds, stl_groups)
@@ -52,6 +52,7 @@ class ReportOptions:
     transfer_group_by: list[str] | None = None  # groups of the MTL-side transfer runs (δ); None: see robustness.py
     explode_factor: float = DEFAULT_FACTOR  # see mtl_bench.report.exploded
     claims: dict[str, Any] | None = None  # claim specs (--claims FILE); None: the study.claims the runs recorded
+    stl_select: str | None = None  # unique | val_loss (--stl-select); None: the delta_m.stl_select the runs recorded
 
 
 @dataclass
@@ -205,7 +206,8 @@ def build_report(runs: Sequence[Run], options: ReportOptions) -> Report:
         metric_keys += _ordered_metric_keys(shown, split, options.include_loss, options.source)
     directions = merge_directions(shown, notes)
 
-    baselines, reason, run_delta = _delta_m(table_runs, [r for r in stl_done if str(r.path) not in exploded], options, notes)
+    stl_used = [r for r in runs if r.is_stl and not (r.completed and str(r.path) in exploded)]  # unfinished: val_loss
+    baselines, reason, run_delta = _delta_m(table_runs, stl_used, options, notes)
     run_metrics = {str(r.path): {k: v for split in options.splits for k, v in r.task_metrics(split, options.source,
                                                                                           options.include_loss).items()}
                    for r in shown}
@@ -232,14 +234,19 @@ def build_report(runs: Sequence[Run], options: ReportOptions) -> Report:
 
 def _delta_m(table_runs: list[Run], stl_runs: list[Run], options: ReportOptions,
              notes: list[str]) -> tuple[Baselines | None, str, dict[str, dict[str, float]]]:
-    """The baselines (from the non-exploded STL runs), why there are none, and every table run's Δm per split."""
+    """The baselines (from the non-exploded STL runs; the unfinished ones count for ``stl_select=val_loss``), why
+    there are none, and every table run's Δm per split."""
+    done = [r for r in stl_runs if r.completed]
     if not table_runs:
-        return None, "only STL runs" if stl_runs else "no completed run", {}
-    several = len({str(r.dataset) for r in [*table_runs, *stl_runs]}) > 1
+        return None, "only STL runs" if done else "no completed run", {}
+    select, note = stl_select_rule(table_runs, options.stl_select)
+    if note:
+        notes.append(f"Δm: {note}")
+    several = len({str(r.dataset) for r in [*table_runs, *done]}) > 1
     if several and not options.stl:
-        baselines, reason = resolve_per_dataset(stl_runs, table_runs)
+        baselines, reason = resolve_per_dataset(stl_runs, table_runs, select)
     else:
-        baselines, reason = resolve_baselines(options.stl, stl_runs, table_runs)
+        baselines, reason = resolve_baselines(options.stl, stl_runs, table_runs, select)
     run_delta: dict[str, dict[str, float]] = {}
     for run in table_runs if baselines is not None else ():
         for split in options.splits:

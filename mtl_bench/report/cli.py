@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="group keys, e.g. combiner,optimizer,optimizer.lr (default: the overrides that vary, minus seed)")
     p.add_argument("--stl", nargs="+", metavar="DIR", help="STL baseline runs for Δm (default: STL runs among DIRs, then "
                    "the baselines recorded in the runs' summaries)")
+    p.add_argument("--stl-select", choices=["unique", "val_loss"], default=None,
+                   help="which STL runs are the Δm baselines: unique (one per task and seed) or val_loss (per task the "
+                   "configuration, e.g. lr, with the lowest mean val loss); default: the delta_m.stl_select the runs recorded")
     p.add_argument("--delta-convention", choices=["per_metric", "per_task"], default="per_metric",
                    help="Δm aggregation: per_metric (Nash-MTL/FAMO) or per_task (LibMTL); default per_metric")
     p.add_argument("--allow-missing", action="store_true", help="compute Δm over the metrics that have a baseline")
@@ -105,7 +108,8 @@ def run_report(args: argparse.Namespace) -> int:
         splits=("test", "val") if args.val else ("test",), source=args.results, include_loss=args.include_loss,
         pareto_metrics=args.pareto_metrics, pareto_split=args.pareto_split, pareto_ref=args.pareto_ref,
         pareto_within=args.pareto_within, scatter=args.scatter, transfer_group_by=args.transfer_group_by,
-        explode_factor=args.explode_factor, claims={} if args.no_claims else claims_file(args.claims) if args.claims else None,
+        explode_factor=args.explode_factor, stl_select=args.stl_select,
+        claims={} if args.no_claims else claims_file(args.claims) if args.claims else None,
     )
     report = build_report(runs, options)
     out.mkdir(parents=True, exist_ok=True)
