@@ -137,20 +137,28 @@ def test_elich_quick_grid_runs_its_stl_baselines_first_and_reads_them_from_the_s
     jobs = grid_jobs(cfg)
     arms = [job[0].split("=")[1] for job in jobs]
     n_stl = sum(a.startswith("stl_") for a in arms)
-    assert n_stl == 12 and all(a.startswith("stl_") for a in arms[:n_stl])  # 2 tasks x 2 datasets x 3 seeds, first
+    assert n_stl == 72 and all(a.startswith("stl_") for a in arms[:n_stl])  # 2 tasks x 6 lrs x 2 datasets x 3 seeds, first
     assert cfg.hydra.sweeper.max_batch_size == 2 and n_stl % 2 == 0  # parallel launchers: STL batches finish first
-    assert list(cfg.delta_m.stl_runs) == [cfg.hydra.sweep.dir]
+    assert list(cfg.delta_m.stl_runs) == [cfg.hydra.sweep.dir] and cfg.delta_m.stl_select == "val_loss"
+    grid = {0.0003, 0.001, 0.003, 0.01, 0.03, 0.1}  # every optimizer and the STL baselines: the same six lrs
+    lrs: dict[tuple[str, str], set[float]] = {}
     for arm in sorted(set(arms)):
         job = compose_with_hydra(["experiment=elich_optimizers_quick", f"elich_arm={arm}"])
+        choices = job.hydra.runtime.choices
         if arm.startswith("stl_"):
-            assert (job.mode.name, job.mode.task) == ("stl", arm[4:])
+            task, lr = re.fullmatch(r"stl_(t\d)_lr(.+)", arm).groups()
+            assert (job.mode.name, job.mode.task, choices.optimizer, job.optimizer.lr) == ("stl", task, "adam", float(lr))
             assert list(job.delta_m.stl_runs) == [] and job.trainer.selection.metric == "val/loss"
+            lrs.setdefault(("stl", task), set()).add(job.optimizer.lr)
         else:  # <optimizer>_<combiner>_lr<lr>: the file name says what the arm sets
             optimizer, combiner, lr = re.fullmatch(r"(adam|sgd_momentum|adatask_adam)_(\w+?)_lr(.+)", arm).groups()
-            choices = job.hydra.runtime.choices
             assert (choices.optimizer, choices.combiner, job.optimizer.lr) == (optimizer, combiner, float(lr))
             assert job.mode.name == "mtl" and job.trainer.selection.metric == "val/delta_m"
-            assert job.optimizer.weight_decay == 1e-5
+            lrs.setdefault((optimizer, combiner), set()).add(job.optimizer.lr)
+        assert job.optimizer.weight_decay == 1e-5 and job.trainer.on_divergence == "record"
+    assert sorted(lrs) == [("adam", "ew"), ("adam", "pcgrad"), ("adatask_adam", "ew"), ("sgd_momentum", "ew"),
+                           ("sgd_momentum", "pcgrad"), ("stl", "t0"), ("stl", "t1")]
+    assert all(v == grid for v in lrs.values())
 
 
 def test_a_preset_grid_gives_way_to_command_line_sweeps_and_to_the_basic_sweeper():
@@ -358,7 +366,7 @@ def test_requeued_slurm_job_finds_its_output_folder_again(tmp_path, monkeypatch)
 def test_elich_quick_arms_give_delta_m_against_the_stl_runs_of_the_same_sweep(tmp_path):
     # both data arms in one sweep folder: each MTL run reads the STL runs of its own dataset only
     sweep = tmp_path / "elich"
-    r = cli("-m", "experiment=elich_optimizers_quick", "elich_arm=stl_t0,stl_t1,adam_ew_lr1e-2", "seed=0",
+    r = cli("-m", "experiment=elich_optimizers_quick", "elich_arm=stl_t0_lr1e-2,stl_t1_lr1e-2,adam_ew_lr1e-2", "seed=0",
             "dataset=synthetic,synthetic_imbalanced", "hydra/launcher=basic",
             "trainer.epochs=1", "trainer.max_steps_per_epoch=3", "dataset.n_train=256", "dataset.n_val=64",
             "dataset.n_test=64", "logger=none", f"hydra.sweep.dir={sweep}")
@@ -373,6 +381,8 @@ def test_elich_quick_arms_give_delta_m_against_the_stl_runs_of_the_same_sweep(tm
         dm = run["delta_m"]
         assert dm["enabled"] and "selection_fallback" not in dm
         assert dm["source"]["paths"] == [str(sweep)] and dm["source"]["runs_per_task"] == {"t0": 1, "t1": 1}
+        assert dm["stl_select"] == "val_loss" and dm["source"]["chosen"] == {"t0": "the only configuration",
+                                                                             "t1": "the only configuration"}
         assert "val/delta_m" in run["selected"] and "test/delta_m" in run["selected"]
         # the baselines are this dataset's STL runs: Δm recomputed from them equals the run's own
         mine = metrics_for_split(run["selected"], "test")
