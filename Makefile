@@ -28,7 +28,7 @@ LAUNCH      := $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER),)
 HYDRA_OVERRIDES = $(strip $(foreach w,$(subst \ ,@mtl_sp@,$(MAKEOVERRIDES)),$(if $(findstring .,$(firstword $(subst =, ,$(w))))$(findstring /,$(firstword $(subst =, ,$(w)))),'$(subst @mtl_sp@, ,$(subst ','\'',$(w)))')))
 DIRS        ?=
 REPORT_ARGS ?=
-STUDIES     := elich_optimizers adatask_dominance adatask_dominance_digits elich_conflicts dibs_transforms forkmerge_synthetic elich_corruptions loss_scale
+STUDIES     := elich_optimizers adatask_dominance adatask_dominance_digits elich_conflicts dibs_transforms forkmerge_synthetic elich_corruptions loss_scale elich_optimizers_scenes adatask_dominance_scenes
 
 export HF_HUB_OFFLINE := 1
 
