@@ -46,7 +46,7 @@ from mtl_bench.metrics.delta_tracking import build_delta_m
 from mtl_bench.models.mtl_model import build_model
 from mtl_bench.optim import build_optimizer, build_scheduler
 from mtl_bench.selection import ModelSelector
-from mtl_bench import runlock, transfer
+from mtl_bench import runlock
 from mtl_bench.preemption import in_entry_process, install_process_handlers, status_for, stop_exit_code, stop_requested
 from mtl_bench.trainer import RESULT_KEYS, Trainer, metric_directions, read_summary, write_summary_file
 from mtl_bench.utils import configure_determinism, flatten_dict, resolve_device, resolve_num_threads, seed_everything
@@ -254,6 +254,7 @@ def _build_and_train_in(
     benchmark: Benchmark = instantiate_checked(cfg.dataset, "dataset")
     source = None
     if cfg.mode.name == "transfer":  # the backbone to study: found, or trained first (a run of its own)
+        from mtl_bench import transfer  # only here: its corruptions (scipy.ndimage) cost every other run's start-up
         trainer_fn = None if dist.enabled else (lambda c, d: build_and_train(c, output_dir=d))  # no nested process groups
         source = transfer.ensure_source(cfg, list(benchmark.tasks), trainer_fn)
         if source.kind == "path":

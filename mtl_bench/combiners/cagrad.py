@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 
 from mtl_bench.combiners._grad_utils import check_choice, check_real
 from mtl_bench.combiners.base import GramianWeighting
@@ -74,6 +73,8 @@ def cagrad_weights(m: np.ndarray, c: float, rtol: float = 1e-12) -> np.ndarray:
                 break
         else:  # dist(g0, dual cone) = r to rounding: the boundary point is optimal
             return v
+    from scipy.optimize import brentq  # imported where used (scipy.optimize: start-up cost of every process)
+
     mu = brentq(psi, lo, hi, xtol=1e-15 * hi, rtol=4 * np.finfo(float).eps)
     w, norm = inner(mu)
     if not norm > 0:

@@ -21,7 +21,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 
 # Eigenvalues below EIGEN_RTOL · (largest eigenvalue) are treated as zero (rank decisions).  The Gramian of
 # float32 gradients carries relative errors ~1e-7, so the cut-off is set per input dtype by the callers.
@@ -77,6 +76,8 @@ def min_norm_weights(m: np.ndarray, rtol: float = 1e-12) -> np.ndarray:
         return np.full(k, 1.0 / k)
     a, values, vectors = psd_factor(m / scale + np.ones((k, k)), rtol)
     b = (vectors.T @ np.ones(k)) / np.sqrt(values)
+    from scipy.optimize import nnls  # imported where used: scipy.optimize costs every process that imports the package
+
     u, _ = nnls(a, b)
     total = u.sum()
     if not total > 0:  # cannot happen in exact arithmetic (see above); guards against rounding only
@@ -102,6 +103,8 @@ def dual_cone_weights(m: np.ndarray, u: np.ndarray, rtol: float = 1e-12) -> np.n
     if a.shape[0] == 0:
         return v
     columns = v.reshape(m.shape[0], -1)
+    from scipy.optimize import nnls
+
     for j in range(columns.shape[1]):
         lam, _ = nnls(a, -(a @ columns[:, j]))
         columns[:, j] += lam

@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage, signal
+from scipy import ndimage
 
 CorruptionFn = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
@@ -83,6 +83,8 @@ def _filter_reflect101(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     ph, pw = kh // 2, kw // 2
     # numpy "reflect" excludes the edge pixel = OpenCV BORDER_REFLECT_101; pad of at most H-1 per side is allowed.
     padded = np.pad(x, ((ph, ph), (pw, pw), (0, 0)), mode="reflect")
+    from scipy import signal  # here, not at the top: scipy.signal (and the scipy.stats it loads) cost every process ~0.5 s
+
     return signal.fftconvolve(padded, kernel[::-1, ::-1, None], mode="valid", axes=(0, 1))
 
 
