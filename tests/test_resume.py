@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
 
 from mtl_bench.checkpoint import load_checkpoint
 from mtl_bench.data.base import ResumableBatchSampler, TensorDictDataset, make_loader
 from mtl_bench.errors import ConfigError, PreemptedError
 from mtl_bench.train import build_and_train
 from mtl_bench.trainer import Trainer
+from tests.conftest import compose_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,11 +114,21 @@ def _signal_at(monkeypatch, step: int, sig: signal.Signals) -> None:
     monkeypatch.setattr(Trainer, "train_step", signalling_step)
 
 
+SIGTERM_RUN = [*STATEFUL, "trainer.epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def sigterm_reference(tmp_path_factory) -> Path:
+    """The uninterrupted run the SIGTERM cases resume to: trained once, not once per case."""
+    ref = tmp_path_factory.mktemp("sigterm_reference") / "run"
+    build_and_train(compose_cfg(SIGTERM_RUN, ref))
+    GlobalHydra.instance().clear()
+    return ref
+
+
 @pytest.mark.parametrize("step", [5, 8, 13])  # mid-epoch, at the end of epoch 1 (before evaluation), mid-epoch 2
-def test_sigterm_checkpoints_exits_and_resumes_identically(make_cfg, tmp_path, monkeypatch, step):
-    overrides = [*STATEFUL, "trainer.epochs=3"]
-    ref_cfg, cfg = make_cfg(*overrides), make_cfg(*overrides)
-    build_and_train(ref_cfg)
+def test_sigterm_checkpoints_exits_and_resumes_identically(make_cfg, monkeypatch, step, sigterm_reference):
+    cfg = make_cfg(*SIGTERM_RUN)
     run = Path(cfg.paths.output_dir)
     with monkeypatch.context() as m:
         _signal_at(m, step, signal.SIGTERM)
@@ -129,7 +141,7 @@ def test_sigterm_checkpoints_exits_and_resumes_identically(make_cfg, tmp_path, m
     assert state["global_step"] == step and state["partial_epoch"]["batches_done"] == (step - 1) % 8 + 1
     assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
     build_and_train(cfg)  # same folder: resumes
-    assert_same_run(Path(ref_cfg.paths.output_dir), run)
+    assert_same_run(sigterm_reference, run)
 
 
 def test_preemption_hands_the_signal_on_after_checkpointing(make_cfg, monkeypatch):
