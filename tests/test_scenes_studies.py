@@ -111,16 +111,3 @@ def test_adatask_scenes_same_lrs_and_au_on_three_shared_layers(suffix):
     for c in claims.values():  # both optimizers' lr chosen on validation
         assert all(list(s.tune) == ["optimizer.lr"] for s in (c.a, c.b) if not isinstance(s, (int, float)))
 
-
-@pytest.mark.parametrize("study", STUDIES)
-def test_scenes_quick_preset_reuses_the_full_one(study):
-    """As tests/test_sweeps.py checks for the Makefile's studies: the quick preset extends the full one, with its own
-    grid of at most as many jobs and at least three seeds, one torch thread, and its own output folder."""
-    quick_yaml = yaml.safe_load((CONFIGS / "experiment" / f"{study}_quick.yaml").read_text())
-    assert quick_yaml["defaults"][:2] == [study, {"override /hydra/sweeper": f"{study}_quick"}]
-    full, quick = preset(study), preset(f"{study}_quick")
-    assert (full.experiment_name, quick.experiment_name) == (study, f"{study}_quick")
-    assert quick.hydra.sweep.dir.startswith(f"{quick.paths.output_root}/{study}_quick/multiruns/")
-    assert quick.trainer.num_threads == full.trainer.num_threads == 1 and list(quick.tags) == [*full.tags, "quick"]
-    assert 2 <= len(grid_jobs(quick)) <= len(grid_jobs(full))
-    assert study in (CONFIGS.parent / "Makefile").read_text().split("STUDIES     :=")[1].splitlines()[0].split()

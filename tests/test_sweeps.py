@@ -27,9 +27,8 @@ from tests.conftest import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(CONFIG_DIR)
-STUDIES = ["elich_optimizers", "adatask_dominance", "adatask_dominance_digits", "elich_conflicts", "dibs_transforms",
-           "forkmerge_synthetic", "elich_corruptions",
-           "loss_scale"]
+# the studies `make quick-studies` runs: the Makefile's STUDIES line is the one list
+STUDIES = re.search(r"^STUDIES\s*:=(.*)$", (Path(__file__).resolve().parents[1] / "Makefile").read_text(), re.M).group(1).split()
 # Hydra 1.3's automatic schema matching of configs/hydra/launcher/submitit_slurm.yaml (see that file)
 DEPRECATED_SCHEMA_MATCH = "ignore:(?s).*is validated against ConfigStore schema with the same name:UserWarning"
 
