@@ -142,23 +142,35 @@ def test_elich_quick_grid_runs_its_stl_baselines_first_and_reads_them_from_the_s
     assert list(cfg.delta_m.stl_runs) == [cfg.hydra.sweep.dir] and cfg.delta_m.stl_select == "val_loss"
     grid = {0.0003, 0.001, 0.003, 0.01, 0.03, 0.1}  # every optimizer and the STL baselines: the same six lrs
     lrs: dict[tuple[str, str], set[float]] = {}
+    # every arm's file, and one composed job per kind of arm at each end of the grid: the arm's keys win over the presets'
     for arm in sorted(set(arms)):
+        spec = yaml.safe_load((CONFIGS / "elich_arm" / f"{arm}.yaml").read_text())
+        kind, lr = re.fullmatch(r"(stl_t\d|adam_\w+?|sgd_momentum_\w+?|adatask_adam_\w+?)_lr(.+)", arm).groups()
+        sets = {k.split("/")[-1]: v for d in spec["defaults"] for k, v in d.items()}
+        said = f"stl_{spec['mode']['task']}" if sets.get("mode") == "stl" else f"{sets['optimizer']}_{sets['combiner']}"
+        assert said == kind and float(spec["optimizer"]["lr"]) == float(lr), arm  # the file name says what it sets
+        lrs.setdefault(kind, set()).add(float(lr))
+    composed = [a for a in sorted(set(arms)) if a.endswith(("_lr3e-4", "_lr1e-1"))]
+    assert len(composed) == 2 * 7
+    named: dict[tuple[str, str], set[float]] = {}
+    for arm in composed:
         job = compose_with_hydra(["experiment=elich_optimizers_quick", f"elich_arm={arm}"])
         choices = job.hydra.runtime.choices
         if arm.startswith("stl_"):
             task, lr = re.fullmatch(r"stl_(t\d)_lr(.+)", arm).groups()
             assert (job.mode.name, job.mode.task, choices.optimizer, job.optimizer.lr) == ("stl", task, "adam", float(lr))
             assert list(job.delta_m.stl_runs) == [] and job.trainer.selection.metric == "val/loss"
-            lrs.setdefault(("stl", task), set()).add(job.optimizer.lr)
+            named.setdefault(("stl", task), set()).add(job.optimizer.lr)
         else:  # <optimizer>_<combiner>_lr<lr>: the file name says what the arm sets
             optimizer, combiner, lr = re.fullmatch(r"(adam|sgd_momentum|adatask_adam)_(\w+?)_lr(.+)", arm).groups()
             assert (choices.optimizer, choices.combiner, job.optimizer.lr) == (optimizer, combiner, float(lr))
             assert job.mode.name == "mtl" and job.trainer.selection.metric == "val/delta_m"
-            lrs.setdefault((optimizer, combiner), set()).add(job.optimizer.lr)
+            named.setdefault((optimizer, combiner), set()).add(job.optimizer.lr)
         assert job.optimizer.weight_decay == 1e-5 and job.trainer.on_divergence == "record"
-    assert sorted(lrs) == [("adam", "ew"), ("adam", "pcgrad"), ("adatask_adam", "ew"), ("sgd_momentum", "ew"),
-                           ("sgd_momentum", "pcgrad"), ("stl", "t0"), ("stl", "t1")]
-    assert all(v == grid for v in lrs.values())
+    assert sorted(named) == [("adam", "ew"), ("adam", "pcgrad"), ("adatask_adam", "ew"), ("sgd_momentum", "ew"),
+                             ("sgd_momentum", "pcgrad"), ("stl", "t0"), ("stl", "t1")]
+    assert all(v == {0.0003, 0.1} for v in named.values())
+    assert len(lrs) == 7 and all(v == grid for v in lrs.values())
 
 
 def test_a_preset_grid_gives_way_to_command_line_sweeps_and_to_the_basic_sweeper():
