@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from mtl_bench.errors import ConfigError, check_choice
+from mtl_bench.utils import flatten_dict
 
 STL_SELECT = ("unique", "val_loss")
 CONFIG_BLOCKS = ("optimizer", "scheduler", "combiner", "loss_transforms")
@@ -61,14 +62,6 @@ class Candidate:
                 "seeds": sorted({*self.runs, *self.unfinished}), "excluded": self.excluded}
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, Mapping):
-        for key, sub in value.items():
-            _flatten(f"{prefix}.{key}", sub, out)
-    else:
-        out[prefix] = value
-
-
 def _sweep_only(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in SWEEP_ONLY)
 
@@ -78,7 +71,7 @@ def configuration(summary: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     settings: dict[str, Any] = {}
     for block in CONFIG_BLOCKS:
         if block in summary:
-            _flatten(block, summary[block], settings)
+            settings.update(flatten_dict(summary[block], f"{block}."))
     hydra = summary.get("hydra")
     items = hydra.get("overrides") if isinstance(hydra, Mapping) else None
     overrides: dict[str, str] = {}
