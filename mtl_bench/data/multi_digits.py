@@ -77,8 +77,6 @@ def load_source_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, np.asarray(digits.target, dtype=np.int64)
 
 
-
-
 def check_fractions(fractions: Any) -> tuple[float, float, float]:
     """``dataset.source_fractions``: three positive fractions (train, val, test) summing to at most 1."""
     try:

@@ -118,10 +118,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mtl_bench.data.base import Benchmark
+from mtl_bench.data.base import Benchmark, check_int
 from mtl_bench.data import transforms
 from mtl_bench.data.transforms import RandomScaleCropFlip, StagedImages
-from mtl_bench.data.base import check_int
 from mtl_bench.errors import ConfigError
 from mtl_bench.task_library import attribute_task, depth_task, normal_task, segmentation_task
 from mtl_bench.tasks import Task
@@ -209,8 +208,6 @@ class Scene:
     instance: np.ndarray
     objects: tuple[SceneObject, ...]
     normal: np.ndarray | None = None
-
-
 
 
 def _check_names(key: str, names: Sequence[str] | None, default: Sequence[str], valid: Sequence[str]) -> tuple[str, ...]:

@@ -176,7 +176,6 @@ def run_delta_m(run: Run, baselines: Baselines, split: str, convention: str, all
     return d.value, (f"{run.name} ({split}): Δm leaves out {gaps}" if gaps else None)
 
 
-
 def resolve_per_dataset(stl_runs: Sequence[Run], runs: Sequence[Run], select: str = "unique") -> tuple[Baselines | None, str]:
     """Baselines per dataset when the report's runs span several datasets (e.g. a study's balanced and imbalanced
     arms, each with its own STL runs): each dataset's runs are compared with that dataset's STL runs only."""
