@@ -1,6 +1,7 @@
 # mtl_bench — two commands on a fresh clone:
 #   make train   create .venv if missing, install, run the default experiment (synthetic, MTL, EW, Adam)
 #   make test    install if needed, run the test suite
+#   make lint    ruff check (configured rules + C901 complexity <= 15) and no mtl_bench function over 60 lines
 # Extra Hydra overrides go in ARGS, e.g.  make train ARGS="combiner=ew optimizer=sgd trainer.epochs=5"
 # Studies (docs/sweeps.md):
 #   make quick-studies            every study's `_quick` preset (minutes on 2 CPU cores)
@@ -32,7 +33,7 @@ STUDIES     := elich_optimizers adatask_dominance adatask_dominance_digits elich
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install train test test-all clean-outputs sync-wandb quick-studies quick-reports study-elich_optimizers report check-docs
+.PHONY: install train test lint test-all clean-outputs sync-wandb quick-studies quick-reports study-elich_optimizers report check-docs
 
 install: $(VENV)/.installed
 
@@ -47,6 +48,10 @@ train: install
 
 test: install
 	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check mtl_bench tests scripts hydra_plugins
+	$(PY) scripts/check_function_size.py mtl_bench
 
 test-all: install
 	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -49,7 +49,13 @@ def cagrad_weights(m: np.ndarray, c: float, rtol: float = 1e-12) -> np.ndarray:
     r = c * np.sqrt(max(g0_sq, 0.0))
     if not r > 0:  # c = 0 or g0 = 0: the ball is {g0}
         return p
-    ones = np.ones(k)
+    return _dual_weights(mn, p, b, g0_sq, r, rtol)
+
+
+def _dual_weights(mn: np.ndarray, p: np.ndarray, b: np.ndarray, g0_sq: float, r: float, rtol: float) -> np.ndarray:
+    """:func:`cagrad_weights` once the trivial cases are out: ω = p + (r/‖g_w*‖) w* from the root μ* of ψ, or the
+    dual-cone projection of g0 in the boundary case (``mn``: the scaled Gramian, ``b = mn p``, ``g0_sq = ‖g0‖²``)."""
+    ones = np.ones(mn.shape[0])
 
     def inner(mu: float) -> tuple[np.ndarray, float]:
         shifted = mn + mu * (np.outer(b, ones) + np.outer(ones, b)) + mu * mu * g0_sq * np.outer(ones, ones)
@@ -66,13 +72,10 @@ def cagrad_weights(m: np.ndarray, c: float, rtol: float = 1e-12) -> np.ndarray:
         v = dual_cone_weights(mn, p, rtol)
         if float(np.sqrt(max(float((v - p) @ mn @ (v - p)), 0.0))) <= r:
             return v
-        lo = hi
-        for _ in range(40):  # ψ(μ)/μ → r − dist(g0, dual cone) < 0 as μ → 0
-            hi, lo = lo, lo / 10.0
-            if psi(lo) < 0:
-                break
-        else:  # dist(g0, dual cone) = r to rounding: the boundary point is optimal
+        bracket = _bracket_below(psi, hi)
+        if bracket is None:  # dist(g0, dual cone) = r to rounding: the boundary point is optimal
             return v
+        lo, hi = bracket
     from scipy.optimize import brentq  # imported where used (scipy.optimize: start-up cost of every process)
 
     mu = brentq(psi, lo, hi, xtol=1e-15 * hi, rtol=4 * np.finfo(float).eps)
@@ -80,6 +83,17 @@ def cagrad_weights(m: np.ndarray, c: float, rtol: float = 1e-12) -> np.ndarray:
     if not norm > 0:
         return p
     return p + (r / norm) * w
+
+
+def _bracket_below(psi: Callable[[float], float], hi: float) -> tuple[float, float] | None:
+    """A bracket (lo, hi) with ψ(lo) < 0, found by dividing μ by 10 from ``hi`` down (at most 40 times; None if ψ
+    stays ≥ 0): ψ(μ)/μ → r − dist(g0, dual cone) < 0 as μ → 0."""
+    lo = hi
+    for _ in range(40):
+        hi, lo = lo, lo / 10.0
+        if psi(lo) < 0:
+            return lo, hi
+    return None
 
 
 @register("cagrad")

@@ -143,7 +143,6 @@ def solve_alpha_fair(
     point is still accepted when that residual is ≤ 1e-6, else ``None``.  ``start`` (a previous
     solution, in the units of ``m``) warm-starts the iteration; the result does not depend on it.
     """
-    k = m.shape[0]
     nu = float(np.linalg.norm(m))
     if not nu > 0 or not np.isfinite(nu):
         return None
@@ -151,44 +150,66 @@ def solve_alpha_fair(
     if (np.diag(mn) <= 0).any():  # a zero gradient: e_i is a non-negative null direction, no solution
         return None
     back = nu ** (-alpha / (1.0 + alpha))
+    w = _fair_newton(mn, alpha, _fair_start(mn, alpha, start, back), max_iter, tol)
+    return None if w is None else w * back
+
+
+def _fair_start(mn: np.ndarray, alpha: float, start: np.ndarray | None, back: float) -> np.ndarray:
+    """The first iterate: ``start`` in the units of ``mn`` when it is a usable positive K-vector, else
+    ``diag(mn)^(-α/(1+α))``."""
+    k = mn.shape[0]
     if start is not None and start.shape == (k,) and np.isfinite(start).all() and (start > 0).all():
-        w = start / back
-    else:
-        w = np.diag(mn) ** (-alpha / (1.0 + alpha))
+        return start / back
+    return np.diag(mn) ** (-alpha / (1.0 + alpha))
 
-    def objective(x: np.ndarray) -> float:
-        return 0.5 * float(x @ mn @ x) - _fair_utility(x, alpha)
 
-    def residual(x: np.ndarray) -> float:
-        return float(np.abs(x ** (1.0 / alpha) * (mn @ x) - 1.0).max())
+def _fair_objective(x: np.ndarray, mn: np.ndarray, alpha: float) -> float:
+    return 0.5 * float(x @ mn @ x) - _fair_utility(x, alpha)
 
+
+def _fair_residual(x: np.ndarray, mn: np.ndarray, alpha: float) -> float:
+    return float(np.abs(x ** (1.0 / alpha) * (mn @ x) - 1.0).max())
+
+
+def _fair_newton(mn: np.ndarray, alpha: float, w: np.ndarray, max_iter: int, tol: float) -> np.ndarray | None:
+    """The damped Newton iteration of :func:`solve_alpha_fair` on the scaled Gramian ``mn`` from ``w``: the
+    solution in the units of ``mn``, or None."""
     previous = math.inf
     full_step = False
     for _ in range(max_iter):
-        current = residual(w)
+        current = _fair_residual(w, mn, alpha)
         if current <= tol:
-            return w * back
+            return w
         if full_step and previous <= current <= 1e-6:  # a full Newton step no longer helps: rounding floor
             break
         previous = current
-        push = w ** (-1.0 / alpha)
-        grad = mn @ w - push
-        hess = mn + np.diag(push / (alpha * w))
-        try:
-            step = -np.linalg.solve(hess, grad)
-        except np.linalg.LinAlgError:
+        moved = _fair_step(mn, alpha, w)
+        if moved is None:
             break
-        decrement = -float(grad @ step)
-        if not decrement > 0:
-            break
-        shrinking = step < 0
-        t = min(1.0, 0.99 * float((-w[shrinking] / step[shrinking]).min())) if shrinking.any() else 1.0
-        full_step = decrement <= 0.1 and t == 1.0
-        if decrement > 0.1:  # damped phase: Armijo backtracking on f
-            f0 = objective(w)
-            while t > 1e-16 and objective(w + t * step) > f0 - 1e-4 * t * decrement:
-                t *= 0.5
-            if t <= 1e-16:
-                break
-        w = w + t * step
-    return w * back if residual(w) <= 1e-6 else None
+        w, full_step = moved
+    return w if _fair_residual(w, mn, alpha) <= 1e-6 else None
+
+
+def _fair_step(mn: np.ndarray, alpha: float, w: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """One Newton step from ``w`` (capped to keep w > 0, Armijo-damped while the decrement is large) and whether it
+    was a full step; None when no step can be taken (singular Hessian, no descent, backtracking exhausted)."""
+    push = w ** (-1.0 / alpha)
+    grad = mn @ w - push
+    hess = mn + np.diag(push / (alpha * w))
+    try:
+        step = -np.linalg.solve(hess, grad)
+    except np.linalg.LinAlgError:
+        return None
+    decrement = -float(grad @ step)
+    if not decrement > 0:
+        return None
+    shrinking = step < 0
+    t = min(1.0, 0.99 * float((-w[shrinking] / step[shrinking]).min())) if shrinking.any() else 1.0
+    full_step = decrement <= 0.1 and t == 1.0
+    if decrement > 0.1:  # damped phase: Armijo backtracking on f
+        f0 = _fair_objective(w, mn, alpha)
+        while t > 1e-16 and _fair_objective(w + t * step, mn, alpha) > f0 - 1e-4 * t * decrement:
+            t *= 0.5
+        if t <= 1e-16:
+            return None
+    return w + t * step, full_step

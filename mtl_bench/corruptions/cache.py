@@ -150,6 +150,15 @@ def corrupted_split_cache(
         log.debug("corruption cache hit: %s", path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_entry(path, key, (seq, corruption, severity, seed, backend), workers)
+    return path
+
+
+def _write_entry(path: Path, key: dict[str, Any], job: tuple[Any, ...], workers: int) -> None:
+    """Corrupt the images of ``job`` = ``(images, corruption, severity, seed, backend)`` into the cache file ``path``
+    and write its sidecar; the file appears (``os.replace``) only once complete."""
+    seq = job[0]
+    n = len(seq)
     first = check_image(np.asarray(seq[0]))
     shape = (n, *first.shape)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -157,21 +166,9 @@ def corrupted_split_cache(
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         if workers > 0 and n > 1:
-            chunk = max(1, min(16, n // (4 * workers)))
-            ranges = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
-            _JOB["args"] = (seq, corruption, severity, seed, backend)
-            try:
-                with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
-                    for start, block in pool.imap_unordered(_corrupt_range, ranges):
-                        out[start : start + len(block)] = block
-            finally:
-                _JOB.clear()
+            _fill_parallel(out, job, workers)
         else:
-            for i in range(n):
-                image = np.asarray(seq[i])
-                if image.shape != first.shape:
-                    raise ValueError(f"image {i} has shape {image.shape}, image 0 {first.shape}; a cached split needs one image size")
-                out[i] = corrupt_indexed(image, corruption, severity, seed, i, backend)
+            _fill_serial(out, job, first.shape)
         out.flush()
         del out
         meta = {**key, "count": n, "image_shape": list(first.shape), "file": path.name,
@@ -182,4 +179,27 @@ def corrupted_split_cache(
         if tmp.exists():
             tmp.unlink()
     log.info("corruption cache: wrote %s (%d images, %.1f s)", path, n, time.perf_counter() - started)
-    return path
+
+
+def _fill_parallel(out: np.ndarray, job: tuple[Any, ...], workers: int) -> None:
+    """Corrupt the images into ``out`` in chunks, in ``workers`` forked processes."""
+    n = len(job[0])
+    chunk = max(1, min(16, n // (4 * workers)))
+    ranges = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+    _JOB["args"] = job
+    try:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+            for start, block in pool.imap_unordered(_corrupt_range, ranges):
+                out[start : start + len(block)] = block
+    finally:
+        _JOB.clear()
+
+
+def _fill_serial(out: np.ndarray, job: tuple[Any, ...], shape: tuple[int, ...]) -> None:
+    """Corrupt the images into ``out`` one by one in this process; each must have image 0's ``shape``."""
+    seq, corruption, severity, seed, backend = job
+    for i in range(len(seq)):
+        image = np.asarray(seq[i])
+        if image.shape != shape:
+            raise ValueError(f"image {i} has shape {image.shape}, image 0 {shape}; a cached split needs one image size")
+        out[i] = corrupt_indexed(image, corruption, severity, seed, i, backend)

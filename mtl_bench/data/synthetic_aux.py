@@ -63,19 +63,8 @@ def build_synthetic_aux(
     name: str = "synthetic_aux",
 ) -> Benchmark:
     selected = list(tasks) if tasks is not None else list(AUX_TASKS)
-    unknown = [t for t in selected if t not in AUX_TASKS]
-    if unknown:
-        raise ConfigError(f"dataset.tasks {unknown} unknown; synthetic_aux has tasks {list(AUX_TASKS)}")
-    if input_dim < 3:
-        raise ConfigError(f"dataset.input_dim must be >= 3, got {input_dim}")
-    if not -1.0 <= helpful_correlation <= 1.0:
-        raise ConfigError(f"dataset.helpful_correlation must lie in [-1, 1], got {helpful_correlation}")
-    for key, value in (("harmful_scale", harmful_scale), ("noise_scale", noise_scale)):
-        if not value > 0:
-            raise ConfigError(f"dataset.{key} must be positive, got {value}")
-    target_std = noise_std if target_noise_std is None else float(target_noise_std)
-    if not target_std >= 0:
-        raise ConfigError(f"dataset.target_noise_std must be >= 0, got {target_noise_std}")
+    target_std = _check_aux_args(selected, input_dim, helpful_correlation, harmful_scale, noise_scale, noise_std,
+                                 target_noise_std)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     check_split_sizes(sizes)
     # the task directions and the splits come from separate streams: resizing one split leaves the others as they are
@@ -89,25 +78,55 @@ def build_synthetic_aux(
     }
     alpha = torch.randn(num_sin, generator=gen, dtype=torch.float64)
     beta = torch.randn(num_sin, generator=gen, dtype=torch.float64)
+    stds = {t: target_std if t == "target" else noise_std for t in AUX_TASKS}
     splits = {}
     for i, (split, n) in enumerate(sizes.items(), start=1):
         gen = torch.Generator().manual_seed(4 * int(seed) + i)
         x = torch.randn(n, input_dim, generator=gen, dtype=torch.float64)
-        labels = {}
-        for t in AUX_TASKS:
-            eps = (target_std if t == "target" else noise_std) * torch.randn(n, generator=gen, dtype=torch.float64)
-            if t == "noise":
-                y = noise_scale * torch.randn(n, generator=gen, dtype=torch.float64)
-            elif t == "helpful":
-                y = x @ weights[t] + eps
-            else:
-                y = sine_labels(x @ weights[t], alpha, beta) + eps
-                if t == "harmful":
-                    y = harmful_scale * y
-            labels[t] = y.float().unsqueeze(1)
+        labels = _aux_labels(x, gen, weights, (alpha, beta), stds, noise_scale, harmful_scale)
         splits[split] = TensorDictDataset(x.float(), {t: labels[t] for t in selected})
     info = {"generator": "MMoE-based auxiliary benchmark (target / helpful / noise / harmful)", "input_dim": input_dim,
             "helpful_correlation": rho, "harmful_scale": harmful_scale, "noise_scale": noise_scale,
             "target_noise_std": target_std, "data_seed": int(seed),
             "sizes": sizes}
     return Benchmark(name=name, tasks={t: regression_task(t) for t in selected}, splits=splits, input_shape=(input_dim,), info=info)
+
+
+def _check_aux_args(selected: list[str], input_dim: int, helpful_correlation: float, harmful_scale: float,
+                    noise_scale: float, noise_std: float, target_noise_std: float | None) -> float:
+    """Validate :func:`build_synthetic_aux`'s arguments (``ConfigError``); returns the target's noise std."""
+    unknown = [t for t in selected if t not in AUX_TASKS]
+    if unknown:
+        raise ConfigError(f"dataset.tasks {unknown} unknown; synthetic_aux has tasks {list(AUX_TASKS)}")
+    if input_dim < 3:
+        raise ConfigError(f"dataset.input_dim must be >= 3, got {input_dim}")
+    if not -1.0 <= helpful_correlation <= 1.0:
+        raise ConfigError(f"dataset.helpful_correlation must lie in [-1, 1], got {helpful_correlation}")
+    for key, value in (("harmful_scale", harmful_scale), ("noise_scale", noise_scale)):
+        if not value > 0:
+            raise ConfigError(f"dataset.{key} must be positive, got {value}")
+    target_std = noise_std if target_noise_std is None else float(target_noise_std)
+    if not target_std >= 0:
+        raise ConfigError(f"dataset.target_noise_std must be >= 0, got {target_noise_std}")
+    return target_std
+
+
+def _aux_labels(x: torch.Tensor, gen: torch.Generator, weights: dict[str, torch.Tensor],
+                sines: tuple[torch.Tensor, torch.Tensor], stds: dict[str, float], noise_scale: float,
+                harmful_scale: float) -> dict[str, torch.Tensor]:
+    """The N×1 float32 labels of every task in :data:`AUX_TASKS` order for the float64 inputs ``x``, each task
+    drawing its label noise (``stds[t]``; then the noise task its labels) from ``gen`` in turn."""
+    n = x.shape[0]
+    labels = {}
+    for t in AUX_TASKS:
+        eps = stds[t] * torch.randn(n, generator=gen, dtype=torch.float64)
+        if t == "noise":
+            y = noise_scale * torch.randn(n, generator=gen, dtype=torch.float64)
+        elif t == "helpful":
+            y = x @ weights[t] + eps
+        else:
+            y = sine_labels(x @ weights[t], *sines) + eps
+            if t == "harmful":
+                y = harmful_scale * y
+        labels[t] = y.float().unsqueeze(1)
+    return labels

@@ -297,55 +297,85 @@ def _stl_baselines(summaries: Iterable[tuple[Path, Mapping[str, Any]]], split: s
     datasets: dict[str, tuple[str, Path]] = {}
     skipped: list[tuple[str, str]] = []
     for path, summary in summaries:
-        if summary.get("mode") != "stl":
-            skipped.append((str(path), f"mode is {summary.get('mode')!r}, not 'stl'"))
+        reason = _skip_reason(summary)
+        if reason is not None:
+            skipped.append((str(path), reason))
             continue
-        if summary.get("status") != "completed":
-            skipped.append((str(path), f"status is {summary.get('status')!r}, not 'completed'"))
-            continue
-        tasks = summary.get("tasks")
-        if not isinstance(tasks, list) or len(tasks) != 1 or not isinstance(tasks[0], str):
-            raise ConfigError(f"'{path}': an STL summary must list exactly one task in 'tasks', got {tasks!r}")
-        task = tasks[0]
-        dataset = summary.get("dataset")
-        name = dataset.get("name") if isinstance(dataset, dict) else None
-        if not isinstance(name, str):
-            raise ConfigError(f"'{path}': missing 'dataset.name'")
-        seed = summary.get("seed")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ConfigError(f"'{path}': 'seed' must be an integer, got {seed!r}")
-        selected = summary.get("selected")
-        if not isinstance(selected, dict):
-            raise ConfigError(f"'{path}': missing the 'selected' results of a completed run")
-        values = {k: v for k, v in metrics_for_split(selected, split).items() if split_key(k)[0] == task}
-        if not values:
-            raise ConfigError(f"'{path}': 'selected' has no '{split}/{task}/<metric>' values")
-        not_finite = {k: v for k, v in values.items() if not _finite(v)}
-        if not_finite:
-            raise ConfigError(f"'{path}': selected {split} metric(s) {not_finite} are not finite numbers")
-        if task in datasets and datasets[task][0] != name:
-            first_name, first_path = datasets[task]
-            raise ConfigError(
-                f"task '{task}' appears with two datasets: '{first_name}' ({first_path}) and '{name}' ({path}); "
-                "pass the STL runs of one dataset"
-            )
+        task, name, seed, values = _stl_run(path, summary, split)
+        _check_dataset(datasets, task, name, path)
         datasets[task] = (name, path)
         if _repeats(runs.get(task, []), seed, values):
             skipped.append((str(path), f"the same results as another STL run of task '{task}' with seed {seed} (a repeat)"))
             continue
-        for other_path, other_seed, other_values in runs.get(task, []):
-            if other_seed == seed:
-                raise ConfigError(
-                    f"task '{task}' has two completed STL runs with seed {seed} ({other_path}, {path}); "
-                    "pass one run per seed (e.g. the chosen learning rate of a sweep), or set "
-                    "delta_m.stl_select=val_loss to choose one configuration per task on validation loss"
-                )
-            if set(other_values) != set(values):
-                raise ConfigError(
-                    f"STL runs of task '{task}' report different metrics: {sorted(other_values)} ({other_path}) vs "
-                    f"{sorted(values)} ({path})"
-                )
+        _check_compatible(runs.get(task, []), task, seed, values, path)
         runs.setdefault(task, []).append((path, seed, {k: float(v) for k, v in values.items()}))
+    return _baselines_of(runs, datasets, skipped, split)
+
+
+def _skip_reason(summary: Mapping[str, Any]) -> str | None:
+    """Why a summary is not an STL baseline run (not STL, not completed), or None."""
+    if summary.get("mode") != "stl":
+        return f"mode is {summary.get('mode')!r}, not 'stl'"
+    if summary.get("status") != "completed":
+        return f"status is {summary.get('status')!r}, not 'completed'"
+    return None
+
+
+def _stl_run(path: Path, summary: Mapping[str, Any], split: str) -> tuple[str, str, int, dict[str, Any]]:
+    """A completed STL summary's task, dataset name, seed and selected ``split`` metrics of its task (validated)."""
+    tasks = summary.get("tasks")
+    if not isinstance(tasks, list) or len(tasks) != 1 or not isinstance(tasks[0], str):
+        raise ConfigError(f"'{path}': an STL summary must list exactly one task in 'tasks', got {tasks!r}")
+    task = tasks[0]
+    dataset = summary.get("dataset")
+    name = dataset.get("name") if isinstance(dataset, dict) else None
+    if not isinstance(name, str):
+        raise ConfigError(f"'{path}': missing 'dataset.name'")
+    seed = summary.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"'{path}': 'seed' must be an integer, got {seed!r}")
+    selected = summary.get("selected")
+    if not isinstance(selected, dict):
+        raise ConfigError(f"'{path}': missing the 'selected' results of a completed run")
+    values = {k: v for k, v in metrics_for_split(selected, split).items() if split_key(k)[0] == task}
+    if not values:
+        raise ConfigError(f"'{path}': 'selected' has no '{split}/{task}/<metric>' values")
+    not_finite = {k: v for k, v in values.items() if not _finite(v)}
+    if not_finite:
+        raise ConfigError(f"'{path}': selected {split} metric(s) {not_finite} are not finite numbers")
+    return task, name, seed, values
+
+
+def _check_dataset(datasets: Mapping[str, tuple[str, Path]], task: str, name: str, path: Path) -> None:
+    """A task's STL runs must all come from one dataset."""
+    if task in datasets and datasets[task][0] != name:
+        first_name, first_path = datasets[task]
+        raise ConfigError(
+            f"task '{task}' appears with two datasets: '{first_name}' ({first_path}) and '{name}' ({path}); "
+            "pass the STL runs of one dataset"
+        )
+
+
+def _check_compatible(task_runs: Sequence[tuple[Path, int, dict[str, float]]], task: str, seed: int,
+                      values: Mapping[str, Any], path: Path) -> None:
+    """A new (non-repeat) STL run of ``task`` must have its own seed and report the metrics the others report."""
+    for other_path, other_seed, other_values in task_runs:
+        if other_seed == seed:
+            raise ConfigError(
+                f"task '{task}' has two completed STL runs with seed {seed} ({other_path}, {path}); "
+                "pass one run per seed (e.g. the chosen learning rate of a sweep), or set "
+                "delta_m.stl_select=val_loss to choose one configuration per task on validation loss"
+            )
+        if set(other_values) != set(values):
+            raise ConfigError(
+                f"STL runs of task '{task}' report different metrics: {sorted(other_values)} ({other_path}) vs "
+                f"{sorted(values)} ({path})"
+            )
+
+
+def _baselines_of(runs: Mapping[str, list[tuple[Path, int, dict[str, float]]]], datasets: Mapping[str, tuple[str, Path]],
+                  skipped: list[tuple[str, str]], split: str) -> STLBaselines:
+    """The per-task means over the counted runs (``ConfigError`` when there is none)."""
     if not runs:
         reasons = "; ".join(f"{p}: {r}" for p, r in skipped)
         raise ConfigError(f"no completed STL run found ({reasons})")

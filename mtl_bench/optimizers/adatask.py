@@ -144,6 +144,29 @@ def _row_ids(mask: Sequence[bool]) -> list[int]:
     return [k for k, m in enumerate(mask) if m]
 
 
+def _mask_absent(grads: torch.Tensor, present: list[bool] | None, skip: bool) -> tuple[torch.Tensor, list[int], list[bool]]:
+    """``grads`` with the rows of absent tasks zeroed (a copy; they may hold anything), the absent rows, and the tasks
+    whose state and clock advance (all of them unless ``missing_task="skip"`` and some task is absent)."""
+    k = grads.shape[0]
+    absent = [] if present is None else _row_ids([not x for x in present])
+    if absent:
+        grads = grads.clone()
+        for j in absent:
+            grads[j].zero_()
+    active = [True] * k if not (skip and absent) else present
+    return grads, absent, active
+
+
+def _scale_rows(directions: torch.Tensor, frozen: set[int], scales: list[float] | None, lr: float) -> None:
+    """Zero the ``frozen`` rows of the K×c block ``directions``; multiply each other row k by −lr·``scales[k]``."""
+    for j in frozen:
+        directions[j].zero_()
+    if scales is not None:
+        for j in range(directions.shape[0]):
+            if j not in frozen:
+                directions[j].mul_(-lr * scales[j])
+
+
 # ---------------------------------------------------------------------------------------------- base class
 class TaskWiseOptimizer(torch.optim.Optimizer):
     """An optimizer that keeps per-task state on the shared parameters.
@@ -284,31 +307,12 @@ class TaskWiseOptimizer(torch.optim.Optimizer):
 
     def _step_shared(self, group: dict[str, Any]) -> None:
         params = group["params"]
-        grads = self._task_grads
-        self.last_task_updates = None
+        grads, present = self._take_task_gradients(params)
         if grads is None:
-            if any(p.grad is not None for p in params):
-                raise RuntimeError(
-                    f"{type(self).__name__}.step(): the '{SHARED}' parameters have .grad but set_task_gradients() was not "
-                    f"called since the last step; a task-wise optimizer needs the K×d per-task gradients and never falls "
-                    f"back to the summed gradient"
-                )
             return
-        present = self._present
-        self._task_grads = self._present = None
         k = grads.shape[0]
-        state = self.state[params[0]]
-        if not state:
-            state["task_step"] = [0] * k
-            for key in self._shared_keys:
-                state[key] = self._initial_shared(group, key, grads)
-        absent = [] if present is None else _row_ids([not x for x in present])
-        if absent:  # the rows of absent tasks are ignored (they may hold anything): use zeros
-            grads = grads.clone()
-            for j in absent:
-                grads[j].zero_()
-        skip = group["missing_task"] == "skip"
-        active = [True] * k if not (skip and absent) else present  # tasks whose state and clock advance
+        state = self._shared_state(group, params[0], grads)
+        grads, absent, active = _mask_absent(grads, present, group["missing_task"] == "skip")
         clock = state["task_step"]
         for j in range(k):
             if active[j]:
@@ -324,20 +328,66 @@ class TaskWiseOptimizer(torch.optim.Optimizer):
             scales = scale if isinstance(scale, list) else [scale] * k
             alpha = per_k
         else:
+            scales = None
             alpha = -lr * scale * per_k
-        # D (K×d): on CPU a scratch tensor kept between steps (a fresh K×d allocation per step costs page faults) and
-        # the columns are processed in blocks of ~cpu_block_elements (all K rows at once) so that a block's operands
-        # stay in cache; on accelerators one block and a fresh tensor (the caching allocator reuses it, and the memory
-        # is free for the forward pass).  With record_task_updates D is a fresh tensor, handed out as last_task_updates.
-        on_cpu = grads.device.type == "cpu"
-        if self.record_task_updates or not on_cpu:
+        out, update = self._scratch(grads)
+        self._shared_update(group, state, grads, active, frozen, scales, out, update)
+        if self.record_task_updates:
+            self.last_task_updates = out
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
+        torch._foreach_add_(params, _views(update, params), alpha=alpha)
+
+    def _take_task_gradients(self, params: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[bool] | None]:
+        """The K×d gradients and presence mask given by :meth:`set_task_gradients` for this step (consumed), or
+        (None, None) when none were given and the shared parameters have no ``.grad`` either (nothing to step)."""
+        grads = self._task_grads
+        self.last_task_updates = None
+        if grads is None:
+            if any(p.grad is not None for p in params):
+                raise RuntimeError(
+                    f"{type(self).__name__}.step(): the '{SHARED}' parameters have .grad but set_task_gradients() was not "
+                    f"called since the last step; a task-wise optimizer needs the K×d per-task gradients and never falls "
+                    f"back to the summed gradient"
+                )
+            return None, None
+        present = self._present
+        self._task_grads = self._present = None
+        return grads, present
+
+    def _shared_state(self, group: dict[str, Any], first: torch.Tensor, grads: torch.Tensor) -> dict[str, Any]:
+        """The flat K×d shared state (kept under the first shared parameter), created on the first step."""
+        state = self.state[first]
+        if not state:
+            state["task_step"] = [0] * grads.shape[0]
+            for key in self._shared_keys:
+                state[key] = self._initial_shared(group, key, grads)
+        return state
+
+    def _scratch(self, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D (K×d) and the summed update (d).
+
+        On CPU a scratch tensor kept between steps (a fresh K×d allocation per step costs page faults); on
+        accelerators a fresh tensor (the caching allocator reuses it, and the memory is free for the forward pass).
+        With record_task_updates D is a fresh tensor, handed out as last_task_updates."""
+        if self.record_task_updates or grads.device.type != "cpu":
             out = torch.empty_like(grads, memory_format=torch.contiguous_format)
             update = torch.empty_like(grads[0], memory_format=torch.contiguous_format)
-        else:
-            out, update = self._buffer("_work", grads), self._buffer("_update", grads[0])
-        d = grads.shape[1]
+            return out, update
+        return self._buffer("_work", grads), self._buffer("_update", grads[0])
+
+    def _shared_update(
+        self, group: dict[str, Any], state: dict[str, Any], grads: torch.Tensor, active: list[bool], frozen: set[int],
+        scales: list[float] | None, out: torch.Tensor, update: torch.Tensor,
+    ) -> None:
+        """Advance the state of the ``active`` tasks and write Σ_k D_k into ``update`` (each row times −lr·s_k when
+        ``scales`` is given; the ``frozen`` rows contribute nothing).  On CPU the columns are processed in blocks of
+        ~cpu_block_elements (all K rows at once) so that a block's operands stay in cache; on accelerators one block."""
+        k, d = grads.shape
+        clock = state["task_step"]
+        on_cpu = grads.device.type == "cpu"
         width = max(1, self.cpu_block_elements // k) if on_cpu else d
-        fused = on_cpu and 1 < k <= 4 and not rescale and not frozen
+        fused = on_cpu and 1 < k <= 4 and scales is None and not frozen
         for a in range(0, d, width):
             cols = slice(a, min(d, a + width))
             block = {key: state[key][:, cols] for key in self._shared_keys}
@@ -349,18 +399,8 @@ class TaskWiseOptimizer(torch.optim.Optimizer):
                     u.addcdiv_(num[j], den[j])
                 continue
             directions = torch.div(num, den, out=den)
-            for j in frozen:
-                directions[j].zero_()
-            if rescale:
-                for j in range(k):
-                    if j not in frozen:
-                        directions[j].mul_(-lr * scales[j])
+            _scale_rows(directions, frozen, scales, group["lr"])
             _row_sum(directions, update[cols], chain=on_cpu and k <= 4)
-        if self.record_task_updates:
-            self.last_task_updates = out
-        if group["weight_decay"]:
-            torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
-        torch._foreach_add_(params, _views(update, params), alpha=alpha)
 
     def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
         """A scratch tensor shaped like ``like``, reused across steps (not part of the state)."""

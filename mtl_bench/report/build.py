@@ -277,6 +277,34 @@ def _row(g: Group, metric_keys: list[str], run_metrics: dict[str, dict[str, floa
 
 def _pareto(table_runs: list[Run], rows: list[GroupRow], directions: dict[str, bool], options: ReportOptions,
             notes: list[str]) -> tuple[list[str], dict[str, bool | None], dict[str, str] | None, list[str] | None]:
+    """The Pareto metrics, every table run's Pareto-optimality flag (None: not compared), the ``--pareto-ref``
+    filter and the scatter plot's two metrics; sets the Pareto counts of the method rows."""
+    metrics = _pareto_metrics(table_runs, directions, options)
+    hib = [directions[m] for m in metrics]
+    flags: dict[str, bool | None] = {str(r.path): None for r in table_runs}
+    points = _pareto_points(table_runs, metrics, options, notes) if metrics else {}
+    within = _pareto_within(table_runs, options, notes)
+    pools: dict[tuple[str | None, ...], list[Run]] = {}
+    for run in table_runs:
+        if str(run.path) in points:
+            pools.setdefault(_pool_key(run, within), []).append(run)
+    for pool in pools.values():
+        for run, ok in zip(pool, pareto_optimal([points[str(r.path)] for r in pool], hib)):
+            flags[str(run.path)] = ok
+    ref = _pareto_ref(table_runs, options)
+    for row in rows:
+        if row.group.reference:  # STL runs: the baselines, not a method
+            continue
+        eligible = [r for r in row.used if str(r.path) in points]
+        row.pareto_n = len(eligible)
+        row.pareto_optimal = sum(1 for r in eligible if flags[str(r.path)]) if metrics else None
+        if ref is not None and metrics:
+            row.ref_not_dominated, row.ref_dominating = _against_ref(eligible, points, pools, within, ref, hib)
+    return metrics, flags, ref, _scatter_metrics(table_runs, metrics, directions, options, notes)
+
+
+def _pareto_metrics(table_runs: list[Run], directions: dict[str, bool], options: ReportOptions) -> list[str]:
+    """``--pareto-metrics``, or every task metric all table runs report (``ReportError`` for unknown ones)."""
     split = options.pareto_split
     if options.pareto_metrics:
         metrics = [_strip_split(m, split) for m in options.pareto_metrics]
@@ -289,66 +317,72 @@ def _pareto(table_runs: list[Run], rows: list[GroupRow], directions: dict[str, b
     unknown = [m for m in metrics if m not in directions]
     if unknown:
         raise ReportError(f"Pareto metric(s) {unknown} are not reported by the runs; known: {sorted(directions)}")
-    hib = [directions[m] for m in metrics]
+    return metrics
 
+
+def _pareto_points(table_runs: list[Run], metrics: list[str], options: ReportOptions,
+                   notes: list[str]) -> dict[str, list[float]]:
+    """Each run's vector of Pareto metrics, for the runs that have a finite value of each."""
     points: dict[str, list[float]] = {}
-    flags: dict[str, bool | None] = {str(r.path): None for r in table_runs}
-    if metrics:
-        for run in table_runs:
-            res = run.results(options.source)
-            vec = [res.get(f"{split}/{m}", math.nan) for m in metrics]
-            if all(math.isfinite(v) for v in vec):
-                points[str(run.path)] = vec
-            else:
-                notes.append(f"Pareto: {run.name} lacks a finite value of {metrics} and is left out")
+    for run in table_runs:
+        res = run.results(options.source)
+        vec = [res.get(f"{options.pareto_split}/{m}", math.nan) for m in metrics]
+        if all(math.isfinite(v) for v in vec):
+            points[str(run.path)] = vec
+        else:
+            notes.append(f"Pareto: {run.name} lacks a finite value of {metrics} and is left out")
+    return points
+
+
+def _pareto_within(table_runs: list[Run], options: ReportOptions, notes: list[str]) -> list[str]:
+    """The keys whose values a run shares with the runs it is compared with: the dataset, then ``--pareto-within``."""
     # runs on different datasets (or dataset variants) are never compared with each other
     within = ["dataset", *[k for k in options.pareto_within or [] if k != "dataset"]]
     if len({lookup(r, "dataset") for r in table_runs}) > 1:
         notes.append("Pareto: runs are compared within their dataset only (the runs use several datasets)")
+    return within
 
-    def pool_key(run: Run) -> tuple[str | None, ...]:
-        return tuple(lookup(run, k) for k in within)
 
-    pools: dict[tuple[str | None, ...], list[Run]] = {}
-    for run in table_runs:
-        if str(run.path) in points:
-            pools.setdefault(pool_key(run), []).append(run)
-    for pool in pools.values():
-        for run, ok in zip(pool, pareto_optimal([points[str(r.path)] for r in pool], hib)):
-            flags[str(run.path)] = ok
+def _pool_key(run: Run, within: list[str]) -> tuple[str | None, ...]:
+    return tuple(lookup(run, k) for k in within)
 
+
+def _pareto_ref(table_runs: list[Run], options: ReportOptions) -> dict[str, str] | None:
+    """The ``--pareto-ref`` key-value filter (None without it); ``ReportError`` when it matches no run."""
     ref = parse_key_values(options.pareto_ref, "--pareto-ref") if options.pareto_ref else None
     if ref is not None and not any(matches(r, ref) for r in table_runs):
         seen = {k: sorted({str(lookup(r, k)) for r in table_runs}) for k in ref}
         raise ReportError(f"--pareto-ref '{options.pareto_ref}' matches no run; values seen: {seen}")
-    for row in rows:
-        if row.group.reference:  # STL runs: the baselines, not a method
-            continue
-        eligible = [r for r in row.used if str(r.path) in points]
-        row.pareto_n = len(eligible)
-        row.pareto_optimal = sum(1 for r in eligible if flags[str(r.path)]) if metrics else None
-        if ref is not None and metrics:
-            nd = dom = 0
-            for run in eligible:
-                refs = [points[str(r.path)] for r in pools[pool_key(run)] if matches(r, ref)]
-                a, b = against_reference([points[str(run.path)]], refs, hib)
-                nd, dom = nd + a, dom + b
-            row.ref_not_dominated, row.ref_dominating = nd, dom
+    return ref
 
-    scatter: list[str] | None
+
+def _against_ref(eligible: list[Run], points: dict[str, list[float]], pools: dict[tuple[str | None, ...], list[Run]],
+                 within: list[str], ref: dict[str, str], hib: list[bool]) -> tuple[int, int]:
+    """Over ``eligible`` runs: how many no reference run of their pool dominates, and how many dominate one."""
+    nd = dom = 0
+    for run in eligible:
+        refs = [points[str(r.path)] for r in pools[_pool_key(run, within)] if matches(r, ref)]
+        a, b = against_reference([points[str(run.path)]], refs, hib)
+        nd, dom = nd + a, dom + b
+    return nd, dom
+
+
+def _scatter_metrics(table_runs: list[Run], metrics: list[str], directions: dict[str, bool], options: ReportOptions,
+                     notes: list[str]) -> list[str] | None:
+    """The two metrics of the Pareto scatter plot: ``--scatter``, else the first Pareto metric of the first two tasks."""
     if options.scatter:
-        scatter = [_strip_split(m, split) for m in options.scatter]
+        scatter = [_strip_split(m, options.pareto_split) for m in options.scatter]
         if len(scatter) != 2 or any(m not in directions for m in scatter):
             raise ReportError(f"--scatter needs two '<task>/<metric>' keys the runs report, got {options.scatter}; "
                               f"known: {sorted(directions)}")
-    else:
-        first: dict[str, str] = {}
-        for m in metrics:
-            first.setdefault(m.rpartition("/")[0], m)
-        scatter = list(first.values())[:2] if len(first) >= 2 else None
-        if scatter is None and table_runs:
-            notes.append("no Pareto scatter plot: the Pareto metrics cover fewer than two tasks (choose two with --scatter)")
-    return metrics, flags, ref, scatter
+        return scatter
+    first: dict[str, str] = {}
+    for m in metrics:
+        first.setdefault(m.rpartition("/")[0], m)
+    scatter = list(first.values())[:2] if len(first) >= 2 else None
+    if scatter is None and table_runs:
+        notes.append("no Pareto scatter plot: the Pareto metrics cover fewer than two tasks (choose two with --scatter)")
+    return scatter
 
 
 def _diagnostics(report: Report) -> None:

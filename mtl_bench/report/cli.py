@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from mtl_bench.report.runs import ReportError
+from mtl_bench.report.runs import ReportError, Run
+
+if TYPE_CHECKING:  # imported where used at run time (the report modules pull in numpy, matplotlib, ...)
+    from mtl_bench.report.build import Report, ReportOptions
 
 DESCRIPTION = """Summarise mtl_bench runs (multirun folders, experiment folders or run folders): per-group mean ± std over
 seeds with the STL runs as reference rows, Δm% against STL baselines, Pareto counts, exploded runs (flagged and left out of
@@ -79,31 +82,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from mtl_bench.report.build import ReportOptions, build_report
-    from mtl_bench.report.claims import claims_file
-    from mtl_bench.report.claims.render import plot_verdicts, verdict_lines, write_verdicts_csv
-    from mtl_bench.report.curves import plot_curve
-    from mtl_bench.report.outputs import exploded_lines, render_markdown, results_table, write_csvs, write_robustness_csv
-    from mtl_bench.report.runs import load_runs
+    from mtl_bench.report.build import build_report
 
+    out = _output_folder(args)
+    runs = _load(args, out)
+    options = _options(args)
+    report = build_report(runs, options)
+    out.mkdir(parents=True, exist_ok=True)
+    dirs = list(args.dirs)
+    report_csv, figures = _write_files(report, args, out, dirs)
+    _print_summary(report, options, out, dirs)
+    if args.log_wandb:
+        from mtl_bench.report.wandb_io import log_report
+
+        name = "report_" + (args.dirs[0].resolve().name if args.dirs else args.wandb.replace("/", "_"))
+        print(log_report(report_csv, figures, args.wandb_project, name))
+    return 0 if report.rows else 1
+
+
+def _output_folder(args: argparse.Namespace) -> Path:
+    """``--out``, else ``<first dir>/report`` (``report`` for W&B runs only); checks that the inputs exist."""
     if not args.dirs and not args.wandb:
         raise ReportError("give at least one run/multirun/experiment folder (or --wandb ENTITY/PROJECT)")
     for d in args.dirs:
         if not d.exists():
             raise ReportError(f"'{d}' does not exist")
     if args.out is not None:
-        out = args.out
-    elif args.dirs:
+        return args.out
+    if args.dirs:
         first = args.dirs[0].parent if args.dirs[0].is_file() else args.dirs[0]
-        out = first / "report"
-    else:
-        out = Path("report")
+        return first / "report"
+    return Path("report")
+
+
+def _load(args: argparse.Namespace, out: Path) -> list[Run]:
+    """The runs under the folders (the output folder excluded), then those of ``--wandb``."""
+    from mtl_bench.report.runs import load_runs
+
     runs = load_runs(args.dirs, exclude=[out]) if args.dirs else []
     if args.wandb:
         from mtl_bench.report.wandb_io import pull_runs
 
         runs += pull_runs(args.wandb)
-    options = ReportOptions(
+    return runs
+
+
+def _options(args: argparse.Namespace) -> ReportOptions:
+    """The :class:`~mtl_bench.report.build.ReportOptions` of the command line."""
+    from mtl_bench.report.build import ReportOptions
+    from mtl_bench.report.claims import claims_file
+
+    return ReportOptions(
         group_by=args.group_by, stl=args.stl, convention=args.delta_convention, allow_missing=args.allow_missing,
         splits=("test", "val") if args.val else ("test",), source=args.results, include_loss=args.include_loss,
         pareto_metrics=args.pareto_metrics, pareto_split=args.pareto_split, pareto_ref=args.pareto_ref,
@@ -111,9 +140,15 @@ def run_report(args: argparse.Namespace) -> int:
         explode_factor=args.explode_factor, stl_select=args.stl_select,
         claims={} if args.no_claims else claims_file(args.claims) if args.claims else None,
     )
-    report = build_report(runs, options)
-    out.mkdir(parents=True, exist_ok=True)
-    dirs = list(args.dirs)
+
+
+def _write_files(report: Report, args: argparse.Namespace, out: Path, dirs: list[Path]) -> tuple[Path, list[Path]]:
+    """report.csv, runs.csv (robustness.csv), the figures (unless ``--no-plots``), verdicts.csv and report.md;
+    returns report.csv and the figures."""
+    from mtl_bench.report.claims.render import plot_verdicts, write_verdicts_csv
+    from mtl_bench.report.curves import plot_curve
+    from mtl_bench.report.outputs import render_markdown, write_csvs, write_robustness_csv
+
     report_csv, _ = write_csvs(report, out, dirs)
     if report.robustness is not None:
         write_robustness_csv(report.robustness, out)
@@ -128,6 +163,13 @@ def run_report(args: argparse.Namespace) -> int:
     if report.verdicts:
         write_verdicts_csv(report.verdicts, out / "verdicts.csv")
     (out / "report.md").write_text(render_markdown(report, dirs, [str(f) for f in figures]))
+    return report_csv, figures
+
+
+def _print_summary(report: Report, options: ReportOptions, out: Path, dirs: list[Path]) -> None:
+    """The results table, the Δm baselines, δ, exploded runs, the run counts and the verdicts, on stdout."""
+    from mtl_bench.report.claims.render import verdict_lines
+    from mtl_bench.report.outputs import exploded_lines, results_table
 
     print(results_table(report) if report.rows else "no completed run")
     if report.baselines is not None:
@@ -149,12 +191,6 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"verdicts ({len(report.verdicts)} claim(s); effect = estimate [95 % CI over seeds]):")
         for line in verdict_lines(report.verdicts):
             print("  " + line)
-    if args.log_wandb:
-        from mtl_bench.report.wandb_io import log_report
-
-        name = "report_" + (args.dirs[0].resolve().name if args.dirs else args.wandb.replace("/", "_"))
-        print(log_report(report_csv, figures, args.wandb_project, name))
-    return 0 if report.rows else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
