@@ -225,78 +225,109 @@ class ForkMerge:
             "branches": {n: b.state_dict() for n, b in self._branches.items()},
         }
 
-    def fit(self) -> dict[str, Any]:
-        """Train, merging every period; checkpoints (``main``'s ``last.pt``, branches included) at merge boundaries,
-        so a resumed run continues after its last saved merge.  A preemption signal stops at the next merge."""
-        main, s = self.main, self.main.settings
+    def _start(self) -> tuple[dict[str, Trainer], int]:
+        """The branches (restored from a resumed run's checkpoint) and the first period to train."""
+        main = self.main
         saved = main.loaded_extra.get("forkmerge")
         specs = [(n, list(a)) for n, a in saved["branch_specs"]] if saved else self._branch_specs()
         self.branch_specs = {name: auxs for name, auxs in specs}
         branches = {name: self.make_branch(name, auxs) for name, auxs in specs}
         for b in branches.values():  # branches are checkpointed inside the main checkpoint, at merges only
-            b.settings.checkpoint_every_n_steps, b.settings.checkpoint_every_min = 0, 0.0
-        start = 1
-        if saved:
-            branches = {n: branches[n] for n in saved["active"]}
-            for n, b in branches.items():  # (each branch state holds the same RNG streams as the main state)
-                b.load_state_dict(saved["branches"][n], f"{main.last_checkpoint} [branch {n}]")
-                b.logger.truncate(int(saved["branches"][n]["metrics_offset"]))
-            self.merges, self.branch_time, start = list(saved["merges"]), float(saved["branch_time"]), int(saved["period"]) + 1
+            b.checkpoint_only_at_boundaries()
+        if not saved:
+            return branches, 1
+        branches = {n: branches[n] for n in saved["active"]}
+        for n, b in branches.items():  # (each branch state holds the same RNG streams as the main state)
+            b.load_state_dict(saved["branches"][n], f"{main.last_checkpoint} [branch {n}]")
+            b.logger.truncate(int(saved["branches"][n]["metrics_offset"]))
+        self.merges, self.branch_time = list(saved["merges"]), float(saved["branch_time"])
+        return branches, int(saved["period"]) + 1
+
+    def _periods(self, branches: Mapping[str, Trainer]) -> tuple[int, int | None]:
+        """Number of merge periods and, for ``merge_unit=steps``, the steps per period (branches train that many)."""
+        s = self.main.settings
+        if self.spec.merge_unit == "epochs":
+            return math.ceil(s.epochs / self.spec.merge_every), None
+        steps = self.spec.merge_every
+        for b in branches.values():
+            b.limit_steps_per_epoch(steps)
+        return math.ceil(s.epochs * len(self.main.train_loader) / steps), steps
+
+    def _train_branches(self, branches: Mapping[str, Trainer], merged: State, period: int, steps: int | None
+                        ) -> tuple[dict[str, State], dict[str, float]]:
+        """Every branch from the merged state for one period; their states and validation scores."""
+        s = self.main.settings
+        states, scores = {}, {}
+        t0 = time.monotonic()
+        for name, b in branches.items():
+            b.model.load_state_dict(merged)
+            for _ in range(1 if steps else min(self.spec.merge_every, s.epochs - (period - 1) * self.spec.merge_every)):
+                b.run_epoch()
+            # no copy: nothing writes to a branch between here and the merge, which builds new tensors
+            states[name] = b.model.state_dict()
+            scores[name] = b.evaluate("val")[self.metric]
+        self.branch_time += time.monotonic() - t0
+        return states, scores
+
+    def _merge(self, states: Mapping[str, State], scores: Mapping[str, float]
+               ) -> tuple[dict[str, float], list[dict[str, Any]], State]:
+        """Search the merge weights on the targets' validation score; the weights, the trials and the merged state
+        (which the main model holds after)."""
+        names = list(states)
+        state_list = [states[n] for n in names]
+        self._trial_vals = {}
+
+        def evaluate(w: list[float]) -> float:
+            return self._evaluate_weights(state_list, w)
+
+        if self.spec.search == "greedy":
+            weights, trials = greedy_merge_search([scores[n] for n in names], evaluate, self.grid, self.higher)
+        else:
+            weights, trials = lambda_merge_search(evaluate, self.grid, self.higher)
+        merged = merge_states(state_list, weights)
+        self.main.model.load_state_dict(merged)
+        return dict(zip(names, weights)), trials, merged
+
+    def _record(self, period: int, periods: int, chosen: Mapping[str, float], scores: Mapping[str, float],
+                trials: list[dict[str, Any]], global_step: int) -> None:
+        """Select on the merged model (its validation metrics from the chosen trial) and log the merge."""
+        main = self.main
+        self.merges.append({"period": period, "weights": dict(chosen), "branch_scores": dict(scores), "trials": len(trials)})
+        main.advance_to(period, global_step)
+        record: dict[str, float] = {f"forkmerge/weight/{n}": w for n, w in chosen.items()}
+        record.update({f"forkmerge/branch_score/{n}": v for n, v in scores.items()})
+        val = main.evaluate_and_select(period, record, val=self._trial_vals.get(tuple(chosen.values())))
+        main.logger.log_epoch(record, epoch=period, global_step=main.global_step)
+        main.logger.log_event("merge", {"period": period, "weights": dict(chosen), "branch_scores": dict(scores), "trials": trials})
+        log.info("merge %d/%d  weights %s  %s=%.4g", period, periods, {n: round(w, 3) for n, w in chosen.items()},
+                 self.metric, val[self.metric])
+
+    def _prune(self, branches: dict[str, Trainer], chosen: Mapping[str, float], period: int) -> dict[str, Trainer]:
+        if period == 1 and self.spec.prune_to and self.spec.prune_to < len(branches):
+            keep = sorted(chosen, key=lambda n: -chosen[n])[: self.spec.prune_to]
+            log.info("pruned the branches to %s", keep)
+            return {n: branches[n] for n in chosen if n in keep}
+        return branches
+
+    def fit(self) -> dict[str, Any]:
+        """Train, merging every period; checkpoints (``main``'s ``last.pt``, branches included) at merge boundaries,
+        so a resumed run continues after its last saved merge.  A preemption signal stops at the next merge."""
+        main = self.main
+        branches, start = self._start()
         self._branches, self._period = branches, start - 1
         main.extra_state["forkmerge"] = self._state
-        if self.spec.merge_unit == "epochs":
-            periods = math.ceil(s.epochs / self.spec.merge_every)
-            steps = None
-        else:
-            steps = self.spec.merge_every
-            periods = math.ceil(s.epochs * len(main.train_loader) / steps)
-            for b in branches.values():
-                b.settings.max_steps_per_epoch = steps
+        periods, steps = self._periods(branches)
         merged = copy.deepcopy(main.model.state_dict())
         with main.guarded():
             for period in range(start, periods + 1):
-                states, scores = {}, {}
-                t0 = time.monotonic()
-                for name, b in branches.items():
-                    b.model.load_state_dict(merged)
-                    for _ in range(1 if steps else min(self.spec.merge_every, s.epochs - (period - 1) * self.spec.merge_every)):
-                        b.run_epoch()
-                    # no copy: nothing writes to a branch between here and the merge, which builds new tensors
-                    states[name] = b.model.state_dict()
-                    scores[name] = b.evaluate("val")[self.metric]
-                self.branch_time += time.monotonic() - t0
-                names = list(states)
-                state_list = [states[n] for n in names]
-                self._trial_vals = {}
-
-                def evaluate(w: list[float], state_list: list[State] = state_list) -> float:
-                    return self._evaluate_weights(state_list, w)
-
-                if self.spec.search == "greedy":
-                    weights, trials = greedy_merge_search([scores[n] for n in names], evaluate, self.grid, self.higher)
-                else:
-                    weights, trials = lambda_merge_search(evaluate, self.grid, self.higher)
-                merged = merge_states(state_list, weights)
-                main.model.load_state_dict(merged)
-                chosen = dict(zip(names, weights))
-                self.merges.append({"period": period, "weights": chosen, "branch_scores": scores, "trials": len(trials)})
-                main.epoch = period
-                main.global_step = sum(b.global_step for b in branches.values())
-                record: dict[str, float] = {f"forkmerge/weight/{n}": w for n, w in chosen.items()}
-                record.update({f"forkmerge/branch_score/{n}": v for n, v in scores.items()})
-                val = main.evaluate_and_select(period, record, val=self._trial_vals.get(tuple(weights)))
-                main.logger.log_epoch(record, epoch=period, global_step=main.global_step)
-                main.logger.log_event("merge", {"period": period, "weights": chosen, "branch_scores": scores, "trials": trials})
-                log.info("merge %d/%d  weights %s  %s=%.4g", period, periods, {n: round(w, 3) for n, w in chosen.items()},
-                         self.metric, val[self.metric])
-                if period == 1 and self.spec.prune_to and self.spec.prune_to < len(branches):
-                    keep = sorted(names, key=lambda n: -chosen[n])[: self.spec.prune_to]
-                    branches = {n: branches[n] for n in names if n in keep}
-                    log.info("pruned the branches to %s", keep)
+                states, scores = self._train_branches(branches, merged, period, steps)
+                chosen, trials, merged = self._merge(states, scores)
+                self._record(period, periods, chosen, scores, trials, sum(b.global_step for b in branches.values()))
+                branches = self._prune(branches, chosen, period)
                 self._branches, self._period = branches, period
                 main.boundary_checkpoint(period)
-            main._save_last()
-            results = main._final_results()
+            main.save_last()
+            results = main.final_results()
         results["forkmerge"] = self.describe(periods)
         return main.finish(results)
 

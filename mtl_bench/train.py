@@ -9,12 +9,13 @@ and task.  Both exit non-zero; in a multirun the failing job is reported and the
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import sys
+import time
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -37,17 +38,18 @@ from mtl_bench.engine import GradientObserver
 from mtl_bench.checkpoint import load_checkpoint
 from mtl_bench.distributed import DistContext, cleanup, init_distributed
 from mtl_bench.errors import CheckpointError, ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError, StorageError
-from mtl_bench.diagnostics.au import AUMonitor
+from mtl_bench.diagnostics.base import Diagnostic, RunContext, build_diagnostics, directions_of
 from mtl_bench.loggers.run_logger import RunLogger, WandbSettings
-from mtl_bench.forkmerge import ForkMerge
 from mtl_bench.loss_transforms import build_transforms
 from mtl_bench.loss_transforms import describe as describe_transforms
 from mtl_bench.metrics.delta_tracking import build_delta_m
-from mtl_bench.models.mtl_model import build_model
+from mtl_bench.models.mtl_model import MultiTaskModel, build_model
+from mtl_bench.modes import DependencyRun, Mode, RunBuild, build_mode
 from mtl_bench.optim import build_optimizer, build_scheduler
 from mtl_bench.selection import ModelSelector
 from mtl_bench import runlock
 from mtl_bench.preemption import in_entry_process, install_process_handlers, status_for, stop_exit_code, stop_requested
+from mtl_bench.tasks import Task
 from mtl_bench.trainer import RESULT_KEYS, Trainer, metric_directions, read_summary, write_summary_file
 from mtl_bench.utils import configure_determinism, flatten_dict, resolve_device, resolve_num_threads, seed_everything
 
@@ -71,40 +73,6 @@ def resolve_function(path: Any) -> Callable:
         return get_method(str(path))
     except (ImportError, AttributeError, ValueError) as e:
         raise ConfigError(f"cannot import function '{path}': {e}") from e
-
-
-def aux_roles(mode: DictConfig, benchmark: Benchmark, defaults: DictConfig | None = None) -> tuple[list[str], list[str]]:
-    """(targets, auxiliaries) of an auxiliary-task mode, validated against the dataset's tasks; unset mode
-    fields fall back to the top-level ``aux_targets`` / ``aux_auxiliaries`` (the aux_method bundles)."""
-    names = list(benchmark.tasks)
-    fallback = defaults if defaults is not None else {}
-    targets = list(mode.targets or fallback.get("aux_targets") or [])
-    if not targets:
-        raise ConfigError(f"mode={mode.name} needs mode.targets=[<task>, ...]; dataset '{benchmark.name}' has tasks {names}")
-    given_aux = mode.auxiliaries if mode.auxiliaries is not None else fallback.get("aux_auxiliaries")
-    aux = list(given_aux) if given_aux is not None else [t for t in names if t not in targets]
-    unknown = [t for t in [*targets, *aux] if t not in names]
-    if unknown:
-        raise ConfigError(f"task(s) {unknown} not in dataset '{benchmark.name}'; its tasks are {names}")
-    both = [t for t in aux if t in targets]
-    if both:
-        raise ConfigError(f"task(s) {both} are both targets and auxiliaries")
-    return targets, aux
-
-
-def active_task_names(mode: DictConfig, benchmark: Benchmark, defaults: DictConfig | None = None) -> list[str] | None:
-    if mode.name in ("aux", "forkmerge"):
-        targets, aux = aux_roles(mode, benchmark, defaults)
-        return [*targets, *aux]
-    if mode.name == "stl":
-        if mode.task is None and defaults is not None and defaults.get("aux_targets"):
-            return [defaults.aux_targets[0]]
-        if mode.task is None:
-            raise ConfigError(
-                f"mode=stl needs mode.task=<task>; dataset '{benchmark.name}' has tasks {list(benchmark.tasks)}"
-            )
-        return [mode.task]
-    return list(mode.tasks) if mode.tasks is not None else None
 
 
 def head_factories(heads_cfg: DictConfig, tasks: Sequence[str], all_tasks: Sequence[str]) -> dict[str, Callable]:
@@ -131,7 +99,8 @@ def hydra_identity() -> dict[str, Any]:
     }
 
 
-def wandb_settings(cfg: DictConfig, ident: Mapping[str, Any], output_dir: Path, directions: dict[str, bool]) -> WandbSettings | None:
+def wandb_settings(cfg: DictConfig, mode: Mode, ident: Mapping[str, Any], output_dir: Path,
+                   directions: Mapping[str, bool | None]) -> WandbSettings | None:
     lg = cfg.logger
     if lg.name == "none":
         return None
@@ -142,9 +111,10 @@ def wandb_settings(cfg: DictConfig, ident: Mapping[str, Any], output_dir: Path, 
         group = cfg.experiment_name
         name = ident.get("override_dirname") or output_dir.name
     return WandbSettings(
-        project=lg.project, entity=lg.entity, mode=lg.mode, group=lg.group or group, job_type=cfg.mode.name,
+        project=lg.project, entity=lg.entity, mode=lg.mode, group=lg.group or group, job_type=mode.name,
         name=lg.run_name or name, tags=list(lg.tags) + list(cfg.tags), notes=lg.notes,
         system_stats=lg.system_stats, summary_directions={k: v for k, v in directions.items() if k.startswith("val/")},
+        epoch_metrics={k: v for k, v in directions.items() if not k.startswith(("val/", "test/"))},
     )
 
 
@@ -215,22 +185,66 @@ def mark_failed(output_dir: Path, error: MTLBenchError) -> None:
 def build_and_train(
     cfg: DictConfig, output_dir: str | os.PathLike | None = None, observers: Sequence[GradientObserver] = ()
 ) -> dict[str, Any]:
-    """Build every component from ``cfg`` and train; returns the run summary (also in summary.json).
-    Under ``torchrun`` every process calls this; rank 0 writes the files (see docs/distributed.md)."""
+    """Train the runs ``cfg``'s mode depends on (each once: a complete one is reused), then build every component
+    from ``cfg`` and train; returns the run summary (also in summary.json).  Under ``torchrun`` every process calls
+    this; rank 0 writes the files (see docs/distributed.md)."""
     validate_config(cfg)
     settings: TrainerConf = OmegaConf.to_object(cfg.trainer)
     dist = init_distributed(settings)
     try:
-        return _build_and_train(cfg, output_dir, observers, settings, dist)
+        mode = build_mode(cfg)
+        mode.trained_dependencies = run_dependencies(cfg, mode, dist)
+        return train_run(cfg, mode, output_dir, observers, settings, dist)
     finally:
         if dist.enabled:
             cleanup()
 
 
-def _build_and_train(
-    cfg: DictConfig, output_dir: str | os.PathLike | None, observers: Sequence[GradientObserver], settings: TrainerConf,
-    dist: DistContext,
+def run_dependencies(cfg: DictConfig, mode: Mode, dist: DistContext) -> list[DependencyRun]:
+    """Train the mode's dependency runs that are not complete yet (plain runs: their modes have none); returns those
+    trained now.  A dependency that another job of a parallel sweep is training is waited for, then reused."""
+    if type(mode).dependencies is Mode.dependencies:
+        return []
+    task_names = list(instantiate_checked(cfg.dataset, "dataset").tasks)
+    trained = []
+    for dep in mode.dependencies(task_names):
+        while not dependency_complete(dep):
+            if dist.enabled:  # no nested process groups
+                raise ConfigError(f"the {dep.name} run {dep.output_dir} that this job depends on is not trained yet, and it "
+                                  "cannot be trained inside a torchrun job; run the same command once without torchrun (or "
+                                  "train it as its own torchrun job) first")
+            if train_dependency(dep, dist):
+                trained.append(dep)
+        if dep not in trained:
+            log.info("reusing the %s run in %s", dep.name, dep.output_dir)
+    return trained
+
+
+def train_dependency(dep: DependencyRun, dist: DistContext) -> bool:
+    """Train ``dep`` in its folder; ``False`` when another process owns the folder (after waiting for it to end)."""
+    log.info("training the %s run in %s (a dependency of this job)", dep.name, dep.output_dir)
+    t0 = time.monotonic()
+    try:
+        train_run(dep.cfg, build_mode(dep.cfg), dep.output_dir, (), OmegaConf.to_object(dep.cfg.trainer), dist)
+    except runlock.RunFolderBusy as busy:
+        log.info("%s; waiting for it", busy)
+        while runlock.holder(dep.output_dir) is not None:
+            time.sleep(2.0)
+        return False
+    log.info("%s trained in %.1fs", dep.name, time.monotonic() - t0)
+    return True
+
+
+def dependency_complete(dep: DependencyRun) -> bool:
+    summary = read_summary(dep.output_dir)
+    return summary is not None and summary.get("status") == "completed"
+
+
+def train_run(
+    cfg: DictConfig, mode: Mode, output_dir: str | os.PathLike | None, observers: Sequence[GradientObserver],
+    settings: TrainerConf, dist: DistContext,
 ) -> dict[str, Any]:
+    """One run in its folder (owned by this process while it trains; a completed one with the same config is skipped)."""
     # ranks compose their own (timestamped) folders: rank 0's is the run's
     output_dir = Path(dist.broadcast_object(str(output_dir if output_dir is not None else cfg.paths.output_dir)))
     with runlock.owned(output_dir) if dist.is_main else nullcontext():  # one process per run folder
@@ -239,73 +253,85 @@ def _build_and_train(
             log.info("%s: this run already completed %d epoch(s) with this config; skipped (trainer.resume=never trains "
                      "it again)", output_dir, settings.epochs)
             return done
-        return _build_and_train_in(cfg, output_dir, observers, settings, dist)
+        return _build_and_train_in(cfg, mode, output_dir, observers, settings, dist)
 
 
-def _build_and_train_in(
-    cfg: DictConfig, output_dir: Path, observers: Sequence[GradientObserver], settings: TrainerConf, dist: DistContext,
-) -> dict[str, Any]:
+@dataclass
+class RunParts:
+    """The built components of a run, in the order they are built."""
+
+    benchmark: Benchmark
+    tasks: dict[str, Task]
+    targets: list[str]
+    model: MultiTaskModel
+    combiner: Combiner
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    transforms: dict[str, Callable]
+
+
+def setup_process(settings: TrainerConf, dist: DistContext, seed: int) -> tuple[torch.device, dict[str, Any]]:
+    """Threads, determinism, device and the global seed of this run."""
     threads, threads_source = resolve_num_threads(settings.num_threads)
     torch.set_num_threads(threads)
     configure_determinism(settings.deterministic)
     device = dist.device if dist.enabled else resolve_device(settings.device)
-    seed_everything(cfg.seed)
+    seed_everything(seed)
+    return device, {"intra_op": threads, "from": threads_source}
 
-    benchmark: Benchmark = instantiate_checked(cfg.dataset, "dataset")
-    source = None
-    if cfg.mode.name == "transfer":  # the backbone to study: found, or trained first (a run of its own)
-        from mtl_bench import transfer  # only here: its corruptions (scipy.ndimage) cost every other run's start-up
-        trainer_fn = None if dist.enabled else (lambda c, d: build_and_train(c, output_dir=d))  # no nested process groups
-        source = transfer.ensure_source(cfg, list(benchmark.tasks), trainer_fn)
-        if source.kind == "path":
-            transfer.check_architecture(cfg, source)
-        seed_everything(cfg.seed)
-        tasks = benchmark.select_tasks(transfer.transfer_tasks(cfg, source))
-    else:
-        tasks = benchmark.select_tasks(active_task_names(cfg.mode, benchmark, cfg))
+
+def make_optimizer(cfg: DictConfig, model: MultiTaskModel, combiner: Combiner) -> torch.optim.Optimizer:
+    return build_optimizer(instantiate_checked(cfg.optimizer, "optimizer"), model, combiner)
+
+
+def make_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> Any:
+    target = cfg.scheduler.get("_target_") if cfg.scheduler is not None else None
+    return build_scheduler(instantiate_checked(cfg.scheduler, "scheduler") if target else None, optimizer)
+
+
+def build_network(cfg: DictConfig, mode: Mode, benchmark: Benchmark, tasks: Mapping[str, Task], device: torch.device,
+                  dist: DistContext) -> MultiTaskModel:
     encoder_factory = instantiate_checked(cfg.backbone, "backbone")
     model = build_model(encoder_factory, head_factories(cfg.heads, list(tasks), list(benchmark.tasks)), tasks, benchmark.input_shape)
     model.to(device)
-    if source is not None:  # source encoder (frozen) and heads
-        transfer.load_source_weights(model, source, str(cfg.mode.heads))
-    model = dist.prepare_model(model)  # torchrun: SyncBatchNorm if trainer.sync_bn, rank 0's initial weights everywhere
-    combiner: Combiner = instantiate_checked(cfg.combiner, "combiner")
+    mode.adapt_model(model)
+    return dist.prepare_model(model)  # torchrun: SyncBatchNorm if trainer.sync_bn, rank 0's initial weights everywhere
+
+
+def build_combiner(cfg: DictConfig, mode: Mode, tasks: Sequence[str], targets: Sequence[str], device: torch.device) -> Combiner:
+    combiner = instantiate_checked(cfg.combiner, "combiner")
     if not isinstance(combiner, Combiner):
         raise ConfigError(f"combiner._target_ must build a Combiner; registered combiners: {sorted(COMBINERS)}")
-    if source is not None:  # the heads are independent given the frozen encoder: equal weights
-        combiner = COMBINERS["ew"]()
+    combiner = mode.adapt_combiner(combiner)
     combiner.setup(list(tasks))
-    targets = aux_roles(cfg.mode, benchmark, cfg)[0] if cfg.mode.name in ("aux", "forkmerge") else list(tasks)
     set_roles = getattr(combiner, "set_roles", None)
     if set_roles is not None:  # auxiliary-aware combiners (GCS, OL_AUX, ...) need to know the targets
-        set_roles(targets)
+        set_roles(list(targets))
     combiner.to(device)
-    if source is not None:  # clean evaluation split kept; train/val corrupted at random per sample
-        eval_base = benchmark.splits[str(cfg.mode.eval_split)]
-        corrupt_info = transfer.corrupt_training_splits(benchmark, cfg.mode)
-    optimizer = build_optimizer(instantiate_checked(cfg.optimizer, "optimizer"), model, combiner)
-    sched_target = cfg.scheduler.get("_target_") if cfg.scheduler is not None else None
-    scheduler = build_scheduler(instantiate_checked(cfg.scheduler, "scheduler") if sched_target else None, optimizer)
-    transforms = build_transforms(cfg.get("loss_transforms"), list(tasks), list(benchmark.tasks), resolve=resolve_function)
-    monitors = []
-    au_cfg = (cfg.get("diagnostics") or {}).get("au") or {}
-    if au_cfg.get("enabled"):
-        au = AUMonitor(au_cfg.get("every_n_steps", 10), au_cfg.get("decay", 0.99), au_cfg.get("threshold", 0.9))
-        au.setup(optimizer, model.shared_named_parameters(), list(tasks))
-        monitors.append(au)
-    conf_cfg = (cfg.get("diagnostics") or {}).get("conflicts") or {}
-    if conf_cfg.get("enabled"):
-        from mtl_bench.diagnostics.conflicts import ConflictProbe
+    return combiner
 
-        options = {k: v for k, v in conf_cfg.items() if k != "enabled"}
-        probe = instantiate_checked({"_target_": "mtl_bench.diagnostics.conflicts.ConflictProbe", **options}, "diagnostics.conflicts")
-        assert isinstance(probe, ConflictProbe)
-        probe.setup(model, tasks, model.shared_named_parameters(), transforms=transforms, combiner=combiner, optimizer=optimizer)
-        monitors.append(probe)
+
+def build_parts(cfg: DictConfig, mode: Mode, device: torch.device, dist: DistContext) -> RunParts:
+    """Dataset → the mode's tasks and targets → network → combiner → (the mode's data changes) → optimizer,
+    scheduler and loss transforms."""
+    benchmark: Benchmark = instantiate_checked(cfg.dataset, "dataset")
+    roles = mode.roles(benchmark)
+    tasks = benchmark.select_tasks(roles.tasks)
+    targets = list(roles.targets) if roles.targets is not None else list(tasks)
+    model = build_network(cfg, mode, benchmark, tasks, device, dist)
+    combiner = build_combiner(cfg, mode, list(tasks), targets, device)
+    mode.adapt_data(benchmark)
+    optimizer = make_optimizer(cfg, model, combiner)
+    scheduler = make_scheduler(cfg, optimizer)
+    transforms = build_transforms(cfg.get("loss_transforms"), list(tasks), list(benchmark.tasks), resolve=resolve_function)
+    return RunParts(benchmark, dict(tasks), targets, model, combiner, optimizer, scheduler, transforms)
+
+
+def build_selection(cfg: DictConfig, settings: TrainerConf, parts: RunParts) -> tuple[dict[str, Any], Any, dict[str, Any], ModelSelector]:
+    """Metric directions, the Δm spec (targets against their STL baselines) and the model selector."""
+    tasks, targets = parts.tasks, parts.targets
     directions = metric_directions(tasks, aux=len(targets) < len(tasks))
-    # Δm compares the targets with their STL baselines (all tasks outside auxiliary-task learning)
-    target_directions = metric_directions({t: tasks[t] for t in targets})
-    delta, delta_info = build_delta_m(cfg.get("delta_m"), benchmark.name, target_directions)
+    delta, delta_info = build_delta_m(cfg.get("delta_m"), parts.benchmark.name, metric_directions({t: tasks[t] for t in targets}))
     if delta is not None:
         directions.update({"val/delta_m": False, "test/delta_m": False})
     sel = settings.selection
@@ -313,105 +339,112 @@ def _build_and_train_in(
         log.warning("selection metric val/delta_m is unavailable (%s); selecting on val/loss", delta_info["reason"])
         delta_info["selection_fallback"] = {"requested": "val/delta_m", "used": "val/loss"}
         sel.metric = "val/loss"
-    selector = ModelSelector(sel.rule, sel.metric, sel.mode, sel.k, directions)
+    return directions, delta, delta_info, ModelSelector(sel.rule, sel.metric, sel.mode, sel.k, directions)
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+def load_resume(settings: TrainerConf, output_dir: Path, dist: DistContext, resolved: Mapping[str, Any]
+                ) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checkpoint this run continues from (checked to belong to the same experiment), if any."""
     try:
-        resume_state, resume_path = resume_checkpoint(settings, output_dir)
+        state, path = resume_checkpoint(settings, output_dir)
     except CheckpointError as e:
         if dist.is_main:
             mark_failed(output_dir, e)
         raise
-    if resume_state is not None:
-        check_resume_config(resume_state.get("config"), resolved, resume_path)
-    if dist.is_main:
-        (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
-    ident = hydra_identity()
+    if state is not None:
+        check_resume_config(state.get("config"), resolved, path)
+    return state, path
+
+
+def describe_run(cfg: DictConfig, mode: Mode, parts: RunParts, ident: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's identity in summary.json: what was trained, with what, where (``info``: delta_m, device, threads,
+    output_dir, diagnostics, config)."""
     choices = ident.get("choices", {})
-    run_info = {
-        "experiment": cfg.experiment_name,
-        "mode": cfg.mode.name,
-        "tasks": list(tasks),
-        "targets": targets,
-        "auxiliaries": [t for t in tasks if t not in targets],
-        "aux_method": choices.get("aux_method"),
+    resolved = info["config"]
+    return {
+        "experiment": cfg.experiment_name, "mode": mode.name, "tasks": list(parts.tasks), "targets": parts.targets,
+        "auxiliaries": [t for t in parts.tasks if t not in parts.targets], "aux_method": choices.get("aux_method"),
         "post_train_epochs": int(cfg.mode.get("post_train_epochs", 0) or 0),
-        "dataset": {"name": benchmark.name, **benchmark.info},
-        "combiner": combiner.describe(),
-        "optimizer": {"choice": choices.get("optimizer"), "class": type(optimizer).__name__,
+        "dataset": {"name": parts.benchmark.name, **parts.benchmark.info},
+        "combiner": parts.combiner.describe(),
+        "optimizer": {"choice": choices.get("optimizer"), "class": type(parts.optimizer).__name__,
                       **{k: v for k, v in resolved["optimizer"].items() if not k.startswith("_")}},
-        "scheduler": choices.get("scheduler", type(scheduler).__name__ if scheduler else None),
-        "seed": cfg.seed,
-        "delta_m": delta_info,
-        "loss_transforms": describe_transforms(cfg.get("loss_transforms")),
-        "device": str(device),
-        "threads": {"intra_op": threads, "from": threads_source},
-        "parameters": model.parameter_counts(),
-        "output_dir": str(output_dir),
-        "hydra": {k: v for k, v in ident.items() if k != "choices"},
-        "choices": choices,
-        "mtl_bench_version": __version__,
-        "distributed": dist.describe(),
-        "config": resolved,
+        "scheduler": choices.get("scheduler", type(parts.scheduler).__name__ if parts.scheduler else None),
+        "seed": cfg.seed, "delta_m": info["delta_m"], "loss_transforms": describe_transforms(cfg.get("loss_transforms")),
+        "device": info["device"], "threads": info["threads"], "parameters": parts.model.parameter_counts(),
+        "output_dir": info["output_dir"], "hydra": {k: v for k, v in ident.items() if k != "choices"}, "choices": choices,
+        "mtl_bench_version": __version__, "distributed": info["distributed"], **mode.describe(),
+        "diagnostics": info["diagnostics"], "config": resolved,
     }
-    wb = wandb_settings(cfg, ident, output_dir, directions)
+
+
+def open_logger(cfg: DictConfig, mode: Mode, output_dir: Path, directions: dict[str, Any], resume_state: Mapping[str, Any] | None,
+                dist: DistContext, ident: Mapping[str, Any]) -> RunLogger:
+    """metrics.jsonl (truncated to the checkpoint's position on resume) and the W&B run (the same one on resume)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    wb = wandb_settings(cfg, mode, ident, output_dir, directions)
     if wb is not None and resume_state is not None:  # continue the same W&B run (same step axes offline)
         id_file = output_dir / "wandb_run_id.txt"
         wb.run_id = resume_state.get("wandb_run_id") or (id_file.read_text().strip() if id_file.is_file() else None)
-    logger = RunLogger(output_dir, {**resolved, "hydra_choices": choices}, wb if dist.is_main else None,
-                       truncate_to=int(resume_state["metrics_offset"]) if resume_state is not None else 0, enabled=dist.is_main)
+    return RunLogger(output_dir, {**resolved, "hydra_choices": ident.get("choices", {})}, wb if dist.is_main else None,
+                     truncate_to=int(resume_state["metrics_offset"]) if resume_state is not None else 0, enabled=dist.is_main)
+
+
+def _build_and_train_in(
+    cfg: DictConfig, mode: Mode, output_dir: Path, observers: Sequence[GradientObserver], settings: TrainerConf,
+    dist: DistContext,
+) -> dict[str, Any]:
+    device, threads = setup_process(settings, dist, cfg.seed)
+    parts = build_parts(cfg, mode, device, dist)
+    run = RunContext(parts.model, parts.tasks, parts.targets, parts.optimizer, parts.combiner, parts.transforms)
+    diagnostics = build_diagnostics(cfg.get("diagnostics"), run, instantiate_checked)
+    logged = {**directions_of(diagnostics), **mode.metric_directions()}
+    directions, delta, delta_info, selector = build_selection(cfg, settings, parts)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resume_state, resume_path = load_resume(settings, output_dir, dist, resolved)
+    if dist.is_main:
+        (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
+    ident = hydra_identity()
+    run_info = describe_run(cfg, mode, parts, ident, {
+        "delta_m": delta_info, "device": str(device), "threads": threads, "output_dir": str(output_dir),
+        "distributed": dist.describe(), "diagnostics": describe_diagnostics(diagnostics, logged), "config": resolved})
+    logger = open_logger(cfg, mode, output_dir, {**directions, **logged}, resume_state, dist, ident)
     run_info["wandb"] = logger.wandb_info
-    log.info(
-        "%s run on %s: tasks=%s combiner=%s optimizer=%s lr=%s seed=%d -> %s",
-        cfg.mode.name.upper(), device, list(tasks), combiner.name, run_info["optimizer"]["class"],
-        resolved["optimizer"].get("lr"), cfg.seed, output_dir,
-    )
+    log.info("%s run on %s: tasks=%s combiner=%s optimizer=%s lr=%s seed=%d -> %s", mode.name.upper(), device,
+             list(parts.tasks), parts.combiner.name, run_info["optimizer"]["class"], resolved["optimizer"].get("lr"), cfg.seed,
+             output_dir)
     trainer = Trainer(
-        model=model, benchmark=benchmark, tasks=tasks, combiner=combiner, optimizer=optimizer,
-        scheduler=scheduler, settings=settings, selector=selector, logger=logger, output_dir=output_dir,
-        device=device, seed=cfg.seed, run_info=run_info, observers=observers, delta=delta, transforms=transforms,
-        monitors=monitors, targets=targets,
-        post_train_epochs=int(cfg.mode.get("post_train_epochs", 0) or 0),
+        model=parts.model, benchmark=parts.benchmark, tasks=parts.tasks, combiner=parts.combiner, optimizer=parts.optimizer,
+        scheduler=parts.scheduler, settings=settings, selector=selector, logger=logger, output_dir=output_dir,
+        device=device, seed=cfg.seed, run_info=run_info, observers=observers, delta=delta, transforms=parts.transforms,
+        diagnostics=diagnostics, targets=parts.targets, **mode.trainer_options(),
     )
-    if source is not None:
-        trainer.result_hooks["transfer"] = transfer.CorruptionEvaluation(trainer, eval_base, cfg.mode, source, corrupt_info)
+    mode.attach(trainer)
     if resume_state is not None:
         trainer.load_state_dict(resume_state, resume_path)
+    build = RunBuild(cfg, parts.benchmark, parts.tasks, parts.targets, settings, device, dist, output_dir, directions, delta,
+                     parts.transforms, lambda m, c: make_optimizer(cfg, m, c), lambda o: make_scheduler(cfg, o))
+    return run_mode(mode, trainer, build, logger, dist)
+
+
+def describe_diagnostics(diagnostics: Sequence[Diagnostic], logged: Mapping[str, Any]) -> dict[str, Any]:
+    """summary.json["diagnostics"]: each diagnostic's class, and every metric key / pattern logged beyond the tasks'
+    metrics (the diagnostics' and the mode's) with its direction (true: higher is better, null: neither)."""
+    return {"built": {d.key: f"{type(d).__module__}.{type(d).__qualname__}" for d in diagnostics}, "metrics": dict(logged)}
+
+
+def run_mode(mode: Mode, trainer: Trainer, build: RunBuild, logger: RunLogger, dist: DistContext) -> dict[str, Any]:
+    """The mode trains; the W&B run is finished whatever happens; rank 0 prints the results table."""
     exit_code = 1
     try:
-        if cfg.mode.name == "forkmerge":
-            initial = copy.deepcopy(model.state_dict())
-
-            def make_branch(name: str, auxiliaries: list[str]) -> Trainer:
-                """A full copy of the model with its own optimizer/scheduler, trained on targets + ``auxiliaries`` with
-                equal weights.  The other tasks' heads are not run at all in this branch (no forward, no gradient, no
-                BatchNorm statistics, no weight decay): they keep the merged values, and merging averages them."""
-                branch_model = copy.deepcopy(model)
-                branch_model.load_state_dict(initial)
-                branch_tasks = {t: task for t, task in tasks.items() if t in targets or t in auxiliaries}
-                branch_comb = COMBINERS["fixed"](weights={t: 1.0 for t in branch_tasks})
-                branch_comb.setup(list(branch_tasks))
-                branch_opt = build_optimizer(instantiate_checked(cfg.optimizer, "optimizer"), branch_model, branch_comb)
-                branch_sched = build_scheduler(instantiate_checked(cfg.scheduler, "scheduler") if sched_target else None, branch_opt)
-                branch_dir = output_dir / "branches" / name
-                return Trainer(
-                    model=branch_model, benchmark=benchmark, tasks=branch_tasks, combiner=branch_comb, optimizer=branch_opt,
-                    scheduler=branch_sched, settings=copy.deepcopy(settings),
-                    selector=ModelSelector("last", "val/loss", "auto", 1, directions),
-                    logger=RunLogger(branch_dir, {}, enabled=dist.is_main),
-                    output_dir=branch_dir, device=device, seed=cfg.seed, delta=delta, transforms=transforms, targets=targets,
-                )
-
-            summary = ForkMerge(trainer, make_branch, cfg.mode).fit()
-        else:
-            summary = trainer.fit()
+        summary = mode.run(trainer, build)
         exit_code = 0
     finally:
         logger.finish(exit_code)
     if logger.wandb_info.get("mode") == "offline":
         log.info("W&B offline run: %s (upload later with `wandb sync <dir>`)", logger.wandb_info["dir"])
     if dist.is_main:
-        log.info("results of %s\n%s", output_dir, trainer.results_table(summary))
+        log.info("results of %s\n%s", trainer.output_dir, trainer.results_table(summary))
     return summary
 
 

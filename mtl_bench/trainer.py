@@ -10,7 +10,6 @@ last good checkpoint is left untouched), and writes ``summary.json`` at the end 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,14 +23,15 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mtl_bench import __version__
-from mtl_bench.checkpoint import load_checkpoint, remove_quietly, rng_state, save_checkpoint, set_rng_state
+from mtl_bench import run_state
+from mtl_bench.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from mtl_bench.combiners.base import Combiner
 from mtl_bench.config.schema import TrainerConf
 from mtl_bench.data.base import Benchmark, make_loader
 from mtl_bench.distributed import current as current_dist
 from mtl_bench.engine import GradientEngine, GradientObserver, StepResult
-from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError, storage_error
+from mtl_bench.diagnostics.base import Diagnostic
+from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError
 from mtl_bench.loggers.run_logger import RunLogger
 from mtl_bench.metrics.delta_tracking import DeltaMSpec
 from mtl_bench.models.mtl_model import MultiTaskModel
@@ -40,61 +40,26 @@ from mtl_bench.optimizers import is_task_wise
 from mtl_bench.preemption import PreemptionGuard, status_for, stop_exit_code
 from mtl_bench.selection import ModelSelector
 from mtl_bench.tasks import Task
-from mtl_bench.utils import format_table, to_jsonable
+from mtl_bench.report.run_figures import render
+from mtl_bench.run_summary import RESULT_COLUMNS, RESULT_KEYS, metric_directions, read_summary, results_rows, results_table
+from mtl_bench.run_summary import write_summary_file
+from mtl_bench.utils import to_jsonable
+
+__all__ = ["Trainer", "RESULT_KEYS", "metric_directions", "read_summary", "write_summary_file"]
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
-def metric_directions(tasks: Mapping[str, Task], splits: Sequence[str] = ("val", "test"), aux: bool = False) -> dict[str, bool]:
-    """``{"<split>/<task>/<metric>": higher_is_better}`` for every logged evaluation key (``<split>/loss`` is
-    the sum of the target tasks' losses; ``<split>/aux_loss`` that of the auxiliaries in aux mode)."""
-    out: dict[str, bool] = {}
-    for split in splits:
-        out[f"{split}/loss"] = False
-        if aux:
-            out[f"{split}/aux_loss"] = False
-        for name, task in tasks.items():
-            out[f"{split}/{name}/loss"] = False
-            for metric, higher in task.higher_is_better.items():
-                out[f"{split}/{name}/{metric}"] = higher
-    return out
-
-
-RESULT_KEYS = ("selected", "final", "selection", "delta_m", "epochs_completed", "global_steps")
-
-
-def read_summary(output_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The run folder's ``summary.json`` (``None`` when there is none or it is not a JSON object)."""
-    path = Path(output_dir) / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
-
-
-def write_summary_file(output_dir: str | os.PathLike, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``summary.json`` atomically.  A summary that is not ``completed`` keeps the results of an earlier
-    completed attempt in the same folder under ``previous`` (a failed resume never erases them); a failed write
-    removes its temporary file and raises :class:`~mtl_bench.errors.StorageError`."""
-    path = Path(output_dir) / "summary.json"
-    summary = dict(summary)
-    earlier = read_summary(output_dir)
-    if summary.get("status") != "completed" and earlier is not None and "selected" not in summary:
-        kept = earlier.get("previous") if earlier.get("status") != "completed" else earlier
-        if kept:
-            summary["previous"] = {k: kept[k] for k in ("status", *RESULT_KEYS) if k in kept}
-    summary = to_jsonable(summary)
-    tmp = path.with_name("summary.json.tmp")
-    try:
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        remove_quietly(tmp)
-        raise storage_error(path, e) from None
-    return summary
+def precision(name: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """The autocast dtype of ``trainer.precision`` and, for fp16, its dynamic loss scaler (bf16 has fp32's exponent
+    range and needs none)."""
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in dtypes:
+        raise ConfigError(f"trainer.precision='{name}' is invalid; choose one of ['fp32', 'bf16', 'fp16']")
+    dtype = dtypes[name]
+    return dtype, torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
 
 
 class Trainer:
@@ -117,18 +82,14 @@ class Trainer:
         observers: Sequence[GradientObserver] = (),
         delta: DeltaMSpec | None = None,
         transforms: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-        monitors: Sequence[Any] = (),
+        diagnostics: Sequence[Diagnostic] = (),
         targets: Sequence[str] | None = None,
         post_train_epochs: int = 0,
     ):
         self.model = model.to(device)
         if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision, "invalid")
-        if self.amp_dtype == "invalid":
-            raise ConfigError(f"trainer.precision='{settings.precision}' is invalid; choose one of ['fp32', 'bf16', 'fp16']")
-        # fp16 needs dynamic loss scaling (bf16 has fp32's exponent range and does not)
-        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype is torch.float16 else None
+        self.amp_dtype, self.scaler = precision(settings.precision, device)
         self.tasks = dict(tasks)
         self.task_names = list(self.tasks)
         # auxiliary-task learning: only the targets count for selection, Δm and reporting
@@ -149,7 +110,7 @@ class Trainer:
         self.run_info = dict(run_info or {})
         self.delta = delta
         self.transforms = dict(transforms or {})
-        self.monitors = list(monitors)
+        self.diagnostics = list(diagnostics)
         self.task_wise = is_task_wise(optimizer)
         if self.task_wise and settings.grad_clip_norm:
             raise ConfigError(
@@ -158,7 +119,7 @@ class Trainer:
             )
         self.dist = current_dist()  # under torchrun: the DistContext of mtl_bench/distributed.py; a no-op otherwise
         self.engine = GradientEngine(
-            self.model, self.combiner, self.task_names, [*observers, *self.monitors], settings.per_task_backward,
+            self.model, self.combiner, self.task_names, [*observers, *self.diagnostics], settings.per_task_backward,
             task_sink=optimizer.set_task_gradients if self.task_wise else None, dist=self.dist,
         )
         self.global_step = 0
@@ -168,8 +129,8 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(seed)
         self.preemption: PreemptionGuard | None = None  # active during fit()
         self._resume_partial: dict[str, Any] | None = None  # mid-epoch position of a loaded checkpoint
-        self._epoch_start_generator: torch.Tensor | None = None
-        self._epoch_progress: tuple[int, torch.Tensor, int] = (0, torch.zeros(0), 0)  # batches done, loss sums, samples
+        self.epoch_start_generator: torch.Tensor | None = None
+        self.epoch_progress: tuple[int, torch.Tensor, int] = (0, torch.zeros(0), 0)  # batches done, loss sums, samples
         self._last_save_time = time.monotonic()
         self.resumes: list[dict[str, Any]] = []  # one entry per resumption of this run
         self._wall_before = 0.0  # wall time of the run's earlier (interrupted) processes
@@ -178,31 +139,36 @@ class Trainer:
         # extra summary blocks computed from the final results (transfer: the corruption evaluation)
         self.result_hooks: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self.loaded_extra: dict[str, Any] = {}
+        self.train_loader, self.eval_loaders = self._loaders(benchmark, device)
+        self.directions = metric_directions(self.tasks, aux=bool(self.auxiliaries))
+        if delta is not None:
+            self.directions.update({"val/delta_m": False, "test/delta_m": False})
+        self._t0 = time.monotonic()
+
+    def _loaders(self, benchmark: Benchmark, device: torch.device) -> tuple[Any, dict[str, Any]]:
+        """The shuffling training loader (this rank's share under torchrun) and the val / test loaders."""
         pin = device.type == "cuda"
         n_train = len(benchmark.splits["train"])
         if n_train == 0:
             raise ConfigError(f"dataset '{benchmark.name}' has an empty training split")
         # drop the last incomplete batch only when at least one full batch remains (tiny datasets keep one)
-        drop_last = settings.drop_last and n_train >= settings.batch_size
-        if n_train < settings.batch_size:
+        drop_last = self.settings.drop_last and n_train >= self.settings.batch_size
+        if n_train < self.settings.batch_size:
             log.warning("trainer.batch_size=%d exceeds the %d training samples: one batch of %d per epoch",
-                        settings.batch_size, n_train, n_train)
+                        self.settings.batch_size, n_train, n_train)
         train_set = benchmark.splits["train"]
         if self.dist.enabled:  # every rank draws the same global batches and loads only its slice of each
-            train_set, drop_last = self.dist.shard_dataset(train_set, settings.batch_size, settings.drop_last), True
-        self.train_loader = make_loader(
-            train_set, settings.batch_size, shuffle=True, generator=self.data_generator,
-            num_workers=settings.num_workers, drop_last=drop_last, pin_memory=pin,
+            train_set, drop_last = self.dist.shard_dataset(train_set, self.settings.batch_size, self.settings.drop_last), True
+        train_loader = make_loader(
+            train_set, self.settings.batch_size, shuffle=True, generator=self.data_generator,
+            num_workers=self.settings.num_workers, drop_last=drop_last, pin_memory=pin,
         )
-        eval_bs = settings.eval_batch_size or settings.batch_size
-        self.eval_loaders = {
-            split: make_loader(benchmark.splits[split], eval_bs, shuffle=False, num_workers=settings.num_workers, pin_memory=pin)
+        eval_bs = self.settings.eval_batch_size or self.settings.batch_size
+        eval_loaders = {
+            split: make_loader(benchmark.splits[split], eval_bs, shuffle=False, num_workers=self.settings.num_workers, pin_memory=pin)
             for split in ("val", "test")
         }
-        self.directions = metric_directions(self.tasks, aux=bool(self.auxiliaries))
-        if delta is not None:
-            self.directions.update({"val/delta_m": False, "test/delta_m": False})
-        self._t0 = time.monotonic()
+        return train_loader, eval_loaders
 
     # ------------------------------------------------------------------ steps
     def _to_device(self, batch: Batch) -> Batch:
@@ -265,23 +231,21 @@ class Trainer:
             result = StepResult(objective.detach(), weights, None, None)
         else:
             result = self.engine.backward(losses, self.global_step, rep=rep, loss_scale=scale, leaves=leaves)
-        for m in self.monitors:  # diagnostics with their own passes over the batch (e.g. per-sample gradients)
-            observe_batch = getattr(m, "observe_batch", None)
-            if observe_batch is not None:
-                observe_batch(self.global_step, x, targets)
+        for d in self.diagnostics:  # diagnostics with their own passes over the batch (e.g. per-sample gradients)
+            d.observe_batch(self.global_step, x, targets)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.settings.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip_norm)
-        for m in self.monitors:
-            m.before_step(self.global_step)
+        for d in self.diagnostics:
+            d.before_step(self.global_step)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
             self.scaler.update()
         else:
             self.optimizer.step()
-        for m in self.monitors:
-            m.after_step(self.global_step)
+        for d in self.diagnostics:
+            d.after_step(self.global_step)
         post = None
         if self.combiner.needs_post_step_losses:  # e.g. FAMO: losses after the step, same batch
             with torch.no_grad(), self.autocast():
@@ -290,6 +254,19 @@ class Trainer:
         self.combiner.after_step(post)
         self.global_step += 1
         return stacked, result
+
+    # ------------------------------------------------------------------ public API for modes driving the trainer
+    def advance_to(self, epoch: int, global_step: int) -> None:
+        """Set the run's progress counters (a mode that trains other trainers for it, e.g. ForkMerge's branches)."""
+        self.epoch, self.global_step = epoch, global_step
+
+    def checkpoint_only_at_boundaries(self) -> None:
+        """No mid-epoch checkpoints (a branch trainer, checkpointed inside its driver's checkpoint)."""
+        self.settings.checkpoint_every_n_steps, self.settings.checkpoint_every_min = 0, 0.0
+
+    def limit_steps_per_epoch(self, steps: int | None) -> None:
+        """At most ``steps`` optimizer steps per :meth:`run_epoch` (``None``: whole epochs)."""
+        self.settings.max_steps_per_epoch = steps
 
     @property
     def wall_time_s(self) -> float:
@@ -326,7 +303,7 @@ class Trainer:
         else:
             start, count = 0, 0
             sums = torch.zeros(len(self.task_names), dtype=torch.float64, device=self.device)
-        self._epoch_start_generator = self.data_generator.get_state()
+        self.epoch_start_generator = self.data_generator.get_state()
         set_epoch = getattr(self.train_loader.dataset, "set_epoch", None)
         if set_epoch is not None:  # per-epoch random draws that are a function of (seed, epoch, index)
             set_epoch(self.epoch)
@@ -335,7 +312,7 @@ class Trainer:
             # creating the iterator may draw from the global RNG (the loader's base seed), which the original
             # run did before the checkpointed steps: the checkpoint's streams are the ones to continue from
             set_rng_state(partial["rng"])
-        self._epoch_progress = (start, sums, count)
+        self.epoch_progress = (start, sums, count)
         bar = tqdm(
             total=steps, initial=start, desc=f"epoch {self.epoch}/{self.settings.epochs}", leave=False, dynamic_ncols=True,
             mininterval=1.0, disable=None if self.settings.progress_bar is None else not self.settings.progress_bar,
@@ -354,7 +331,7 @@ class Trainer:
                 self.logger.log_step(record, global_step=self.global_step, epoch=self.epoch)
                 bar.set_postfix(loss=f"{record['train/objective']:.4g}")
             bar.update(1)
-            self._epoch_progress = (i + 1, sums, count)
+            self.epoch_progress = (i + 1, sums, count)
             self._after_step_checkpoint()
         if steps == len(self.train_loader):
             # run the sampler to its end, as a plain `for batch in loader` does (the shuffling sampler then draws
@@ -403,39 +380,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self, mid_epoch: bool = False) -> dict[str, Any]:
-        """Everything a resumed run needs to continue bit-identically: model, optimizer (and optimizer-wrapper)
-        state, scheduler, combiner, selector (best so far), monitors, RNG streams, data order and — for a
-        ``mid_epoch`` checkpoint — the position inside the current epoch."""
-        partial = None
-        if mid_epoch:
-            done, sums, count = self._epoch_progress
-            partial = {"epoch": self.epoch, "batches_done": done, "sums": sums.detach().cpu(), "count": count,
-                       "data_generator_epoch_start": self._epoch_start_generator}
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "combiner": self.combiner.state_dict(),
-            "selector": self.selector.state_dict(),
-            "epoch": self.epoch - 1 if mid_epoch else self.epoch,  # completed epochs
-            "partial_epoch": partial,
-            "global_step": self.global_step,
-            "best_val": dict(self.best_val),
-            "monitors": {m.summary_key: m.state_dict() for m in self.monitors if hasattr(m, "state_dict")},
-            "metrics_offset": self.logger.position(),
-            "wandb_run_id": self.logger.wandb_info.get("id"),
-            "resumes": list(self.resumes),
-            "extra": {name: fn() for name, fn in self.extra_state.items()},
-            "wall_time_s": self.wall_time_s,
-            "rng": rng_state(),
-            "data_generator": self.data_generator.get_state(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "task_names": self.task_names,
-            "mtl_bench_version": __version__,
-            "config": self.run_info.get("config"),
-        }
+        """Everything a resumed run needs to continue bit-identically (:func:`mtl_bench.run_state.capture`)."""
+        return run_state.capture(self, mid_epoch)
 
-    def _save_last(self, mid_epoch: bool = False) -> None:
+    def save_last(self, mid_epoch: bool = False) -> None:
         """``checkpoints/last.pt`` (rank 0 only under torchrun: every rank holds the same model)."""
         if self.dist.is_main:
             path = self.ckpt_dir / "last.pt"
@@ -449,34 +397,8 @@ class Trainer:
 
     def load_state_dict(self, state: Mapping[str, Any], path: str | os.PathLike | None = None) -> None:
         """Continue from a checkpoint written by :meth:`state_dict` (the global RNG streams included)."""
-        if list(state["task_names"]) != self.task_names:
-            raise ConfigError(f"checkpoint {path} was trained on tasks {state['task_names']}, this run has {self.task_names}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.combiner.load_state_dict(state["combiner"])
-        self.selector.load_state_dict(state["selector"])
-        if self.scaler is not None and state.get("scaler") is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        for m in self.monitors:
-            if m.summary_key in state.get("monitors", {}):
-                m.load_state_dict(state["monitors"][m.summary_key])
-        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
-        self.best_val = dict(state.get("best_val") or {})
-        self.data_generator.set_state(state["data_generator"])
-        self._resume_partial = state.get("partial_epoch")
-        if self._resume_partial is not None:  # train_epoch sets the checkpoint's RNG streams again after iter(loader)
-            self._resume_partial = {**self._resume_partial, "rng": state["rng"]}
-        self.loaded_extra = dict(state.get("extra") or {})
+        self._resume_partial = run_state.restore(self, state, path)
         self._wall_before = float(state.get("wall_time_s") or 0.0)
-        self.resumes = [*state.get("resumes", []), {
-            "checkpoint": str(path) if path is not None else None, "global_step": self.global_step,
-            "epoch": self.epoch, "mid_epoch": self._resume_partial is not None,
-            "batches_done": self._resume_partial["batches_done"] if self._resume_partial else 0,
-        }]
-        self.last_checkpoint = Path(path) if path is not None else None
-        set_rng_state(state["rng"])
         log.info("resuming from %s: %d completed epoch(s), global step %d%s", path, self.epoch, self.global_step,
                  f", {self._resume_partial['batches_done']} batch(es) into epoch {self.epoch + 1}" if self._resume_partial else "")
 
@@ -495,10 +417,10 @@ class Trainer:
         time_due = s.checkpoint_every_min > 0 and time.monotonic() - self._last_save_time >= 60.0 * s.checkpoint_every_min
         signal_name, time_due = self.requested_stop(time_due)
         if signal_name is not None:
-            self._save_last(mid_epoch=True)
+            self.save_last(mid_epoch=True)
             self._stop_preempted(signal_name)
         if time_due or (bool(s.checkpoint_every_n_steps) and self.global_step % s.checkpoint_every_n_steps == 0):
-            self._save_last(mid_epoch=True)
+            self.save_last(mid_epoch=True)
 
     def _stop_preempted(self, signal_name: str) -> None:
         status, code = status_for(signal_name), stop_exit_code(signal_name, self.settings.preemption.exit_code)
@@ -527,15 +449,15 @@ class Trainer:
                 if epoch % s.eval_every == 0 or epoch == s.epochs:
                     val = self.evaluate_and_select(epoch, record)
                     log.info("epoch %d/%d  %s  (train %.1fs)", epoch, s.epochs, self._brief(val), train_time)
-                for m in self.monitors:
-                    record.update(m.epoch_record(epoch))
+                for d in self.diagnostics:
+                    record.update(d.epoch_record(epoch))
                 record["time/train_epoch_s"] = train_time
                 record["time/epoch_s"] = time.monotonic() - t_epoch
                 self.logger.log_epoch(record, epoch=epoch, global_step=self.global_step)
                 self.boundary_checkpoint(epoch)
             if s.checkpoint_every == 0 or s.epochs % s.checkpoint_every != 0 or self.last_checkpoint is None:
-                self._save_last()
-            results = self._final_results()
+                self.save_last()
+            results = self.final_results()
         return self.finish(results)
 
     @contextmanager
@@ -596,7 +518,7 @@ class Trainer:
         when a preemption signal arrived, then stop for the latter (a signal during evaluation stops here)."""
         stop = self.requested_stop()[0]
         if stop or (self.settings.checkpoint_every and index % self.settings.checkpoint_every == 0):
-            self._save_last()
+            self.save_last()
         if stop:
             self._stop_preempted(stop)
 
@@ -618,7 +540,7 @@ class Trainer:
         summary = self.write_summary("completed", **results)
         self.logger.set_summary({f"selected/{k}": v for k, v in results["selected"].items()})
         rows = self.results_rows(results)
-        self.logger.log_table("results", ["task", "metric", "higher_is_better", "selected_val", "selected_test", "final_test"], rows)
+        self.logger.log_table("results", RESULT_COLUMNS, rows)
         return summary
 
     @contextmanager
@@ -638,7 +560,7 @@ class Trainer:
         finally:
             self.model.load_state_dict(final_state)
 
-    def _final_results(self) -> dict[str, Any]:
+    def final_results(self) -> dict[str, Any]:
         if not self.dist.is_main:  # torchrun: rank 0 evaluates, selects and reports
             return {"final": {}, "selected": {}, "selection": self.selector.describe()}
         final_val = self.evaluate("val")
@@ -656,10 +578,10 @@ class Trainer:
         results = {"final": final, "selected": selected, "selection": self.selector.describe()}
         for name, hook in self.result_hooks.items():
             results[name] = hook(results)
-        for m in self.monitors:
-            results[m.summary_key] = m.summary()
-            for name, path in m.save_figures(self.output_dir).items():
-                self.logger.log_image(f"{m.summary_key}/{name}", path)
+        for d in self.diagnostics:
+            results[d.key] = d.summary()
+            for name, path in render(d.figures(results[d.key]), self.output_dir).items():
+                self.logger.log_image(f"{d.key}/{name}", path)
         if self.delta is not None:
             if rule == "last_k":  # Δm of the averaged metrics (not the average of per-epoch Δm)
                 for split in ("val", "test"):
@@ -673,34 +595,13 @@ class Trainer:
         return results
 
     def results_rows(self, results: Mapping[str, Any]) -> list[list[Any]]:
-        rows = []
-        sel, fin = results["selected"], results["final"]
-        for t in self.task_names:
-            label = t if t in self.targets or not self.auxiliaries else f"{t} (aux)"
-            for metric, higher in [("loss", False), *self.tasks[t].higher_is_better.items()]:
-                rows.append([label, metric, higher, sel.get(f"val/{t}/{metric}"), sel.get(f"test/{t}/{metric}"),
-                             fin.get(f"test/{t}/{metric}")])
-        return rows
+        return results_rows(self.tasks, self.targets, results)
 
     def results_table(self, results: Mapping[str, Any]) -> str:
-        """The per-task results table printed at the end of a run, headed by the selection rule."""
-        rows = [[t, f"{m} {'↑' if hib else '↓'}", *vals] for t, m, hib, *vals in self.results_rows(results)]
-        sel = results["selection"]
-        if "delta_m" in results and results["delta_m"].get("selected"):
-            rows.append(["all", f"Δm% ({results['delta_m']['convention']}) ↓", results["selected"].get("val/delta_m"),
-                         results["selected"].get("test/delta_m"), results["final"].get("test/delta_m")])
-        if sel["rule"] == "best":
-            head = f"selected: best {sel['metric']} ({sel['mode']}) at epoch {sel['selected_epoch']}"
-        elif sel["rule"] == "last_k":
-            head = f"selected: mean of the last {len(sel['epochs'])} evaluations (epochs {sel['epochs']})"
-        else:
-            head = "selected: last epoch"
-        if results.get("au"):
-            au = results["au"]
-            shares = ", ".join(f"{t} {v:.3f}" for t, v in au["mean_rau"].items())
-            head += (f"\nAU task dominance ({au['attribution']}): {au['dominated_fraction']:.3f} of the shared parameters "
-                     f"dominated (rAU > {au['threshold']}), mean rAU {shares}, normalised entropy {au['entropy']:.3f}")
-        return head + "\n" + format_table(["task", "metric", "val (selected)", "test (selected)", "test (final)"], rows)
+        """The per-task results table printed at the end of a run, headed by the selection rule and the diagnostics'
+        lines."""
+        lines = [d.results_line(results[d.key]) for d in self.diagnostics if results.get(d.key)]
+        return results_table(self.results_rows(results), results, [line for line in lines if line])
 
     def write_summary(self, status: str, **results: Any) -> dict[str, Any]:
         """``summary.json`` (written by rank 0 only under torchrun); returns the summary."""

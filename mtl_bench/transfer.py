@@ -6,7 +6,7 @@ Protocol (``mode=transfer``):
 1. **Source**: a finished run whose backbone is studied — ``mode.source=mtl`` or ``stl:<task>`` trains that run
    first (the job's own config with ``mode=mtl`` / ``mode=stl``, ``mode.source_epochs`` epochs) into
    ``<output_root>/<experiment_name>/sources/<mtl|stl_<task>>/seed<seed>`` or reuses it when it is already
-   complete there (a file lock keeps parallel jobs from training it twice); or an explicit run folder /
+   complete there (a dependency run of the job, trained before the job is built); or an explicit run folder /
    checkpoint file.  The source's *selected* model (``best.pt``) is used by default: "the best clean-data
    model".
 2. **Fine-tuning**: the source encoder is loaded and **frozen** (no gradients, BatchNorm in eval mode, so its
@@ -25,14 +25,13 @@ The δ statistic that compares an MTL source with STL sources lives in :mod:`mtl
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -58,7 +57,7 @@ class SourceRun:
     config: dict[str, Any]
     summary: dict[str, Any]
     kind: str  # mtl | stl:<task> | path
-    trained_here: bool = False
+    trained_here: bool = False  # this job's command trained it (its dependency run), rather than finding it complete
     tasks: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
@@ -169,43 +168,40 @@ def load_source(run_dir: Path, which: str, kind: str, checkpoint: Path | None = 
     return SourceRun(run_dir, checkpoint, config, summary, kind, tasks=list(summary.get("tasks") or []))
 
 
-def ensure_source(cfg: DictConfig, task_names: Sequence[str], train: Callable[[DictConfig, Path], Any] | None) -> SourceRun:
-    """Find (or train, unless ``train`` is None) the source run of a transfer job."""
+def source_folder(cfg: DictConfig, kind: str, task: str | None, src_cfg: DictConfig) -> tuple[str, Path]:
+    """Tag and folder of an automatic source: ``<output_root>/<experiment>/sources/<mtl|stl_task>-<identity>/seed<seed>``."""
+    tag = f"{'mtl' if kind == 'mtl' else f'stl_{task}'}-{source_identity(src_cfg)}"
+    return tag, Path(cfg.paths.output_root) / str(cfg.experiment_name) / "sources" / tag / f"seed{cfg.seed}"
+
+
+def planned_source(cfg: DictConfig, task_names: Sequence[str]) -> tuple[str, DictConfig, Path] | None:
+    """``(tag, config, folder)`` of the run an automatic source (``mode.source=mtl | stl:<task>``) is trained as
+    (a dependency run of the transfer job); ``None`` for an explicit run folder or checkpoint."""
+    check_choice("mode.source_checkpoint", str(cfg.mode.source_checkpoint), ("best", "last"))
+    auto = auto_source(str(cfg.mode.source), task_names)
+    if auto is None:
+        return None
+    src_cfg = source_config(cfg, *auto)
+    tag, run_dir = source_folder(cfg, *auto, src_cfg)
+    return tag, src_cfg, run_dir
+
+
+def find_source(cfg: DictConfig, task_names: Sequence[str]) -> SourceRun:
+    """The source run of a transfer job: an explicit run folder / checkpoint, or the automatic source's folder, which
+    its dependency run has completed (:mod:`mtl_bench.modes.transfer`)."""
     spec = str(cfg.mode.source)
     which = str(cfg.mode.source_checkpoint)
-    check_choice("mode.source_checkpoint", which, ("best", "last"))
-    auto = auto_source(spec, task_names)
-    if auto is None:
-        path = Path(spec)
-        if path.is_file():  # a checkpoint: <run>/checkpoints/<name>.pt
-            return load_source(path.parent.parent, which, "path", checkpoint=path)
-        if not path.is_dir():
-            raise ConfigError(f"mode.source={spec} is neither mtl, stl:<task>, a run folder nor a checkpoint file")
-        return load_source(path, which, "path")
-    kind, task = auto
-    src_cfg = source_config(cfg, kind, task)
-    tag = f"{'mtl' if kind == 'mtl' else f'stl_{task}'}-{source_identity(src_cfg)}"
-    run_dir = Path(cfg.paths.output_root) / str(cfg.experiment_name) / "sources" / tag / f"seed{cfg.seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trained = False
-    with open(run_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel jobs (joblib, SLURM arrays) sharing one source wait here
-        summary = run_dir / "summary.json"
-        if not (summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"):
-            if train is None:
-                raise ConfigError(f"mode.source={spec}: the source run {run_dir} is not trained yet, and it cannot be trained "
-                                  "inside a torchrun job; run the same command once without torchrun (or train the source "
-                                  "as its own torchrun job) first")
-            log.info("training the %s source backbone in %s", tag, run_dir)
-            t0 = time.monotonic()
-            train(src_cfg, run_dir)
-            log.info("source %s trained in %.1fs", tag, time.monotonic() - t0)
-            trained = True
-        else:
-            log.info("reusing the %s source backbone in %s", tag, run_dir)
-    source = load_source(run_dir, which, spec)
-    source.trained_here = trained
-    return source
+    planned = planned_source(cfg, task_names)
+    if planned is not None:
+        tag, _, run_dir = planned
+        log.info("using the %s source backbone in %s", tag, run_dir)
+        return load_source(run_dir, which, spec)
+    path = Path(spec)
+    if path.is_file():  # a checkpoint: <run>/checkpoints/<name>.pt
+        return load_source(path.parent.parent, which, "path", checkpoint=path)
+    if not path.is_dir():
+        raise ConfigError(f"mode.source={spec} is neither mtl, stl:<task>, a run folder nor a checkpoint file")
+    return load_source(path, which, "path")
 
 
 def check_architecture(cfg: DictConfig, source: SourceRun) -> None:

@@ -50,6 +50,8 @@ from mtl_bench.models.heads import MLPHead
 from mtl_bench.models.mtl_model import build_model
 from mtl_bench.optim import build_optimizer
 from mtl_bench.selection import ModelSelector
+import mtl_bench.trainer as trainer_module
+from mtl_bench.report import run_figures
 from mtl_bench.trainer import Trainer, metric_directions
 from mtl_bench.utils import markdown_table
 from bench_common import publish  # noqa: E402  (scripts/ is on sys.path when a script runs)
@@ -94,18 +96,19 @@ def run(bench, factory, heads, batch, probe_kwargs, epochs, out: Path) -> dict:
     comb.setup(list(bench.tasks))
     opt = build_optimizer(lambda groups: torch.optim.Adam(groups, lr=1e-3), model, comb)
     monitors, own, spent = [], [], []
+    trainer_module.render = run_figures.render
     if probe_kwargs is not None:
         probe = ConflictProbe(**probe_kwargs)
-        probe.setup(model, bench.tasks, model.shared_named_parameters(), combiner=comb)
+        probe.bind(model, bench.tasks, model.shared_named_parameters(), combiner=comb)
         monitors.append(probe)
         probe.observe_batch = _timed(probe.observe_batch, own, lambda step, *_: probe.probe(step))
-        probe.save_figures = _timed(probe.save_figures, spent)
+        trainer_module.render = _timed(run_figures.render, spent)  # the run's figures, drawn at its end
     settings = TrainerConf(epochs=epochs, batch_size=batch, device="cpu", progress_bar=False, log_every_n_steps=50,
                            checkpoint_every=0)
     sel = ModelSelector("last", "val/loss", "auto", 1, metric_directions(bench.tasks))
     trainer = Trainer(model=model, benchmark=bench, tasks=bench.tasks, combiner=comb, optimizer=opt, scheduler=None,
                       settings=settings, selector=sel, logger=RunLogger(out, {}), output_dir=out, device=torch.device("cpu"),
-                      seed=0, monitors=monitors)
+                      seed=0, diagnostics=monitors)
     engine_times: list[tuple[int, float]] = []
     backward = trainer.engine.backward
 

@@ -37,7 +37,7 @@ def test_per_task_updates_add_up_to_the_applied_update(factory):
     comb.setup(list(TASKS))
     opt = factory(model.parameters())
     au = AUMonitor(every_n_steps=1)
-    au.setup(opt, model.shared_named_parameters(), TASKS)
+    au.bind(opt, model.shared_named_parameters(), TASKS)
     engine = GradientEngine(model, comb, TASKS, [au])
     for step in range(5):
         x, y = tiny_batch(tasks=TASKS, seed=step)
@@ -56,7 +56,7 @@ def test_au_is_the_decayed_average_of_squared_attributed_updates():
     model = tiny_model(TASKS)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     au = AUMonitor(every_n_steps=1, decay=0.5)
-    au.setup(opt, model.shared_named_parameters(), TASKS)
+    au.bind(opt, model.shared_named_parameters(), TASKS)
     g1 = torch.randn(2, sum(p.numel() for p in model.shared_parameters()), dtype=torch.float64)
     g2 = torch.randn_like(g1)
     for step, g in enumerate((g1, g2)):
@@ -85,7 +85,7 @@ def test_sign_based_optimizers_are_refused():
 
     model = tiny_model(TASKS)
     with pytest.raises(ConfigError, match=r"cannot attribute updates of optimizer SignSGD"):
-        AUMonitor().setup(SignSGD(model.parameters(), lr=0.1), model.shared_named_parameters(), TASKS)
+        AUMonitor().bind(SignSGD(model.parameters(), lr=0.1), model.shared_named_parameters(), TASKS)
 
 
 def test_run_with_au_writes_statistics_heatmap_and_summary(make_cfg, tmp_path):

@@ -40,7 +40,7 @@ def test_per_layer_rau_and_its_history_on_a_hand_built_sgd_run():
     AU_a = (1−ρ)·4lr², AU_b = ρ(1−ρ)·4lr² → rAU (2/3, 1/3); the other layers keep their ratios."""
     named = shared_params()
     au = AUMonitor(every_n_steps=1, decay=0.5, threshold=0.85)
-    au.setup(torch.optim.SGD([p for _, p in named], lr=0.5), named, TASKS)
+    au.bind(torch.optim.SGD([p for _, p in named], lr=0.5), named, TASKS)
     steps = [per_layer((3, 1, 0), (1, 1, 2)), per_layer((3, 1, 2), (1, 1, 0))]
     records = []
     for step, grads in enumerate(steps):
@@ -67,12 +67,12 @@ def test_per_layer_rau_and_its_history_on_a_hand_built_sgd_run():
 def test_history_survives_a_checkpoint():
     named = shared_params()
     au = AUMonitor(every_n_steps=1)
-    au.setup(torch.optim.SGD([p for _, p in named], lr=0.1), named, TASKS)
+    au.bind(torch.optim.SGD([p for _, p in named], lr=0.1), named, TASKS)
     au.observe(0, per_layer((1, 2, 3), (3, 2, 1)), TASKS, None, "params")
     au.after_step(0)
     au.epoch_record(1)
     other = AUMonitor(every_n_steps=1)
-    other.setup(torch.optim.SGD([p for _, p in named], lr=0.1), named, TASKS)
+    other.bind(torch.optim.SGD([p for _, p in named], lr=0.1), named, TASKS)
     other.load_state_dict(au.state_dict())
     assert other.summary() == au.summary() and other.summary()["history"][0]["step"] == 0
 
@@ -91,7 +91,7 @@ def first_step_rau(kind: str, grads: torch.Tensor) -> dict[str, dict[str, float]
             p.grad = total[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
     au = AUMonitor(every_n_steps=1)
-    au.setup(opt, named, TASKS)
+    au.bind(opt, named, TASKS)
     au.observe(0, grads, TASKS, None, "params")
     au.before_step(0)
     opt.step()

@@ -58,7 +58,7 @@ def linear_probe(per_sample: str, transforms=None, **kw) -> ConflictProbe:
     nn.init.zeros_(encoder.weight)
     model = MultiTaskModel(encoder, {"a": nn.Identity(), "b": nn.Identity()})
     probe = ConflictProbe(every_n_steps=1, max_samples=3, averaged=False, per_sample=per_sample, histogram_bins=7, **kw)
-    probe.setup(model, {t: regression_task(t) for t in ("a", "b")}, model.shared_named_parameters(), transforms=transforms)
+    probe.bind(model, {t: regression_task(t) for t in ("a", "b")}, model.shared_named_parameters(), transforms=transforms)
     probe.observe_batch(0, X, Y)
     probe.epoch_record(0)
     return probe
@@ -106,7 +106,7 @@ def test_objective_losses_refuse_non_scale_transforms():
 
 def test_figures_flag(tmp_path):
     probe = linear_probe("vmap", figures=False)
-    assert probe.save_figures(tmp_path / "off") == {} and not (tmp_path / "off").exists()
+    assert probe.figures(probe.summary()) == []
     assert probe.summary()["settings"]["figures"] is False
     with pytest.raises(ConfigError, match="figures"):
         ConflictProbe(figures="no")
@@ -117,7 +117,7 @@ def test_histograms_survive_a_checkpoint_round_trip():
     fresh = ConflictProbe(every_n_steps=1, max_samples=3, averaged=False, histogram_bins=7, label="toy")
     encoder = nn.Linear(2, 1, bias=False).to(F64)
     model = MultiTaskModel(encoder, {"a": nn.Identity(), "b": nn.Identity()})
-    fresh.setup(model, {t: regression_task(t) for t in ("a", "b")}, model.shared_named_parameters())
+    fresh.bind(model, {t: regression_task(t) for t in ("a", "b")}, model.shared_named_parameters())
     fresh.load_state_dict(probe.state_dict())
     assert fresh.summary()["histograms"] == probe.summary()["histograms"]
     assert fresh.summary()["settings"]["label"] == "toy"

@@ -26,6 +26,7 @@ from mtl_bench.models.heads import MLPHead
 from mtl_bench.models.mtl_model import MultiTaskModel
 from mtl_bench.optim import build_optimizer
 from mtl_bench.selection import ModelSelector
+from mtl_bench.report.run_figures import render
 from mtl_bench.trainer import Trainer, metric_directions
 from mtl_bench.utils import to_jsonable
 from tests.helpers import SumOfGradients, tiny_batch
@@ -50,7 +51,7 @@ def smooth_model(tasks=TASKS, seed=0, bn=False, dropout=0.0, in_dim=5) -> MultiT
 def make_probe(model, tasks=TASKS, **kw) -> ConflictProbe:
     setup = kw.pop("setup", {})
     probe = ConflictProbe(**{"every_n_steps": 1, **kw})
-    probe.setup(model, {t: regression_task(t) for t in tasks}, model.shared_named_parameters(), **setup)
+    probe.bind(model, {t: regression_task(t) for t in tasks}, model.shared_named_parameters(), **setup)
     return probe
 
 
@@ -225,13 +226,13 @@ def _trainer(tmp_path, tag, model, combiner, probe=None, grad_clip=None, names=T
     opt = build_optimizer(lambda groups: torch.optim.Adam(groups, lr=1e-2), model, combiner)
     monitors = []
     if probe is not None:
-        probe.setup(model, tasks, model.shared_named_parameters(), combiner=combiner)
+        probe.bind(model, tasks, model.shared_named_parameters(), combiner=combiner)
         monitors.append(probe)
     settings = TrainerConf(epochs=1, batch_size=8, device="cpu", progress_bar=False, grad_clip_norm=grad_clip)
     return Trainer(model=model, benchmark=bench, tasks=tasks, combiner=combiner, optimizer=opt, scheduler=None,
                    settings=settings, selector=ModelSelector("last", "val/loss", "auto", 1, metric_directions(tasks)),
                    logger=RunLogger(tmp_path / tag, {}), output_dir=tmp_path / tag, device=torch.device("cpu"), seed=0,
-                   monitors=monitors)
+                   diagnostics=monitors)
 
 
 @pytest.mark.parametrize("combiner_factory", [EqualWeighting, SumOfGradients], ids=["ew", "aggregator"])
@@ -462,11 +463,11 @@ def test_vmap_fallback_is_automatic_or_a_clear_error(caplog):
     tasks = {t: type(task)(t, _branchy_loss, task.metrics, 1) for t, task in tasks.items()}
     x, y = tiny_batch(n=4, tasks=("a", "b"))
     forced = ConflictProbe(every_n_steps=1, per_sample="vmap")
-    forced.setup(model, tasks, model.shared_named_parameters())
+    forced.bind(model, tasks, model.shared_named_parameters())
     with pytest.raises(ConfigError, match=r"per_sample='vmap' is not supported by this model or its losses .*use per_sample=auto or loop"):
         forced.observe_batch(0, x, y)
     auto = ConflictProbe(every_n_steps=1)
-    auto.setup(model, tasks, model.shared_named_parameters())
+    auto.bind(model, tasks, model.shared_named_parameters())
     with caplog.at_level(logging.WARNING, logger="mtl_bench.diagnostics.conflicts"):
         auto.observe_batch(0, x, y)
         auto.observe_batch(1, x, y)
@@ -478,11 +479,11 @@ def test_vmap_fallback_is_automatic_or_a_clear_error(caplog):
 def test_setup_errors():
     model = smooth_model()
     with pytest.raises(ConfigError, match="at least one task"):
-        ConflictProbe().setup(model, {}, model.shared_named_parameters())
+        ConflictProbe().bind(model, {}, model.shared_named_parameters())
     with pytest.raises(ConfigError, match="no shared parameters"):
-        ConflictProbe().setup(model, {"a": regression_task("a")}, [])
+        ConflictProbe().bind(model, {"a": regression_task("a")}, [])
     with pytest.raises(ConfigError, match="not parameters of the model"):
-        ConflictProbe().setup(model, {"a": regression_task("a")}, [("stray", nn.Parameter(torch.zeros(2)))])
+        ConflictProbe().bind(model, {"a": regression_task("a")}, [("stray", nn.Parameter(torch.zeros(2)))])
 
 
 # ---------------------------------------------------------------------- outputs
@@ -500,10 +501,10 @@ def test_summary_and_figures(tmp_path):
     assert set(summary["last_epoch"]) == set(PAIR_TYPES) == set(summary["all_epochs"])
     assert summary["all_epochs"]["inter_task"]["n_pairs"] == 2 * summary["last_epoch"]["inter_task"]["n_pairs"]
     assert set(summary["last_epoch"]["inter_sample"]["cos"]) >= {"mean", "std", "p2.5", "p97.5", "conflicting_fraction"}
-    paths = probe.save_figures(tmp_path)
-    assert set(paths) == {"epochs", "layers"}
+    paths = render(probe.figures(summary), tmp_path)
+    assert set(paths) == {"epochs", "layers"} and paths["epochs"].name == "conflicts_epochs.png"
     assert all(p.stat().st_size > 1000 for p in paths.values())
-    assert ConflictProbe().save_figures(tmp_path / "none") == {}  # nothing probed: no figures
+    assert ConflictProbe().figures({}) == []  # nothing probed: no figures
 
 
 def test_record_values_match_numpy_on_a_real_run():

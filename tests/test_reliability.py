@@ -277,7 +277,7 @@ def test_a_full_disk_names_the_folder_removes_temporaries_and_keeps_the_previous
     cfg = make_cfg("trainer.epochs=3")
     run = Path(cfg.paths.output_dir)
     saves = []
-    original = Trainer._save_last
+    original = Trainer.save_last
 
     def save_then_fill(self, mid_epoch=False):
         if saves:  # the disk is full from the second last.pt on
@@ -285,7 +285,7 @@ def test_a_full_disk_names_the_folder_removes_temporaries_and_keeps_the_previous
         saves.append(self.epoch)
         original(self, mid_epoch)
 
-    monkeypatch.setattr(Trainer, "_save_last", save_then_fill)
+    monkeypatch.setattr(Trainer, "save_last", save_then_fill)
     with pytest.raises(StorageError) as err:
         build_and_train(cfg)
     message = str(err.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ import torch
 from mtl_bench.checkpoint import load_checkpoint
 from mtl_bench.data.fixtures import write_fixtures
 from mtl_bench.errors import ConfigError
-from mtl_bench.train import build_and_train
+from mtl_bench.modes import build_mode
+from mtl_bench.train import build_and_train, run_dependencies
 
 CORR = ["mode.eval_corruptions=[gaussian_noise,fog]", "mode.eval_severities=[1,5]", "mode.train_corruptions=[noise]"]
 
@@ -120,7 +122,10 @@ def test_bad_transfer_settings_are_clear_errors(make_cfg, env):
         build_and_train(make_cfg(*overrides(env, "mode.source=stl:normal"), tiny=False))
     from mtl_bench import transfer
 
-    with pytest.raises(ConfigError, match="cannot be trained inside a torchrun job"):  # (torchrun passes no trainer)
-        transfer.ensure_source(make_cfg(*overrides(env, "mode.source=stl:seg", "optimizer.lr=0.02"), tiny=False), ["seg", "depth"], None)
+    untrained = make_cfg(*overrides(env, "mode.source=stl:seg", "optimizer.lr=0.02"), tiny=False)
+    with pytest.raises(ConfigError, match=r"mode.source: .*summary.json is missing"):  # its dependency run has not run
+        transfer.find_source(untrained, ["seg", "depth"])
+    with pytest.raises(ConfigError, match="cannot be trained inside a torchrun job"):  # no nested process groups
+        run_dependencies(untrained, build_mode(untrained), SimpleNamespace(enabled=True))
     with pytest.raises(ConfigError, match="needs an image dataset"):
         build_and_train(make_cfg("mode=transfer", "mode.source=mtl", f"paths.output_root={env / 'syn'}"))

@@ -78,12 +78,14 @@ class TrainerConf:
 
 @dataclass
 class MTLModeConf:
+    _target_: str = "mtl_bench.modes.mtl.MTLMode"  # the Mode class (mtl_bench/modes/)
     name: str = "mtl"
     tasks: Optional[List[str]] = None  # None: every task of the dataset
 
 
 @dataclass
 class STLModeConf:
+    _target_: str = "mtl_bench.modes.stl.STLMode"  # the Mode class (mtl_bench/modes/)
     name: str = "stl"
     task: Optional[str] = None  # required: the single task to train
 
@@ -92,6 +94,7 @@ class STLModeConf:
 class AuxModeConf:
     """Auxiliary-task learning: only ``targets`` count for model selection, Δm and reported results."""
 
+    _target_: str = "mtl_bench.modes.aux.AuxMode"  # the Mode class (mtl_bench/modes/)
     name: str = "aux"
     targets: List[str] = field(default_factory=list)  # required: the target task(s)
     auxiliaries: Optional[List[str]] = None  # None: every other task of the dataset
@@ -103,6 +106,7 @@ class TransferModeConf:
     """Feature transferability under image corruptions (Elich et al., App. A6): freeze a finished run's backbone,
     fine-tune the heads on randomly corrupted training images, evaluate on every corruption x severity."""
 
+    _target_: str = "mtl_bench.modes.transfer.TransferMode"  # the Mode class (mtl_bench/modes/)
     name: str = "transfer"
     # the backbone's run: "mtl" | "stl:<task>" (trained here first, or reused, under
     # <output_root>/<experiment_name>/sources/<source>/seed<seed>) | a run folder | a checkpoint file
@@ -128,6 +132,7 @@ class ForkMergeModeConf:
     """ForkMerge (Jiang et al., NeurIPS 2023): fork into branches with different task weights, merge by a
     search on the targets' validation score."""
 
+    _target_: str = "mtl_bench.modes.forkmerge.ForkMergeMode"  # the Mode class (mtl_bench/modes/)
     name: str = "forkmerge"
     targets: List[str] = field(default_factory=list)
     auxiliaries: Optional[List[str]] = None

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.loggers.run_logger import resolve_wandb_mode
+from mtl_bench.modes import mode_class
 from mtl_bench.preemption import check_signals
 
 # Config keys (matched as prefixes of flattened keys) that say where a run runs, how fast, how it checkpoints
@@ -51,6 +52,6 @@ def validate_config(cfg: DictConfig) -> None:
     lr = cfg.optimizer.get("lr") if isinstance(cfg.optimizer, DictConfig) else None
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"optimizer.lr must be positive, got {lr!r}")
-    check_choice("mode.name", cfg.mode.name, ("mtl", "stl", "aux", "forkmerge", "transfer"))
+    mode_class(cfg.mode)  # an importable Mode class (mode._target_), else the registered modes are named
     if cfg.logger.name != "none":
         resolve_wandb_mode(cfg.logger.get("mode"))  # WANDB_MODE=bogus fails here, not after the run has started

@@ -37,11 +37,11 @@ parameter for AU (+ K for per-task moments with Adam/SGD-momentum).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
+from mtl_bench.diagnostics.base import Diagnostic, FigureSpec, RunContext
 from mtl_bench.errors import ConfigError
 from mtl_bench.optimizers import is_task_wise
 
@@ -66,10 +66,10 @@ def layer_index(names: Sequence[str], sizes: Sequence[int]) -> dict[str, torch.T
     return {layer: torch.cat(idx) for layer, idx in parts.items()}
 
 
-class AUMonitor:
+class AUMonitor(Diagnostic):
     """Observer of the gradient engine (per-task gradients on probe steps) and of the optimizer step."""
 
-    summary_key = "au"
+    key = "au"
 
     def __init__(self, every_n_steps: int = 10, decay: float = 0.99, threshold: float = 0.9, eps: float = 1e-30):
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
@@ -85,7 +85,10 @@ class AUMonitor:
         self.history: list[dict[str, Any]] = []  # per-epoch statistics (summary["au"]["history"])
         self.last_probe_step: int | None = None
 
-    def setup(self, optimizer: torch.optim.Optimizer, shared_named: Sequence[tuple[str, torch.nn.Parameter]], task_names: Sequence[str]):
+    def setup(self, run: RunContext) -> None:
+        self.bind(run.optimizer, run.shared_named_parameters, list(run.tasks))
+
+    def bind(self, optimizer: torch.optim.Optimizer, shared_named: Sequence[tuple[str, torch.nn.Parameter]], task_names: Sequence[str]):
         self.optimizer = optimizer
         self.task_wise = is_task_wise(optimizer)
         kind = type(optimizer).__name__
@@ -262,31 +265,20 @@ class AUMonitor:
             "history": list(self.history),
         }
 
-    def save_figures(self, output_dir: str | Path) -> dict[str, Path]:
-        path = self.save_heatmap(Path(output_dir) / "au_heatmap.png")
-        return {"heatmap": path} if path is not None else {}
+    def metric_directions(self) -> dict[str, bool | None]:
+        """Statistics to read, not to optimise: no direction."""
+        return {f"au/*/{k}": None for k in ("dominated", "entropy", "max_share")} | {"au/*/rau/*": None}
 
-    def save_heatmap(self, path: str | Path) -> Path | None:
+    def results_line(self, entry: Mapping[str, Any]) -> str | None:
+        shares = ", ".join(f"{t} {v:.3f}" for t, v in entry["mean_rau"].items())
+        return (f"AU task dominance ({entry['attribution']}): {entry['dominated_fraction']:.3f} of the shared parameters "
+                f"dominated (rAU > {entry['threshold']}), mean rAU {shares}, normalised entropy {entry['entropy']:.3f}")
+
+    def figures(self, entry: Mapping[str, Any]) -> list[FigureSpec]:
         """Layers × tasks heatmap of the mean rAU (last epoch), with the dominated fraction per layer."""
         stats = self.named_stats()
         stats.pop(ALL, None)
         if not stats:
-            return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        layers = list(stats)
-        data = [[stats[n]["mean_rau"][t] for t in self.task_names] for n in layers]
-        fig, ax = plt.subplots(figsize=(4.5 + 0.8 * len(self.task_names), 1.6 + 0.35 * len(layers)))
-        im = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(self.task_names)), self.task_names, rotation=45, ha="right")
-        ax.set_yticks(range(len(layers)), [f"{n}  (dom {stats[n]['dominated']:.2f})" for n in layers], fontsize=7)
-        ax.set_title(f"mean rAU per shared layer ({self.kind})", fontsize=10)
-        fig.colorbar(im, ax=ax, label="mean rAU")
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+            return []
+        return [FigureSpec("heatmap", "au_heatmap.png", "rau_heatmap",
+                           {"stats": stats, "task_names": list(self.task_names), "kind": self.kind})]

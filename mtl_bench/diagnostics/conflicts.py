@@ -108,13 +108,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from mtl_bench.diagnostics.base import Diagnostic, FigureSpec, RunContext
 from mtl_bench.diagnostics.gradient_stats import METRICS, gram_pair_metrics, group_pairs, row_statistics
 from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.optimizers import is_task_wise
@@ -169,8 +169,8 @@ def scale_factor(task: str, transform: Any) -> float:
     return c
 
 
-class ConflictProbe:
-    """Monitor of the trainer (``observe_batch``, ``epoch_record``, ``summary``, ``save_figures``) and gradient
+class ConflictProbe(Diagnostic):
+    """Monitor of the trainer (``observe_batch``, ``epoch_record``, ``summary``, ``figures``) and gradient
     observer of the engine (``wants_grads``/``observe``).  See the module docstring for the protocol.
 
     ``every_n_steps``: probe cadence (global steps ≡ 0 mod N); ``max_samples`` / ``max_tasks`` (≥ 2): at most
@@ -180,12 +180,13 @@ class ConflictProbe:
     batch-averaged per-task gradients (a multiple of ``every_n_steps``; ``None``: every probe step); ``losses``:
     ``raw`` | ``objective`` (the tasks' terms of the objective under scale transforms); ``histogram_bins``: bins of
     the summary's distributions; ``label``: the study setting the run belongs to (for the report's figure);
-    ``figures``: write the run's own figures (``save_figures``; 1-2 s of CPU for a 45-layer encoder).
+    ``figures``: the run's own figures (drawn by :mod:`mtl_bench.report.run_figures`; 1-2 s of CPU for a 45-layer
+    encoder).
 
-    Call ``setup(model, tasks, shared_named_parameters)`` before training; pass the probe to the trainer as a
-    monitor (it is then also an engine observer)."""
+    Build it from the ``diagnostics`` config group (``setup(run)``), or call ``bind(model, tasks,
+    shared_named_parameters)``; the trainer passes it to the engine as a gradient observer."""
 
-    summary_key = "conflicts"
+    key = "conflicts"
 
     def __init__(
         self,
@@ -224,7 +225,7 @@ class ConflictProbe:
         if label is not None and not isinstance(label, str):
             raise ConfigError(f"diagnostics.conflicts.label must be a string or null, got {label!r}")
         self.label = label
-        self.figures = _flag("figures", figures)
+        self.draw_figures = _flag("figures", figures)
         self.loss_scales: dict[str, float] = {}
         self.generator = torch.Generator().manual_seed(seed)
         self.method: str | None = None if per_sample == "auto" else per_sample  # None: not decided yet (auto)
@@ -240,7 +241,11 @@ class ConflictProbe:
         self.model: nn.Module | None = None
 
     # ------------------------------------------------------------------ setup
-    def setup(
+    def setup(self, run: RunContext) -> None:
+        self.bind(run.model, run.tasks, run.shared_named_parameters, transforms=run.transforms, combiner=run.combiner,
+                  optimizer=run.optimizer)
+
+    def bind(
         self,
         model: nn.Module,
         tasks: Mapping[str, Any],
@@ -314,12 +319,6 @@ class ConflictProbe:
         if grads is not None and source == "params" and grads.shape[-1] == self.dim and self._engine_usable():
             self._engine = (step, grads, list(task_names))
 
-    def before_step(self, step: int) -> None:
-        pass
-
-    def after_step(self, step: int) -> None:
-        pass
-
     # ------------------------------------------------------------------ the probe step
     def observe_batch(self, step: int, x: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> None:
         """On probe steps: draw samples and tasks, compute the gradients and buffer the pair metrics."""
@@ -327,7 +326,7 @@ class ConflictProbe:
         if not self.probe(step):
             return
         if self.model is None:
-            raise RuntimeError("ConflictProbe.setup(model, tasks, shared_named_parameters) must be called before training")
+            raise RuntimeError("ConflictProbe.setup(run) or .bind(model, tasks, shared_named_parameters) must be called before training")
         batch = x.shape[0]
         n, m, k = min(self.max_samples, batch), self._drawn_tasks(), self.num_tasks
         rows = torch.randperm(batch, generator=self.generator)[:n].sort().values
@@ -600,7 +599,7 @@ class ConflictProbe:
                          "bn_mode": self.bn_mode, "seed": self.seed, "per_sample": self.per_sample,
                          "averaged": self.averaged, "per_layer": self.per_layer, "averaged_every_n_steps": self.averaged_every,
                          "losses": self.losses, "loss_scales": dict(self.loss_scales), "histogram_bins": self.histogram_bins,
-                         "label": self.label, "figures": self.figures},
+                         "label": self.label, "figures": self.draw_figures},
             "bn_mode": self.bn_mode,
             "bn_semantics": bn + "; running statistics, RNG streams, module modes and .grad are left untouched",
             "per_sample_method": self.method,
@@ -642,72 +641,15 @@ class ConflictProbe:
         self.history = [{"epoch": h["epoch"], "record": dict(h["record"])} for h in state["history"]]
         self._all_values = {p: [t.numpy() for t in v] for p, v in state["all_values"].items()}
 
-    # ------------------------------------------------------------------ figures
-    def save_figures(self, output_dir: str | Path) -> dict[str, Path]:
-        if not self.figures or not any(f"{PREFIX}/{p}/n_pairs" in h["record"] for h in self.history for p in PAIR_TYPES):
-            return {}
-        import matplotlib
+    # ------------------------------------------------------------------ protocol: directions, figures
+    def metric_directions(self) -> dict[str, bool | None]:
+        """Statistics of pair populations (to compare, not to optimise): no direction."""
+        return {f"{PREFIX}/*": None}
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"epochs": out / "conflicts_epochs.png", "layers": out / "conflicts_layers.png"}
-        self._plot_epochs(plt, paths["epochs"])
-        self._plot_layers(plt, paths["layers"])
-        return paths
-
-    def _plot_epochs(self, plt, path: Path) -> None:
-        metrics = [("cos", "cosine similarity"), ("mag_sim", "magnitude similarity"), ("sign_conflict", "opposite-sign fraction")]
-        columns = [("", "per-sample gradients"), ("_averaged", "averaged gradients (App. A5)")]
-        fig, axes = plt.subplots(len(metrics), len(columns), figsize=(10, 8.5), sharex=True, squeeze=False)
-        colors = {"inter_task": "tab:red", "inter_sample": "tab:blue"}
-        for r, (metric, label) in enumerate(metrics):
-            for c, (suffix, title) in enumerate(columns):
-                ax = axes[r][c]
-                for base, color in colors.items():
-                    key = f"{PREFIX}/{base + suffix}/{metric}/all/"
-                    rows = [(h["epoch"], h["record"][key + "p2.5"], h["record"][key + "mean"], h["record"][key + "p97.5"])
-                            for h in self.history if key + "mean" in h["record"]]
-                    if not rows:
-                        continue
-                    e, lo, mean, hi = (np.array(col, dtype=float) for col in zip(*rows))
-                    ax.plot(e, mean, marker="o", ms=3, color=color, label=f"{base.replace('_', '-')}: mean, 2.5–97.5 %")
-                    ax.fill_between(e, lo, hi, color=color, alpha=0.2)
-                if metric == "cos":
-                    ax.axhline(0.0, color="0.5", lw=0.8)
-                if r == 0:
-                    ax.set_title(title, fontsize=10)
-                if c == 0:
-                    ax.set_ylabel(label)
-                if r == len(metrics) - 1:
-                    ax.set_xlabel("epoch")
-                if r == 0 and ax.get_legend_handles_labels()[0]:
-                    ax.legend(fontsize=7, loc="best")
-        fig.suptitle(f"gradient conflicts: tasks vs samples (every {self.every} steps, bn_mode={self.bn_mode})", fontsize=11)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-
-    def _plot_layers(self, plt, path: Path) -> None:
-        record = self.history[-1]["record"]
-        layers = self.layer_names
-        fig, axes = plt.subplots(1, 2, figsize=(11, 1.8 + 0.3 * len(layers)), sharey=True, squeeze=False)
-        y = np.arange(len(layers))
-        for ax, metric in zip(axes[0], ("cos", "mag_sim")):
-            for off, (ptype, color) in zip((-0.2, 0.2), (("inter_task", "tab:red"), ("inter_sample", "tab:blue"))):
-                vals = [record.get(f"{PREFIX}/{ptype}/{metric}/{layer}/mean", math.nan) for layer in layers]
-                if all(v is None or math.isnan(v) for v in vals):
-                    continue
-                ax.barh(y + off, [math.nan if v is None else v for v in vals], height=0.4, color=color,
-                        label=ptype.replace("_", "-"))
-            ax.axvline(0.0, color="0.5", lw=0.8)
-            ax.set_title(f"mean {metric} per shared layer (epoch {self.history[-1]['epoch']})", fontsize=10)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-        axes[0][0].set_yticks(y, layers, fontsize=7)
-        axes[0][0].invert_yaxis()
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+    def figures(self, entry: Any) -> list[FigureSpec]:
+        """The run's pair statistics over the epochs and per shared layer (last epoch), unless ``figures=false``."""
+        if not self.draw_figures or not any(f"{PREFIX}/{p}/n_pairs" in h["record"] for h in self.history for p in PAIR_TYPES):
+            return []
+        data = {"history": self.history, "layers": self.layer_names, "every": self.every, "bn_mode": self.bn_mode}
+        return [FigureSpec("epochs", "conflicts_epochs.png", "conflict_epochs", data),
+                FigureSpec("layers", "conflicts_layers.png", "conflict_layers", data)]

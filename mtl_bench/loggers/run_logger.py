@@ -59,7 +59,14 @@ class WandbSettings:
     notes: str | None = None
     system_stats: bool = True
     summary_directions: dict[str, bool] = field(default_factory=dict)  # metric key -> higher is better
+    # keys / glob patterns logged per epoch beyond the tasks' metrics (the diagnostics' and the mode's) -> direction
+    # (True: higher is better, False: lower, None: neither)
+    epoch_metrics: dict[str, bool | None] = field(default_factory=dict)
     run_id: str | None = None  # continue this W&B run (a resumed job): same run online, same step axes offline
+
+
+# logged on the epoch axis by every run (the diagnostics and modes declare their own: WandbSettings.epoch_metrics)
+EPOCH_PREFIXES = ("train_epoch", "val", "test", "time", "selected")
 
 
 class _WandbSink:
@@ -91,13 +98,21 @@ class _WandbSink:
             self.run.define_metric("global_step")
             self.run.define_metric("epoch")
             self.run.define_metric("train/*", step_metric="global_step")
-            for prefix in ("train_epoch", "val", "test", "time", "selected", "au", "conflict"):
-                self.run.define_metric(f"{prefix}/*", step_metric="epoch")
-            for key, higher in settings.summary_directions.items():
-                self.run.define_metric(key, step_metric="epoch", summary="max" if higher else "min")
+            self._define_epoch_metrics(settings)
         except Exception as e:  # noqa: BLE001 - W&B failures must never stop training
             log.warning("W&B disabled for this run (init failed: %s: %s); local logs are unaffected", type(e).__name__, e)
             self.run = None
+
+    def _define_epoch_metrics(self, settings: WandbSettings) -> None:
+        """Epoch-axis metrics: the evaluation and timing prefixes, every pattern the diagnostics and the mode declare
+        (their directions as summaries), the validation metrics with theirs."""
+        for prefix in EPOCH_PREFIXES:
+            self.run.define_metric(f"{prefix}/*", step_metric="epoch")
+        for key, higher in settings.epoch_metrics.items():
+            summary = None if higher is None else ("max" if higher else "min")
+            self.run.define_metric(key, step_metric="epoch", **({"summary": summary} if summary else {}))
+        for key, higher in settings.summary_directions.items():
+            self.run.define_metric(key, step_metric="epoch", summary="max" if higher else "min")
 
     @property
     def active(self) -> bool:
