@@ -111,17 +111,29 @@ class Trainer:
         self.delta = delta
         self.transforms = dict(transforms or {})
         self.diagnostics = list(diagnostics)
+        self.dist = current_dist()  # under torchrun: the DistContext of mtl_bench/distributed.py; a no-op otherwise
+        self.engine = self._engine([*observers, *self.diagnostics])
+        self._init_progress(seed)
+        self.train_loader, self.eval_loaders = self._loaders(benchmark, device)
+        self.directions = metric_directions(self.tasks, aux=bool(self.auxiliaries))
+        if delta is not None:
+            self.directions.update({"val/delta_m": False, "test/delta_m": False})
+        self._t0 = time.monotonic()
+
+    def _engine(self, observers: Sequence[GradientObserver]) -> GradientEngine:
+        """The gradient engine; a task-wise optimizer (AdaTask) receives the per-task gradients (and no clipping)."""
+        optimizer, settings = self.optimizer, self.settings
         self.task_wise = is_task_wise(optimizer)
         if self.task_wise and settings.grad_clip_norm:
             raise ConfigError(
                 f"trainer.grad_clip_norm={settings.grad_clip_norm} cannot be used with the task-wise optimizer "
                 f"{type(optimizer).__name__}: its shared parameters receive per-task gradients, not one summed gradient to clip"
             )
-        self.dist = current_dist()  # under torchrun: the DistContext of mtl_bench/distributed.py; a no-op otherwise
-        self.engine = GradientEngine(
-            self.model, self.combiner, self.task_names, [*observers, *self.diagnostics], settings.per_task_backward,
-            task_sink=optimizer.set_task_gradients if self.task_wise else None, dist=self.dist,
-        )
+        return GradientEngine(self.model, self.combiner, self.task_names, observers, settings.per_task_backward,
+                              task_sink=optimizer.set_task_gradients if self.task_wise else None, dist=self.dist)
+
+    def _init_progress(self, seed: int) -> None:
+        """Counters, the data-order generator and what a checkpoint carries besides the model and optimizer."""
         self.global_step = 0
         self.epoch = 0
         self.last_checkpoint: Path | None = None
@@ -139,11 +151,6 @@ class Trainer:
         # extra summary blocks computed from the final results (transfer: the corruption evaluation)
         self.result_hooks: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self.loaded_extra: dict[str, Any] = {}
-        self.train_loader, self.eval_loaders = self._loaders(benchmark, device)
-        self.directions = metric_directions(self.tasks, aux=bool(self.auxiliaries))
-        if delta is not None:
-            self.directions.update({"val/delta_m": False, "test/delta_m": False})
-        self._t0 = time.monotonic()
 
     def _loaders(self, benchmark: Benchmark, device: torch.device) -> tuple[Any, dict[str, Any]]:
         """The shuffling training loader (this rank's share under torchrun) and the val / test loaders."""
