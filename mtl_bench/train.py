@@ -1,9 +1,11 @@
 """Entry point: ``python -m mtl_bench.train [overrides]`` (``-m`` for multiruns).
 
-Composes the config from the groups in ``configs/``, validates it, builds the benchmark, model,
-combiner, optimizer and loggers, trains, and writes ``config_resolved.yaml``, ``metrics.jsonl`` and
-``summary.json`` into the job's output folder.  Bad input (an invalid value, an unknown task, a missing
-dataset) fails before training with a one-line message; a NaN/inf loss stops the run naming the step
+Composes the config from the groups in ``configs/``, validates it and hands it to the chosen mode
+(:mod:`mtl_bench.modes`): the runs the mode depends on are trained first (each once), then the run's components are
+built (:mod:`mtl_bench.build`), its diagnostics (:mod:`mtl_bench.diagnostics.base`), its checkpoint to resume from
+(:mod:`mtl_bench.resume`) and its logger, and the mode trains the :class:`~mtl_bench.trainer.Trainer`; the run folder
+receives ``config_resolved.yaml``, ``metrics.jsonl`` and ``summary.json``.  Bad input (an invalid value, an unknown
+task, a missing dataset) fails before training with a one-line message; a NaN/inf loss stops the run naming the step
 and task.  Both exit non-zero; in a multirun the failing job is reported and the others still run.
 """
 
@@ -15,72 +17,32 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import hydra
-import torch
-import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import mtl_bench.config.schema  # noqa: F401  (registers the structured-config schemas)
 from mtl_bench import __version__
-from mtl_bench.combiners import COMBINERS, Combiner
+from mtl_bench.build import RunParts, build_parts, build_selection, instantiate_checked, make_optimizer, make_scheduler, setup_process
+from mtl_bench.resume import completed_summary, load_resume
 from mtl_bench.config.schema import TrainerConf
-from mtl_bench.config.validate import RUNTIME_KEYS, validate_config
-from mtl_bench.data.base import Benchmark
+from mtl_bench.config.validate import validate_config
 from mtl_bench.engine import GradientObserver
-from mtl_bench.checkpoint import load_checkpoint
 from mtl_bench.distributed import DistContext, cleanup, init_distributed
-from mtl_bench.errors import CheckpointError, ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError, StorageError
+from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError, StorageError
 from mtl_bench.diagnostics.base import Diagnostic, RunContext, build_diagnostics, directions_of
 from mtl_bench.loggers.run_logger import RunLogger, WandbSettings
-from mtl_bench.loss_transforms import build_transforms
 from mtl_bench.loss_transforms import describe as describe_transforms
-from mtl_bench.metrics.delta_tracking import build_delta_m
-from mtl_bench.models.mtl_model import MultiTaskModel, build_model
 from mtl_bench.modes import DependencyRun, Mode, RunBuild, build_mode
-from mtl_bench.optim import build_optimizer, build_scheduler
-from mtl_bench.selection import ModelSelector
 from mtl_bench import runlock
 from mtl_bench.preemption import in_entry_process, install_process_handlers, status_for, stop_exit_code, stop_requested
-from mtl_bench.tasks import Task
-from mtl_bench.trainer import RESULT_KEYS, Trainer, metric_directions, read_summary, write_summary_file
-from mtl_bench.utils import configure_determinism, flatten_dict, resolve_device, resolve_num_threads, seed_everything
+from mtl_bench.trainer import Trainer, read_summary, write_summary_file
 
 log = logging.getLogger("mtl_bench")
-
-
-def instantiate_checked(node: Any, key: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that turns our own errors back into one-line messages."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, MTLBenchError):
-            raise cause from None
-        raise ConfigError(f"{key}: {str(e).splitlines()[0]} {cause or ''}".strip()) from e
-
-
-def resolve_function(path: Any) -> Callable:
-    """A user-supplied function from its dotted path (custom loss transforms)."""
-    try:
-        return get_method(str(path))
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"cannot import function '{path}': {e}") from e
-
-
-def head_factories(heads_cfg: DictConfig, tasks: Sequence[str], all_tasks: Sequence[str]) -> dict[str, Callable]:
-    per_task = heads_cfg.get("per_task") or {}
-    unknown = [t for t in per_task if t not in all_tasks]
-    if unknown:
-        raise ConfigError(f"heads.per_task names unknown task(s) {unknown}; the dataset's tasks are {list(all_tasks)}")
-    return {t: instantiate_checked(per_task.get(t, heads_cfg.default), f"heads[{t}]") for t in tasks}
 
 
 def hydra_identity() -> dict[str, Any]:
@@ -116,70 +78,6 @@ def wandb_settings(cfg: DictConfig, mode: Mode, ident: Mapping[str, Any], output
         system_stats=lg.system_stats, summary_directions={k: v for k, v in directions.items() if k.startswith("val/")},
         epoch_metrics={k: v for k, v in directions.items() if not k.startswith(("val/", "test/"))},
     )
-
-
-# config keys that may differ between a run and its resumption (where, how fast and how often, not what)
-RESUME_MAY_CHANGE = ("trainer.epochs", *RUNTIME_KEYS)
-
-
-def resume_checkpoint(settings: TrainerConf, output_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
-    """The checkpoint a run continues from: ``trainer.resume=auto`` → ``<output_dir>/checkpoints/last.pt`` when it
-    exists (a requeued or restarted job), ``never`` → none, otherwise the given path (which must exist)."""
-    if settings.resume == "never":
-        return None, None
-    path = output_dir / "checkpoints" / "last.pt" if settings.resume == "auto" else Path(settings.resume)
-    if not path.is_file():
-        if settings.resume != "auto":
-            raise ConfigError(f"trainer.resume={settings.resume}: no such checkpoint file (use auto, never or a path to a last.pt)")
-        return None, None
-    state = load_checkpoint(path)
-    if "partial_epoch" not in state:
-        raise ConfigError(f"{path} was written by an older mtl_bench without resume information; use trainer.resume=never")
-    return state, path
-
-
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(key, saved value, current value)`` for every flattened key that differs, RESUME_MAY_CHANGE keys aside."""
-    a, b = flatten_dict(dict(saved)), flatten_dict(dict(current))
-    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
-
-
-def check_resume_config(saved: Mapping[str, Any] | None, current: Mapping[str, Any], path: Path) -> None:
-    """A run resumes only into the same experiment: differing keys (other than RESUME_MAY_CHANGE) are an error."""
-    if saved is None:
-        return
-    differ = config_differences(saved, current)
-    if differ:
-        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in differ[:6])
-        raise ConfigError(
-            f"{path} belongs to a run with a different config ({shown}{', ...' if len(differ) > 6 else ''}); "
-            f"resume it unchanged, or start over with trainer.resume=never or in another output folder"
-        )
-
-
-def completed_summary(settings: TrainerConf, output_dir: Path, resolved: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The summary of a run that already completed in ``output_dir`` with this config and number of epochs, so that
-    rerunning a sweep into its folder skips its finished jobs (``trainer.resume=never`` trains them again)."""
-    summary = read_summary(output_dir) if settings.resume == "auto" else None
-    saved = output_dir / "config_resolved.yaml"
-    if summary is None or summary.get("status") != "completed" or summary.get("epochs_completed") != settings.epochs:
-        return None
-    if not saved.is_file() or config_differences(yaml.safe_load(saved.read_text()) or {}, resolved):
-        return None  # a different experiment: resuming it is refused later, with the differing keys named
-    return summary
-
-
-def mark_failed(output_dir: Path, error: MTLBenchError) -> None:
-    """An attempt on an existing run failed before training (e.g. its checkpoint is damaged): its summary must not
-    keep saying ``completed``; the earlier results move under ``previous``."""
-    earlier = read_summary(output_dir)
-    if earlier is None:
-        return
-    kept = {k: v for k, v in earlier.items() if k not in (*RESULT_KEYS, "previous", "error", "status")}
-    try:
-        write_summary_file(output_dir, {**kept, "status": "failed", "error": str(error)})
-    except StorageError as e:
-        log.error("summary.json not updated: %s", e)
 
 
 def build_and_train(
@@ -254,106 +152,6 @@ def train_run(
                      "it again)", output_dir, settings.epochs)
             return done
         return _build_and_train_in(cfg, mode, output_dir, observers, settings, dist)
-
-
-@dataclass
-class RunParts:
-    """The built components of a run, in the order they are built."""
-
-    benchmark: Benchmark
-    tasks: dict[str, Task]
-    targets: list[str]
-    model: MultiTaskModel
-    combiner: Combiner
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    transforms: dict[str, Callable]
-
-
-def setup_process(settings: TrainerConf, dist: DistContext, seed: int) -> tuple[torch.device, dict[str, Any]]:
-    """Threads, determinism, device and the global seed of this run."""
-    threads, threads_source = resolve_num_threads(settings.num_threads)
-    torch.set_num_threads(threads)
-    configure_determinism(settings.deterministic)
-    device = dist.device if dist.enabled else resolve_device(settings.device)
-    seed_everything(seed)
-    return device, {"intra_op": threads, "from": threads_source}
-
-
-def make_optimizer(cfg: DictConfig, model: MultiTaskModel, combiner: Combiner) -> torch.optim.Optimizer:
-    return build_optimizer(instantiate_checked(cfg.optimizer, "optimizer"), model, combiner)
-
-
-def make_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> Any:
-    target = cfg.scheduler.get("_target_") if cfg.scheduler is not None else None
-    return build_scheduler(instantiate_checked(cfg.scheduler, "scheduler") if target else None, optimizer)
-
-
-def build_network(cfg: DictConfig, mode: Mode, benchmark: Benchmark, tasks: Mapping[str, Task], device: torch.device,
-                  dist: DistContext) -> MultiTaskModel:
-    encoder_factory = instantiate_checked(cfg.backbone, "backbone")
-    model = build_model(encoder_factory, head_factories(cfg.heads, list(tasks), list(benchmark.tasks)), tasks, benchmark.input_shape)
-    model.to(device)
-    mode.adapt_model(model)
-    return dist.prepare_model(model)  # torchrun: SyncBatchNorm if trainer.sync_bn, rank 0's initial weights everywhere
-
-
-def build_combiner(cfg: DictConfig, mode: Mode, tasks: Sequence[str], targets: Sequence[str], device: torch.device) -> Combiner:
-    combiner = instantiate_checked(cfg.combiner, "combiner")
-    if not isinstance(combiner, Combiner):
-        raise ConfigError(f"combiner._target_ must build a Combiner; registered combiners: {sorted(COMBINERS)}")
-    combiner = mode.adapt_combiner(combiner)
-    combiner.setup(list(tasks))
-    set_roles = getattr(combiner, "set_roles", None)
-    if set_roles is not None:  # auxiliary-aware combiners (GCS, OL_AUX, ...) need to know the targets
-        set_roles(list(targets))
-    combiner.to(device)
-    return combiner
-
-
-def build_parts(cfg: DictConfig, mode: Mode, device: torch.device, dist: DistContext) -> RunParts:
-    """Dataset → the mode's tasks and targets → network → combiner → (the mode's data changes) → optimizer,
-    scheduler and loss transforms."""
-    benchmark: Benchmark = instantiate_checked(cfg.dataset, "dataset")
-    roles = mode.roles(benchmark)
-    tasks = benchmark.select_tasks(roles.tasks)
-    targets = list(roles.targets) if roles.targets is not None else list(tasks)
-    model = build_network(cfg, mode, benchmark, tasks, device, dist)
-    combiner = build_combiner(cfg, mode, list(tasks), targets, device)
-    mode.adapt_data(benchmark)
-    optimizer = make_optimizer(cfg, model, combiner)
-    scheduler = make_scheduler(cfg, optimizer)
-    transforms = build_transforms(cfg.get("loss_transforms"), list(tasks), list(benchmark.tasks), resolve=resolve_function)
-    return RunParts(benchmark, dict(tasks), targets, model, combiner, optimizer, scheduler, transforms)
-
-
-def build_selection(cfg: DictConfig, settings: TrainerConf, parts: RunParts) -> tuple[dict[str, Any], Any, dict[str, Any], ModelSelector]:
-    """Metric directions, the Δm spec (targets against their STL baselines) and the model selector."""
-    tasks, targets = parts.tasks, parts.targets
-    directions = metric_directions(tasks, aux=len(targets) < len(tasks))
-    delta, delta_info = build_delta_m(cfg.get("delta_m"), parts.benchmark.name, metric_directions({t: tasks[t] for t in targets}))
-    if delta is not None:
-        directions.update({"val/delta_m": False, "test/delta_m": False})
-    sel = settings.selection
-    if sel.metric == "val/delta_m" and delta is None and delta_info.get("stl_runs"):
-        log.warning("selection metric val/delta_m is unavailable (%s); selecting on val/loss", delta_info["reason"])
-        delta_info["selection_fallback"] = {"requested": "val/delta_m", "used": "val/loss"}
-        sel.metric = "val/loss"
-    return directions, delta, delta_info, ModelSelector(sel.rule, sel.metric, sel.mode, sel.k, directions)
-
-
-def load_resume(settings: TrainerConf, output_dir: Path, dist: DistContext, resolved: Mapping[str, Any]
-                ) -> tuple[dict[str, Any] | None, Path | None]:
-    """The checkpoint this run continues from (checked to belong to the same experiment), if any."""
-    try:
-        state, path = resume_checkpoint(settings, output_dir)
-    except CheckpointError as e:
-        if dist.is_main:
-            mark_failed(output_dir, e)
-        raise
-    if state is not None:
-        check_resume_config(state.get("config"), resolved, path)
-    return state, path
 
 
 def describe_run(cfg: DictConfig, mode: Mode, parts: RunParts, ident: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:

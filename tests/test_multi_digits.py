@@ -14,7 +14,8 @@ from mtl_bench.data.multi_digits import build_multi_digits, load_source_digits
 from mtl_bench.errors import ConfigError, DatasetError
 from mtl_bench.metrics.classification import ClassificationMetrics
 from mtl_bench.task_library import classification_task
-from mtl_bench.train import build_and_train, instantiate_checked
+from mtl_bench.build import instantiate_checked
+from mtl_bench.train import build_and_train
 
 SMALL = {"n_train": 40, "n_val": 12, "n_test": 16}
 

@@ -18,7 +18,8 @@ from mtl_bench.data.synthetic_images import (
     channel_stats,
 )
 from mtl_bench.errors import ConfigError
-from mtl_bench.train import build_and_train, instantiate_checked
+from mtl_bench.build import instantiate_checked
+from mtl_bench.train import build_and_train
 
 SMALL = {"n_train": 6, "n_val": 3, "n_test": 4}
 

@@ -21,7 +21,8 @@ from mtl_bench.data.synthetic_images import (
     tilt_frame,
 )
 from mtl_bench.errors import ConfigError
-from mtl_bench.train import build_and_train, instantiate_checked
+from mtl_bench.build import instantiate_checked
+from mtl_bench.train import build_and_train
 
 ROOM = {"layout": "room", "max_tilt": 45.0}
 TINY = {"n_train": 5, "n_val": 3, "n_test": 3, "height": 32, "width": 40}

@@ -77,7 +77,7 @@ def test_checkpoints_load_weights_only_and_restore_the_model(make_cfg, tmp_path)
 
     from mtl_bench.metrics.regression import RegressionMetrics
     from mtl_bench.models.mtl_model import build_model
-    from mtl_bench.train import head_factories
+    from mtl_bench.build import head_factories
 
     cfg = make_cfg("trainer.selection.rule=last")
     summary = build_and_train(cfg)

@@ -61,7 +61,7 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
 
 def build(cfg: DictConfig) -> tuple[Benchmark, MultiTaskModel]:
     """The benchmark and the initial model of a composed config (as the trainer builds them)."""
-    from mtl_bench.train import head_factories, instantiate_checked
+    from mtl_bench.build import head_factories, instantiate_checked
 
     benchmark: Benchmark = instantiate_checked(cfg.dataset, "dataset")
     torch.manual_seed(int(cfg.seed))
