@@ -56,6 +56,8 @@ class AlignedMTL(GramianWeighting):
     """
 
     scale = "sum"
+    # Aggregation.weights are the heads' weights (1 unless scale_heads), not the α of the direction αᵀG
+    provides_task_weights = False
 
     def __init__(self, scale_mode: str = "min", scale_heads: bool = False, grad_source: str | None = None):
         super().__init__(grad_source)

@@ -23,6 +23,15 @@ Gradient sources (``grad_source``, validated against the class's ``supported_sou
 * ``representation`` — gradients w.r.t. the shared representation (K head backward passes plus one encoder
   backward with the aggregated cotangent; MGDA-UB style).
 
+Declared capabilities (class attributes the engine reads instead of recognising methods by name):
+
+* ``provides_task_weights`` — the update is Σ_k w_k ∇L_k over all shared parameters (exactly ``wᵀG`` under
+  ``params``), with ``w`` returned in ``Aggregation.weights`` (for loss weightings: the weights ``combine``
+  returns).  A task-wise optimizer (AdaTask) can then take the K weighted per-task gradients w_k ∇L_k instead
+  of their sum.  True for loss weightings and for Gramian weightings that keep the base ``aggregate``; False
+  by default for other gradient aggregators and for aggregators whose direction is not exactly ``wᵀG`` (norm
+  clipping, head weights in place of ``w``).
+
 Hooks the trainer calls: ``setup(task_names)`` once; ``after_step(post_losses)`` after every optimizer
 step (``post_losses`` are the task losses recomputed on the same batch, without gradients, when the class
 sets ``needs_post_step_losses`` — FAMO); ``on_epoch_end(epoch, train_losses)``.
@@ -54,6 +63,7 @@ class Combiner(nn.Module):
     supported_sources: ClassVar[tuple[str, ...]] = ()
     default_source: ClassVar[str | None] = None
     scale: ClassVar[str] = "n/a"  # "sum" | "mean" | "normalised" ...: documented in each subclass
+    provides_task_weights: ClassVar[bool] = False  # update = Σ_k w_k ∇L_k with w reported (see the module docstring)
 
     def __init__(self, grad_source: str | None = None):
         super().__init__()
@@ -103,6 +113,8 @@ class Combiner(nn.Module):
 class LossWeighting(Combiner):
     """Weights from loss values; the update is ∇ of ``combine(losses)``, one backward pass."""
 
+    provides_task_weights = True
+
     def weights(self, losses: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -134,8 +146,11 @@ class GradientAggregator(Combiner):
 
 
 class GramianWeighting(GradientAggregator):
-    """Aggregators of the form ``wᵀG`` with ``w = weights_from_gramian(G Gᵀ, losses)``."""
+    """Aggregators of the form ``wᵀG`` with ``w = weights_from_gramian(G Gᵀ, losses)``.  Subclasses that override
+    :meth:`aggregate` so that the direction is no longer exactly ``wᵀG`` with ``w`` in ``Aggregation.weights``
+    must set ``provides_task_weights = False``."""
 
+    provides_task_weights = True
     supported_sources = ("params", "last_shared", "representation")
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:  # pragma: no cover

@@ -62,6 +62,7 @@ class DiBSMTL(GramianWeighting):
     """
 
     scale = "normalised"
+    provides_task_weights = False  # the direction is wᵀG clipped to norm ≤ max_norm, not wᵀG
 
     def __init__(self, radius: float = 1e-3, eta: float = 1e-2, max_norm: float = 1.0, grad_source: str | None = None):
         super().__init__(grad_source)

@@ -51,6 +51,7 @@ class GradNorm(GradientAggregator):
     """
 
     scale = "sum"
+    provides_task_weights = True  # the direction is exactly wᵀG with w = the learned task weights
     supported_sources = ("params", "last_shared")
     default_source = "last_shared"
 

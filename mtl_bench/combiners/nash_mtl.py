@@ -150,6 +150,7 @@ class NashMTL(GramianWeighting):
     """
 
     scale = "sqrt_k_norm"
+    provides_task_weights = False  # the direction is αᵀG rescaled to norm ≤ max_norm, not αᵀG
 
     def __init__(
         self,
