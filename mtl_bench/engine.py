@@ -24,25 +24,50 @@
   reduces explicitly where it is exact — the losses the combiner sees, G before aggregation (``params``,
   ``last_shared``), the Gramian (``representation``) and the remaining rank-local ``.grad`` s — so every rank
   ends the step with the single-process ``.grad`` of the global batch.
+* Task-wise optimizers (AdaTask, ``task_sink``): the shared parameters get no ``.grad``; the optimizer takes the
+  K weighted per-task gradients w_k ∇L_k over them — for combiners that declare ``provides_task_weights``
+  (their update is Σ_k w_k ∇L_k with the weights they report) and whose gradients are over all shared parameters.
+
+Each of these paths is a *step strategy* (:mod:`mtl_bench.engine_steps`), chosen once when the engine is built
+from the combiner's family (loss weighting / gradient aggregator), its gradient source and whether a task sink is
+given: loss weighting, task-wise loss weighting, aggregation over ``params`` (into ``.grad`` or, task-wise, to the
+sink), over ``representation`` and over ``last_shared``.  :meth:`GradientEngine.backward` prepares the losses
+(stack, DDP average, fp16 scale), runs the strategy, notifies the observers and returns the :class:`StepResult`;
+the strategies share the reductions, unscaling / overflow skip and gradient write-out of ``engine_steps``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
 import torch
-from torch import nn
 
-from mtl_bench.combiners.base import Aggregation, Combiner, GradientAggregator, GramianWeighting, LossWeighting
-from mtl_bench.distributed import REPRESENTATION_NOTE, DistContext, current, with_global_value
+from mtl_bench.combiners.base import Combiner, GradientAggregator, GramianWeighting
+from mtl_bench.distributed import REPRESENTATION_NOTE, DistContext, current
+from mtl_bench.engine_steps import (
+    StepInputs,
+    StepResult,
+    StepStrategy,
+    accumulate_grad,
+    as_tuple,
+    choose_strategy,
+    copy_many,
+    fill_rows,
+    flat_size,
+    write_flat_grad,
+)
 from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.models.mtl_model import MultiTaskModel
 
 log = logging.getLogger(__name__)
 
 PER_TASK_BACKWARD = ("sequential", "batched")
+
+__all__ = [
+    "PER_TASK_BACKWARD", "GradientEngine", "GradientObserver", "StepResult", "accumulate_grad", "as_tuple", "copy_many",
+    "exact_on_representation", "fill_rows", "flat_size", "write_flat_grad",
+]
 
 
 class GradientObserver(Protocol):
@@ -51,68 +76,6 @@ class GradientObserver(Protocol):
     def wants_grads(self, step: int) -> bool: ...
 
     def observe(self, step: int, grads: torch.Tensor, task_names: Sequence[str], losses: torch.Tensor, source: str) -> None: ...
-
-
-@dataclass
-class StepResult:
-    objective: torch.Tensor  # detached scalar: Σ_k w_k L_k (for loss weightings: what was differentiated)
-    weights: torch.Tensor  # detached K-vector of per-task weights (what the heads were scaled by)
-    grads: torch.Tensor | None  # K×d per-task gradients over ``source``, if computed this step
-    source: str | None  # gradient source of ``grads``
-
-
-def flat_size(params: Sequence[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params)
-
-
-def accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
-    """``p.grad += g`` with ``backward`` semantics; ``g`` must be a fresh tensor the caller gives away."""
-    if p.grad is None:
-        p.grad = g
-    else:
-        p.grad.add_(g)
-
-
-def write_flat_grad(params: Sequence[nn.Parameter], flat: torch.Tensor) -> None:
-    """Accumulate a flat d-vector into the ``.grad`` of ``params``.  ``flat`` must be a tensor the caller
-    gives away (the engine copies it first if it aliases the gradient matrix): empty ``.grad`` s become
-    views into it, so writing the update costs no copy."""
-    flat = flat.contiguous()
-    offset = 0
-    for p in params:
-        n = p.numel()
-        accumulate_grad(p, flat[offset : offset + n].view_as(p))
-        offset += n
-
-
-def copy_many(dsts: list[torch.Tensor], srcs: list[torch.Tensor]) -> None:
-    """``dst.copy_(src)`` for each pair, in one fused launch where torch offers it (``_foreach_copy_``)."""
-    if not dsts:
-        return
-    if hasattr(torch, "_foreach_copy_"):
-        torch._foreach_copy_(dsts, srcs)
-    else:  # pragma: no cover - torch < 2.1
-        for d, s in zip(dsts, srcs):
-            d.copy_(s)
-
-
-def fill_rows(rows: torch.Tensor, k: int | slice, inputs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
-    """Write the flattened ``grads`` (one per input, ``None`` = unused) into ``rows[k]`` (zeros where unused)."""
-    dsts, srcs, offset = [], [], 0
-    for x, g in zip(inputs, grads):
-        n = x.numel()
-        view = rows[k, offset : offset + n]
-        if g is None:
-            view.zero_()
-        else:
-            dsts.append(view)
-            srcs.append(g.reshape(view.shape))
-        offset += n
-    copy_many(dsts, srcs)
-
-
-def as_tuple(rep: Any) -> tuple[torch.Tensor, ...]:
-    return tuple(rep) if isinstance(rep, (tuple, list)) else (rep,)
 
 
 class GradientEngine:
@@ -149,14 +112,8 @@ class GradientEngine:
         self.head_params = [p for t in self.task_names for p in self.heads[t]]
         if self.dist.enabled:
             self._check_distributed()
-        if task_sink is not None and isinstance(combiner, GradientAggregator) and (
-            combiner.grad_source != "params" or not isinstance(combiner, (GramianWeighting,)) and combiner.name != "gradnorm"
-        ):
-            raise ConfigError(
-                f"a task-wise optimizer needs per-task weights on gradients over all shared parameters; combiner "
-                f"'{combiner.name}' (grad_source={combiner.grad_source}) does not provide them: use a loss weighting or a "
-                f"Gramian weighting (mgda, imtl_g, nash_mtl, upgrad, cagrad, fairgrad, aligned_mtl, dibs_mtl, ...) with grad_source=params"
-            )
+        # the step strategy, chosen once (refuses a task sink the combiner cannot feed: see engine_steps.check_task_sink)
+        self.strategy: StepStrategy = choose_strategy(combiner, task_wise=task_sink is not None)
 
     # ------------------------------------------------------------------ distributed
     def _check_distributed(self) -> None:
@@ -168,29 +125,6 @@ class GradientEngine:
                 f"combiner '{comb.name}' with grad_source=representation is not exact under DDP "
                 f"(world size {self.dist.world_size}): {REPRESENTATION_NOTE}; use combiner.grad_source with one of {others}"
             )
-
-    def _global(self, stacked: torch.Tensor, global_losses: torch.Tensor) -> torch.Tensor:
-        """What a loss weighting combines: under DDP the global-batch losses as values, the local ones for
-        gradients (so ∂f/∂L_k is evaluated at the global losses on every rank); the losses themselves otherwise."""
-        return with_global_value(stacked, global_losses) if self.dist.enabled else stacked
-
-    def _representation_ddp(
-        self, grads: torch.Tensor, detached: torch.Tensor, loss_scale: float | None
-    ) -> tuple[torch.Tensor, Aggregation | None]:
-        """``grads`` is this rank's block G_r of the per-sample representation gradients (w.r.t. its local mean
-        losses).  The global G is [G_1, ..., G_W] / W, so its Gramian is Σ_r G_r G_rᵀ / W²: the weights come from
-        it (the same on every rank) and the rank's cotangent is wᵀG_r — the global direction's block times W,
-        which the final average of the parameter gradients divides out.  ``None``: fp16 overflow on some rank."""
-        if loss_scale is not None:
-            grads = grads / loss_scale
-        gramian = grads @ grads.T
-        self.dist.sum_(gramian)
-        gramian = gramian / self.dist.world_size**2
-        if loss_scale is not None and not bool(torch.isfinite(gramian).all()):  # every rank sees the same Gramian
-            return grads, None
-        assert isinstance(self.combiner, GramianWeighting)  # guaranteed by _check_distributed
-        w = self.combiner.weights_from_gramian(gramian, detached)
-        return grads, Aggregation(w.to(grads) @ grads, w)
 
     # ------------------------------------------------------------------ representation leaves
     @property
@@ -281,16 +215,10 @@ class GradientEngine:
         return rows, head_grads
 
     # ------------------------------------------------------------------ the step
-    def _write_heads(self, head_grads: list[list[torch.Tensor | None]], weights: torch.Tensor) -> None:
-        for k, task in enumerate(self.task_names):
-            for p, g in zip(self.heads[task], head_grads[k]):
-                if g is not None:
-                    accumulate_grad(p, g * weights[k].to(g.dtype))  # (scaled, like the shared grads, in fp16)
-
     def backward(
         self, losses: Mapping[str, torch.Tensor], step: int, rep: Any = None, loss_scale: float | None = None, leaves: Any = None
     ) -> StepResult:
-        """Differentiate the K task losses and write every parameter's ``.grad``.
+        """Differentiate the K task losses and write every parameter's ``.grad`` (or feed the task sink).
 
         ``rep`` is the shared representation and ``leaves`` what the heads were applied to
         (``engine.leaves(rep)``; required by the ``representation`` source and by batched per-task backward).
@@ -304,131 +232,30 @@ class GradientEngine:
         combiner sees are all-reduced to the global-batch means; G over ``params`` / ``last_shared`` is averaged
         before aggregation; under ``representation`` the Gramian is summed (Σ_r G_r G_rᵀ / W²) and each rank
         pushes ``wᵀG_r`` through its encoder; finally every ``.grad`` that still holds a rank-local value is
-        averaged.  Observers receive the global G, except under ``representation`` (the rank's own block)."""
+        averaged.  Observers receive the global G, except under ``representation`` (the rank's own block).
+
+        The work is done by ``self.strategy`` (see :mod:`mtl_bench.engine_steps`)."""
+        x = self._prepare(losses, step, rep, loss_scale, leaves)
+        result = self.strategy.step(self, x)
+        if result is None:  # fp16 overflow
+            return self._skip(x.detached)
+        for o in x.watchers:
+            o.observe(step, result.grads, self.task_names, x.detached, result.source)
+        return result
+
+    def _prepare(
+        self, losses: Mapping[str, torch.Tensor], step: int, rep: Any, loss_scale: float | None, leaves: Any
+    ) -> StepInputs:
+        """The losses in task order (scaled in fp16), their detached global-batch values, and the observers that
+        want G this step."""
         loss_list = [losses[t] for t in self.task_names]
         detached = torch.stack([loss.detach() for loss in loss_list])
         self.dist.average_(detached)  # DDP: the global-batch mean losses (no-op on one process)
+        raw = loss_list
         if loss_scale is not None:
             loss_list = [loss * loss_scale for loss in loss_list]
         watchers = [o for o in self.observers if o.wants_grads(step)]
-        grads: torch.Tensor | None = None
-        source: str | None = None
-        comb = self.combiner
-
-        if isinstance(comb, LossWeighting) and self.task_sink is not None:
-            grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True, keep_graph=True)
-            grads = self._global_grads(grads, loss_scale)
-            source = "params"
-            if grads is None:
-                return self._skip(detached)
-            # the true (unscaled) losses
-            objective, weights = comb.combine(self._global(torch.stack([losses[t] for t in self.task_names]), detached))
-            learnable = [p for p in comb.parameters() if p.requires_grad]
-            if learnable:  # e.g. UW's log-variances: their gradient only needs the (tiny) combiner graph
-                for p, g in zip(learnable, torch.autograd.grad(objective, learnable, allow_unused=True)):
-                    if g is not None:
-                        accumulate_grad(p, g)
-            weights = weights.detach().to(grads.dtype)
-            self.task_sink(grads * weights.unsqueeze(1), self.last_present)
-            self._write_heads(head_grads, weights.to(detached.dtype))
-            self.dist.average_grads(self.head_params)
-            objective = objective.detach()
-        elif isinstance(comb, LossWeighting):
-            if watchers:
-                grads, _ = self.task_gradients(loss_list, rep, with_heads=False, keep_graph=True)
-                grads = self._global_grads(grads, loss_scale)
-                source = "params"
-            if loss_scale is None:
-                objective, weights = comb.combine(self._global(torch.stack(loss_list), detached))
-                objective.backward()
-            else:  # the combiner sees the true losses; only the backward is scaled
-                objective, weights = comb.combine(self._global(torch.stack([loss / loss_scale for loss in loss_list]), detached))
-                (objective * loss_scale).backward()
-            self.dist.average_grads(self.params)  # one coalesced all-reduce (combiner parameters are already global)
-            objective = objective.detach()
-        elif isinstance(comb, GradientAggregator):
-            source = comb.grad_source
-            if self.needs_leaves and (leaves is None or leaves is rep):
-                raise ValueError(f"grad_source='{source}' with this engine needs the heads applied to engine.leaves(rep)")
-            if source == "params":
-                grads, head_grads = self.task_gradients(loss_list, rep, with_heads=True, leaves=leaves)
-                grads = self._global_grads(grads, loss_scale)  # DDP: the global-batch G, before any rank aggregates it
-                if grads is None:
-                    return self._skip(detached)
-                agg = comb.aggregate(grads, detached)
-                weights = self._weights(agg, detached)
-                if self.task_sink is not None:  # per-task weighted gradients instead of their aggregate
-                    self.task_sink(grads * weights.to(grads.dtype).unsqueeze(1), self.last_present)
-                else:
-                    write_flat_grad(self.shared, self._rescale(self._owned(agg.direction, grads), loss_scale))
-                self._write_heads(head_grads, weights)
-                self.dist.average_grads(self.head_params)
-            elif source == "representation":
-                reps = as_tuple(rep)
-                grads, head_grads, post = self._gradient_rows(loss_list, list(as_tuple(leaves)), with_heads=True,
-                                                              keep_graph=False, with_shared=True)
-                if self.dist.enabled:
-                    grads, agg = self._representation_ddp(grads, detached, loss_scale)
-                    if agg is None:
-                        return self._skip(detached)
-                else:
-                    grads = self._unscale(grads, loss_scale)
-                    if grads is None:
-                        return self._skip(detached)
-                    agg = comb.aggregate(grads, detached)
-                weights = self._weights(agg, detached)
-                direction = self._rescale(agg.direction, loss_scale)
-                cot, offset = [], 0
-                for r in reps:
-                    cot.append(direction[offset : offset + r.numel()].view_as(r).to(r.dtype))
-                    offset += r.numel()
-                torch.autograd.backward(reps, grad_tensors=cot)
-                self._write_heads(head_grads, weights)
-                # shared parameters applied after the representation (MTAN's shared attention): weighted sum
-                for k in range(len(loss_list)):
-                    for p, g in zip(self.shared, post[k]):
-                        if g is not None:
-                            accumulate_grad(p, g * weights[k].to(g.dtype))
-                self.dist.average_grads(self.params)
-            elif source == "last_shared":
-                grads, _, _ = self._gradient_rows(loss_list, self.last_shared, with_heads=False, keep_graph=True)
-                grads = self._global_grads(grads, loss_scale)
-                if grads is None:
-                    return self._skip(detached)
-                agg = comb.aggregate(grads, detached)
-                if agg.weights is None:
-                    raise ConfigError(f"combiner '{comb.name}' returned no weights; it cannot use grad_source=last_shared")
-                weights = agg.weights.detach()
-                sum(w * loss for w, loss in zip(weights.to(detached.dtype), loss_list)).backward()
-                self.dist.average_grads(self.params)
-            else:  # pragma: no cover - validated by Combiner.__init__
-                raise ConfigError(f"unknown gradient source '{source}'")
-            objective = (weights.to(detached.dtype) * detached).sum()
-        else:  # pragma: no cover - guarded by the class hierarchy
-            raise TypeError(f"unsupported combiner type {type(comb).__name__}")
-
-        if watchers:
-            for o in watchers:
-                o.observe(step, grads, self.task_names, detached, source)
-        return StepResult(objective, weights.detach(), grads, source)
-
-    def _global_grads(self, grads: torch.Tensor, loss_scale: float | None) -> torch.Tensor | None:
-        """This rank's per-task gradient rows → the global-batch ones (averaged over the ranks under DDP, before
-        the overflow check, so every rank skips together), unscaled; ``None`` if fp16 overflowed."""
-        self.dist.average_(grads)
-        return self._unscale(grads, loss_scale)
-
-    @staticmethod
-    def _unscale(grads: torch.Tensor, loss_scale: float | None) -> torch.Tensor | None:
-        """True per-task gradients from those of scaled losses; ``None`` if fp16 overflowed (inf/NaN)."""
-        if loss_scale is None:
-            return grads
-        grads = grads / loss_scale
-        return grads if bool(torch.isfinite(grads).all()) else None
-
-    @staticmethod
-    def _rescale(direction: torch.Tensor, loss_scale: float | None) -> torch.Tensor:
-        return direction if loss_scale is None else direction * loss_scale
+        return StepInputs(loss_list, raw, detached, rep, leaves, loss_scale, watchers)
 
     def _skip(self, detached: torch.Tensor) -> StepResult:
         """fp16 overflow: mark the shared gradients non-finite so the grad scaler skips this step."""
@@ -436,17 +263,6 @@ class GradientEngine:
             p.grad = torch.full_like(p, float("nan"))
         nan = torch.full_like(detached, float("nan"))
         return StepResult(nan.sum(), nan, None, self.combiner.grad_source)
-
-    @staticmethod
-    def _owned(direction: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        """``direction`` itself, or a copy if it shares memory with the gradient matrix observers read."""
-        if direction.untyped_storage().data_ptr() == grads.untyped_storage().data_ptr():
-            return direction.clone()
-        return direction
-
-    @staticmethod
-    def _weights(agg, detached: torch.Tensor) -> torch.Tensor:
-        return agg.weights.detach().to(detached.dtype) if agg.weights is not None else torch.ones_like(detached)
 
 
 def exact_on_representation(combiner: Combiner) -> bool:

@@ -259,3 +259,114 @@ def test_leaves_make_batched_and_representation_exact_for_structured_representat
     _, rep_grad = step(SumOfGradients(grad_source="representation"))
     torch.testing.assert_close(rep_grad, ew_grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(seq_grad, ew_grad, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- step strategies and declared capabilities
+class DeclaredSum(SumOfGradients):
+    """Σ_k g_k with unit weights: exactly wᵀG, and it says so."""
+
+    provides_task_weights = True
+
+
+class UndeclaredScaled(ScaledMean):
+    """A Gramian weighting that does not declare per-task weights (as if its aggregate clipped the direction)."""
+
+    provides_task_weights = False
+
+
+class Sink:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, grads, present):
+        self.calls.append((grads.clone(), present.clone()))
+
+
+COEFFS = (0.5, 2.0, 0.25)
+
+
+@pytest.mark.parametrize(
+    "make,sink,expected",
+    [
+        (lambda: EqualWeighting("sum"), False, "LossWeightingStep"),
+        (lambda: EqualWeighting("sum"), True, "TaskWiseLossWeightingStep"),
+        (lambda: SumOfGradients(), False, "ParamsAggregationStep"),
+        (lambda: ScaledMean(COEFFS), True, "TaskWiseAggregationStep"),
+        (lambda: SumOfGradients(grad_source="representation"), False, "RepresentationAggregationStep"),
+        (lambda: ScaledMean(COEFFS, grad_source="representation"), False, "RepresentationAggregationStep"),
+        (lambda: ScaledMean(COEFFS, grad_source="last_shared"), False, "LastSharedAggregationStep"),
+    ],
+)
+def test_the_engine_chooses_its_step_strategy_once_from_family_source_and_sink(make, sink, expected):
+    comb = make()
+    comb.setup(list(TASKS))
+    engine = GradientEngine(tiny_model(), comb, TASKS, task_sink=Sink() if sink else None)
+    strategy = engine.strategy
+    assert type(strategy).__name__ == expected
+    assert strategy.source == ({"LossWeightingStep": None}.get(expected, comb.grad_source or "params"))
+    engine.batched = True  # a later change of the engine's settings does not re-choose the strategy
+    assert engine.strategy is strategy
+
+
+def sink_step(comb):
+    model = tiny_model()
+    comb.setup(list(TASKS))
+    sink = Sink()
+    engine = GradientEngine(model, comb, TASKS, task_sink=sink)
+    x, y = tiny_batch()
+    return model, engine.backward(task_losses(model, x, y), step=0), sink
+
+
+@pytest.mark.parametrize("make", [DeclaredSum, lambda: ScaledMean(COEFFS), lambda: EqualWeighting("sum")])
+def test_a_declared_combiner_feeds_the_task_sink_the_weighted_per_task_gradients(make):
+    model, result, sink = sink_step(make())
+    ((sent, present),) = sink.calls
+    torch.testing.assert_close(sent, result.grads * result.weights.unsqueeze(1), rtol=0, atol=0)
+    assert present.tolist() == [True, True, True]
+    assert all(p.grad is None for p in model.shared_parameters())  # the optimizer takes G, not its sum
+    ref = reference_grads(COEFFS if isinstance(make(), ScaledMean) else (1.0, 1.0, 1.0))
+    for name, p in model.named_parameters():  # heads: their own gradient times their task's weight
+        if name.startswith("heads."):
+            torch.testing.assert_close(p.grad, ref[name], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [SumOfGradients, lambda: UndeclaredScaled(COEFFS), lambda: DeclaredSum(grad_source="representation"),
+     lambda: ScaledMean(COEFFS, grad_source="last_shared")],
+)
+def test_the_task_sink_is_refused_unless_declared_over_all_shared_parameters(make):
+    """The refusal follows ``provides_task_weights`` (and ``grad_source=params``), not the class family or name:
+    a plain aggregator declaring it is accepted above, a Gramian weighting not declaring it is refused here."""
+    from mtl_bench.errors import ConfigError
+
+    comb = make()
+    comb.setup(list(TASKS))
+    with pytest.raises(ConfigError, match=r"does not provide them: use a loss weighting or .*\(.*mgda.*upgrad\) with grad_source=params"):
+        GradientEngine(tiny_model(), comb, TASKS, task_sink=Sink())
+    GradientEngine(tiny_model(), comb, TASKS)  # fine without a task-wise optimizer
+
+
+def test_registered_aggregators_declare_task_weights_exactly_where_the_direction_is_wtg():
+    """``provides_task_weights`` promises direction = wᵀG with w in ``Aggregation.weights``: check it on an
+    imbalanced random G for every registered aggregator that declares it; those that override ``aggregate``
+    with something else (Aligned-MTL's head weights, Nash-MTL's and DiBS-MTL's norm clipping) do not."""
+    from mtl_bench.combiners import COMBINERS, GradientAggregator, LossWeighting
+    from tests.combiner_utils import losses_for, random_grads
+
+    assert all(c.provides_task_weights for c in COMBINERS.values() if issubclass(c, LossWeighting))
+    declared = sorted(n for n, c in COMBINERS.items() if issubclass(c, GradientAggregator) and c.provides_task_weights)
+    assert declared == ["cagrad", "fairgrad", "gcs", "gradnorm", "imtl_g", "mgda", "mgda_ub", "ol_aux", "upgrad"]
+    counterexamples = {"aligned_mtl": {}, "nash_mtl": {}, "dibs_mtl": {"max_norm": 1e-9}, "dibs_mtl_multi": {"max_norm": 1e-9}}
+    for name, cls in COMBINERS.items():
+        if not issubclass(cls, GradientAggregator) or not (cls.provides_task_weights or name in counterexamples):
+            continue
+        comb = cls(**counterexamples.get(name, {}))
+        if hasattr(comb, "set_roles"):
+            comb.set_roles(["a"])
+        comb.setup(["a", "b", "c"])
+        comb.double()
+        grads = random_grads(3, 50, seed=1, scales=(1.0, 10.0, 0.1))
+        agg = comb.aggregate(grads, losses_for(3))
+        exact = agg.weights is not None and torch.allclose(agg.direction, agg.weights.to(grads) @ grads, rtol=1e-10, atol=1e-12)
+        assert exact == cls.provides_task_weights, name
