@@ -100,9 +100,9 @@ def test_checkpoints_load_weights_only_and_restore_the_model(make_cfg, tmp_path)
 
 
 def test_nan_loss_stops_naming_step_and_task_and_keeps_last_good_checkpoint(make_cfg, tmp_path, monkeypatch):
-    import mtl_bench.train as train_mod
+    import mtl_bench.data.base as data_base  # (the class whose select_tasks every benchmark uses)
 
-    real = train_mod.Benchmark.select_tasks
+    real = data_base.Benchmark.select_tasks
 
     def poisoned(self, names):
         tasks = real(self, names)
@@ -119,7 +119,7 @@ def test_nan_loss_stops_naming_step_and_task_and_keeps_last_good_checkpoint(make
         tasks["t1"] = dataclasses.replace(tasks["t1"], loss=loss)
         return tasks
 
-    monkeypatch.setattr(train_mod.Benchmark, "select_tasks", poisoned)
+    monkeypatch.setattr(data_base.Benchmark, "select_tasks", poisoned)
     with pytest.raises(NonFiniteLossError) as info:
         build_and_train(make_cfg("trainer.epochs=3"))
     err = info.value
@@ -136,10 +136,10 @@ def test_nan_loss_stops_naming_step_and_task_and_keeps_last_good_checkpoint(make
 
 def test_loss_outside_the_combiners_domain_is_reported_at_the_step(make_cfg, monkeypatch):
     """Log/inverse-loss combiners declare a lower bound; the trainer's per-step check enforces it."""
-    import mtl_bench.train as train_mod
+    import mtl_bench.data.base as data_base  # (the class whose select_tasks every benchmark uses)
     from mtl_bench.errors import ConfigError
 
-    real = train_mod.Benchmark.select_tasks
+    real = data_base.Benchmark.select_tasks
 
     def shifted(self, names):
         tasks = real(self, names)
@@ -147,7 +147,7 @@ def test_loss_outside_the_combiners_domain_is_reported_at_the_step(make_cfg, mon
         tasks["t0"] = dataclasses.replace(tasks["t0"], loss=lambda p, t: base(p, t) - 1e3)  # always negative
         return tasks
 
-    monkeypatch.setattr(train_mod.Benchmark, "select_tasks", shifted)
+    monkeypatch.setattr(data_base.Benchmark, "select_tasks", shifted)
     with pytest.raises(ConfigError, match=r"combiner 'uw_o' is defined for task losses >= 0 only.*task 't0' has loss -.* at global step 1"):
         build_and_train(make_cfg("combiner=uw_o"))
 
