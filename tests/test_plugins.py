@@ -170,3 +170,23 @@ def test_a_mode_target_that_is_not_a_mode_names_the_registered_ones(make_cfg):
         build_and_train(make_cfg("mode._target_=collections.OrderedDict"))
     with pytest.raises(ConfigError, match=r"mode._target_=nowhere.Mode: cannot import it"):
         build_and_train(make_cfg("mode._target_=nowhere.Mode"))
+
+
+def test_a_dependency_that_another_process_is_training_is_waited_for_then_reused(make_cfg):
+    import subprocess
+    import sys
+
+    cfg = make_cfg(f"mode._target_={HERE}.TargetFirstMode")
+    stl = Path(cfg.paths.output_dir).parent / "stl_t0"
+    # another job of a parallel sweep owns the dependency's folder: it finishes it 2 s later
+    code = (f"import json, time; from mtl_bench import runlock; runlock.acquire({str(stl)!r}); print('owned', flush=True); "
+            f"time.sleep(2); open({str(stl / 'summary.json')!r}, 'w').write(json.dumps({{'status': 'completed'}}))")
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "owned"
+        summary = build_and_train(cfg)
+    finally:
+        other.wait(timeout=60)
+    assert summary["status"] == "completed"
+    assert summary["toy"] == {"baseline_tasks": None}  # not trained by this job: waited for, then reused
+    assert not (stl / "metrics.jsonl").exists()
