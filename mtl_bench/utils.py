@@ -200,3 +200,20 @@ def markdown_table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], align:
     lines = ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in body]
     lines.insert(1, "|" + "|".join(_MD_ALIGN[a] for a in align) + "|")
     return "\n".join(lines)
+
+
+def registrar(table: dict[str, type], kind: str) -> Any:
+    """``register(name)`` for one registry (combiners, modes): a class decorator that sets ``cls.name`` and enters the
+    class in ``table``; a name registered twice is an error."""
+
+    def register(name: str) -> Any:
+        def deco(cls: type) -> type:
+            if name in table:
+                raise ValueError(f"{kind} '{name}' registered twice")
+            cls.name = name
+            table[name] = cls
+            return cls
+
+        return deco
+
+    return register

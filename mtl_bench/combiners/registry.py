@@ -6,18 +6,10 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 from mtl_bench.combiners.base import Combiner
+from mtl_bench.utils import registrar
 
 COMBINERS: dict[str, type[Combiner]] = {}
 
 C = TypeVar("C", bound=type[Combiner])
 
-
-def register(name: str) -> Callable[[C], C]:
-    def deco(cls: C) -> C:
-        if name in COMBINERS:
-            raise ValueError(f"combiner '{name}' registered twice")
-        cls.name = name
-        COMBINERS[name] = cls
-        return cls
-
-    return deco
+register: Callable[[str], Callable[[C], C]] = registrar(COMBINERS, "combiner")

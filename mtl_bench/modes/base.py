@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 
 from mtl_bench.data.base import Benchmark
 from mtl_bench.errors import ConfigError
+from mtl_bench.utils import registrar
 
 
 @dataclass(frozen=True)
@@ -116,15 +117,7 @@ MODES: dict[str, type[Mode]] = {}
 M = TypeVar("M", bound=type[Mode])
 
 
-def register_mode(name: str) -> Callable[[M], M]:
-    def deco(cls: M) -> M:
-        if name in MODES:
-            raise ValueError(f"mode '{name}' registered twice")
-        cls.name = name
-        MODES[name] = cls
-        return cls
-
-    return deco
+register_mode: Callable[[str], Callable[[M], M]] = registrar(MODES, "mode")
 
 
 def mode_class(spec: Mapping[str, Any]) -> type[Mode]:
