@@ -9,7 +9,9 @@ into one tree is ambiguous and reported as such.  For each pair the script compa
 * ``summary.json``: every value, exactly (floats with ``==``), after two normalisations: the tree's own root and
   every timestamp inside strings are replaced by placeholders (run folders, STL-baseline paths), and
   measurements of time are left out (keys ending in ``_time_s`` or ``_s`` under ``time/``, ``time``,
-  ``wall_time_s``);
+  ``wall_time_s``), and so are the records of the run's surroundings rather than its results
+  (:data:`SURROUNDINGS`: the thread count chosen from the machine's load, the sibling runs of a parallel sweep that
+  existed when the job looked for STL baselines; ``--ignore a.b.c`` adds more);
 * ``metrics.jsonl``: the same number of records, each equal to its counterpart with the same normalisations.
 
 It prints one line per difference (at most ``--max-lines``) and a final count; exit status 1 when anything
@@ -29,6 +31,10 @@ from typing import Any, Iterator
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(?:-\d+)?")
 TIME_KEY = re.compile(r"(^|/)time/|_time_s$|^time$|^wall_time_s$")
+# summary entries that describe the run's surroundings, not its results: the intra-op threads chosen from the load
+# of the machine at start (trainer.num_threads unset), and the runs of a parallel sweep's folder that were present,
+# and skipped as not STL, when the job collected its Δm baselines (which siblings had finished depends on timing)
+SURROUNDINGS = ("threads", "delta_m.source.skipped")
 
 
 def run_key(root: Path, run_dir: Path) -> str:
@@ -57,6 +63,18 @@ def normalise(value: Any, root: str) -> Any:
     if isinstance(value, list):
         return [normalise(v, root) for v in value]
     return value
+
+
+def drop(summary: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
+    """``summary`` without the entries at the dotted ``paths`` (where present)."""
+    for path in paths:
+        *parents, last = path.split(".")
+        node: Any = summary
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return summary
 
 
 def differences(a: Any, b: Any, where: str, allow_new: bool) -> Iterator[str]:
@@ -94,10 +112,11 @@ def read_records(path: Path) -> list[Any]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def compare_run(key: str, before: Path, after: Path, roots: tuple[str, str], allow_new: bool) -> Iterator[str]:
+def compare_run(key: str, before: Path, after: Path, roots: tuple[str, str], allow_new: bool,
+                ignore: tuple[str, ...] = SURROUNDINGS) -> Iterator[str]:
     """Differences of one run: its summary, then its metrics records."""
-    sa = normalise(json.loads((before / "summary.json").read_text()), roots[0])
-    sb = normalise(json.loads((after / "summary.json").read_text()), roots[1])
+    sa = drop(normalise(json.loads((before / "summary.json").read_text()), roots[0]), ignore)
+    sb = drop(normalise(json.loads((after / "summary.json").read_text()), roots[1]), ignore)
     yield from differences(sa, sb, f"{key}: summary", allow_new)
     ra = normalise(read_records(before / "metrics.jsonl"), roots[0])
     rb = normalise(read_records(after / "metrics.jsonl"), roots[1])
@@ -107,7 +126,8 @@ def compare_run(key: str, before: Path, after: Path, roots: tuple[str, str], all
         yield from differences(x, y, f"{key}: metrics.jsonl[{i}]", allow_new)
 
 
-def compare_trees(before: Path, after: Path, allow_new: bool = False) -> tuple[list[str], int]:
+def compare_trees(before: Path, after: Path, allow_new: bool = False, ignore: tuple[str, ...] = SURROUNDINGS
+                  ) -> tuple[list[str], int]:
     """Every difference between the two trees and the number of runs compared."""
     runs_a, clash_a = find_runs(before)
     runs_b, clash_b = find_runs(after)
@@ -117,7 +137,7 @@ def compare_trees(before: Path, after: Path, allow_new: bool = False) -> tuple[l
     roots = (str(before.resolve()), str(after.resolve()))
     common = [k for k in runs_a if k in runs_b]
     for key in common:
-        lines.extend(compare_run(key, runs_a[key], runs_b[key], roots, allow_new))
+        lines.extend(compare_run(key, runs_a[key], runs_b[key], roots, allow_new, ignore))
     return lines, len(common)
 
 
@@ -126,13 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--allow-new-keys", action="store_true", help="keys only in AFTER are not differences")
+    parser.add_argument("--ignore", action="append", default=[], metavar="A.B.C",
+                        help=f"a summary entry to leave out too (always left out: {', '.join(SURROUNDINGS)})")
     parser.add_argument("--max-lines", type=int, default=50)
     args = parser.parse_args(argv)
     for root in (args.before, args.after):
         if not root.is_dir():
             print(f"compare_runs: {root} is not a folder", file=sys.stderr)
             return 2
-    lines, n = compare_trees(args.before, args.after, args.allow_new_keys)
+    lines, n = compare_trees(args.before, args.after, args.allow_new_keys, (*SURROUNDINGS, *args.ignore))
     for line in lines[: args.max_lines]:
         print(line)
     if len(lines) > args.max_lines:

@@ -33,6 +33,18 @@ def test_timestamps_roots_and_times_are_not_differences(tmp_path):
     assert (lines, n) == ([], 1)
 
 
+def test_the_run_s_surroundings_are_not_results(tmp_path):
+    first = {**SUMMARY, "threads": {"intra_op": 2}, "delta_m": {"stl_runs": [], "source": {"skipped": []}}}
+    write_run(tmp_path / "a", "2026-12-07_22-36-06-489916", first, RECORDS)
+    moved = {**SUMMARY, "threads": {"intra_op": 1}, "delta_m": {"stl_runs": [], "source": {"skipped": [["x", "mtl"]]}}}
+    write_run(tmp_path / "b", "2026-12-07_22-36-06-489916", moved, RECORDS)
+    assert compare_runs.compare_trees(tmp_path / "a", tmp_path / "b")[0] == []
+    lines, _ = compare_runs.compare_trees(tmp_path / "a", tmp_path / "b", ignore=())
+    assert len(lines) == 2 and lines[0].endswith("summary.threads.intra_op: 2 -> 1")
+    assert compare_runs.compare_trees(tmp_path / "a", tmp_path / "b", ignore=("delta_m",))[0] == [
+        "study/multiruns/<time>/0_seed=0: summary.threads.intra_op: 2 -> 1"]
+
+
 def test_a_changed_result_is_reported_with_its_place(tmp_path):
     write_run(tmp_path / "a", "2026-12-07_22-36-06-489916", SUMMARY, RECORDS)
     changed = {**SUMMARY, "selected": {"val/loss": 0.25, "test/t0/mse": 1.5 + 2**-40}}
