@@ -40,7 +40,7 @@ def test_the_run_s_surroundings_are_not_results(tmp_path):
     write_run(tmp_path / "b", "2026-12-07_22-36-06-489916", moved, RECORDS)
     assert compare_runs.compare_trees(tmp_path / "a", tmp_path / "b")[0] == []
     lines, _ = compare_runs.compare_trees(tmp_path / "a", tmp_path / "b", ignore=())
-    assert len(lines) == 2 and lines[0].endswith("summary.threads.intra_op: 2 -> 1")
+    assert len(lines) == 2 and lines[1].endswith("summary.threads.intra_op: 2 -> 1")
     assert compare_runs.compare_trees(tmp_path / "a", tmp_path / "b", ignore=("delta_m",))[0] == [
         "study/multiruns/<time>/0_seed=0: summary.threads.intra_op: 2 -> 1"]
 
