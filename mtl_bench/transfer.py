@@ -28,6 +28,7 @@ import copy
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,9 @@ def source_config(cfg: DictConfig, kind: str, task: str | None) -> DictConfig:
 # keys that do not change what a source run learns: where it runs, how it logs and checkpoints, and its seed and
 # names (the seed names its own source folder)
 NOT_IDENTITY = (*RUNTIME_KEYS, "seed", "experiment_name", "optimized_metric")
+# the classes that implement a mode (named by mode.name) and the diagnostics (which never change what a run learns):
+# implementation paths, kept out of the identity so that moving a class does not orphan the sources trained before
+IMPLEMENTATION_KEY = re.compile(r"^mode\._target_$|^diagnostics\.[^.]+\._target_$")
 
 
 def source_identity(src_cfg: DictConfig) -> str:
@@ -138,7 +142,7 @@ def source_identity(src_cfg: DictConfig) -> str:
     with open_dict(probe):
         probe.seed = 0  # seed-derived values (e.g. dataset.aug_seed: ${seed}) must not change the identity
     flat = flatten_dict(OmegaConf.to_container(probe, resolve=True))
-    kept = {k: v for k, v in sorted(flat.items()) if not k.startswith(NOT_IDENTITY)}
+    kept = {k: v for k, v in sorted(flat.items()) if not k.startswith(NOT_IDENTITY) and not IMPLEMENTATION_KEY.match(k)}
     combiner = str(flat.get("combiner._target_", "")).rsplit(".", 1)[-1]
     digest = hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{combiner or 'run'}-{digest}"

@@ -129,3 +129,20 @@ def test_bad_transfer_settings_are_clear_errors(make_cfg, env):
         run_dependencies(untrained, build_mode(untrained), SimpleNamespace(enabled=True))
     with pytest.raises(ConfigError, match="needs an image dataset"):
         build_and_train(make_cfg("mode=transfer", "mode.source=mtl", f"paths.output_root={env / 'syn'}"))
+
+
+def test_a_source_s_identity_ignores_implementation_paths_only(make_cfg, env):
+    from omegaconf import open_dict
+
+    from mtl_bench import transfer
+
+    def identity(*extra: str) -> str:
+        cfg = make_cfg(*overrides(env, "mode.source=mtl", *extra), tiny=False)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(env / "unused")
+        return transfer.source_identity(transfer.source_config(cfg, "mtl", None))
+
+    base = identity()
+    # where the diagnostics' classes live changes nothing a source learns: its sources stay reusable
+    assert identity("diagnostics.au._target_=elsewhere.AU", "diagnostics.conflicts._target_=elsewhere.Probe") == base
+    assert identity("optimizer.lr=0.5") != base and identity("diagnostics.au.decay=0.5") != base
