@@ -224,6 +224,27 @@ class MultiDigitsDatasetConf:
 
 
 @dataclass
+class MultiMNISTDatasetConf:
+    """MultiMNIST generated from MNIST's IDX files (``mtl_bench.data.multimnist``); checked by the builder."""
+
+    _target_: str = "mtl_bench.data.multimnist.build_multimnist"
+    name: str = "multimnist"
+    root: str = "${paths.data_dir}/mnist"  # holds MNIST/raw/*-ubyte[.gz] (torchvision's layout)
+    cache_dir: Optional[str] = "${paths.data_dir}/mnist/multimnist_cache"  # None: no cache
+    seed: int = 0  # data seed, independent of the training seed
+    val_size: int = 10000  # last MNIST training images held out for validation
+    n_train: Optional[int] = None  # pairs per split; None: one per source image
+    n_val: Optional[int] = None
+    n_test: Optional[int] = None
+    canvas: int = 36
+    offset: int = 6
+    size: Optional[int] = 28  # None: keep the canvas size
+    mean: float = 0.1307
+    std: float = 0.3081
+    tasks: Optional[List[str]] = None  # None: [left, right]
+
+
+@dataclass
 class _OptimizerBase:
     _partial_: bool = True
     _convert_: str = "all"  # plain lists in param_groups, so optimizer state saves with weights_only
@@ -261,7 +282,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "transfer": TransferModeConf},
     "schema/logger": {"wandb": WandbLoggerConf, "none": NoLoggerConf},
     "schema/dataset": {"synthetic": SyntheticDatasetConf, "synthetic_images": SyntheticImagesDatasetConf,
-                       "multi_digits": MultiDigitsDatasetConf},
+                       "multi_digits": MultiDigitsDatasetConf, "multimnist": MultiMNISTDatasetConf},
     "schema/optimizer": {"adam": AdamConf, "adamw": AdamWConf, "sgd": SGDConf},
 }
 

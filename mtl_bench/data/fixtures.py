@@ -169,3 +169,47 @@ def write_fixtures(
         "cityscapes": write_cityscapes_fixture(root / "cityscapes", n_train, n_test, cityscapes_size, seed + 1, dtype),
         "celeba": write_celeba_fixture(root / "celeba", celeba_n, seed + 2),
     }
+
+
+MNIST_FILES = {  # source split -> (images file, labels file), torchvision's names under <root>/MNIST/raw
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write a ``uint8`` array as an IDX file (magic ``0x0800 | ndim``: 2051 for N×rows×cols images, 2049 for N
+    labels; big-endian dimensions, then the bytes); gzip-compressed when ``path`` ends in ``.gz``.  Returns ``path``."""
+    import gzip
+
+    path = Path(path)
+    arr = np.ascontiguousarray(array, dtype=np.uint8)
+    header = (0x0800 | arr.ndim).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = header + arr.tobytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def write_mnist_fixture(
+    root: str | os.PathLike, n_train: int = 64, n_test: int = 32, seed: int = 0, compress: bool = False,
+) -> Path:
+    """Write ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` (torchvision's MNIST layout):
+    28×28 ``uint8`` "digits" (random strokes inside the central 20×20 box, as MNIST centres its digits, each with
+    a 255 pixel) and labels 0..9.  Returns ``root``."""
+    rng = np.random.default_rng(seed)
+    raw = Path(root) / "MNIST" / "raw"
+    suffix = ".gz" if compress else ""
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        box = rng.integers(0, 256, size=(n, 20, 20)) * (rng.random((n, 20, 20)) < 0.3)
+        box[:, 10, 10] = 255
+        images[:, 4:24, 4:24] = box
+        image_file, label_file = MNIST_FILES[split]
+        write_idx(raw / f"{image_file}{suffix}", images)
+        write_idx(raw / f"{label_file}{suffix}", rng.integers(0, 10, size=n).astype(np.uint8))
+    return Path(root)
