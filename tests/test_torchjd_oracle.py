@@ -334,3 +334,20 @@ def test_new_methods_declare_their_family():
     tm = COMBINERS["trimmed_mean"]
     assert not issubclass(tm, GramianWeighting) and not tm.provides_task_weights
     assert "last_shared" not in tm.supported_sources
+
+
+@pytest.mark.parametrize("k, d, seed", FULL_RANK)
+def test_upgrad_and_dualproj_match_torchjd_with_a_weak_regulariser(k, d, seed):
+    # TorchJD's default reg_eps = 1e-4 acts on the trace-normalised Gramian, so with row norms over two decades it is
+    # as large as the smallest task's squared norm (deviations up to 30 %).  With reg_eps = 1e-10 (full-rank M, so
+    # quadprog still gets a positive-definite matrix) the same bound shrinks by 1e3 and both methods agree closely.
+    pytest.importorskip("quadprog")
+    from torchjd.linalg import QuadprogProjector
+
+    g = grads(k, d, seed)
+    m, pref = (g @ g.T).numpy(), np.full(k, 1.0 / k)
+    projector = QuadprogProjector(norm_eps=0.0, reg_eps=1e-10)
+    bound_up = _dual_cone_bound(g, dual_cone_weights(m, np.eye(k)), pref, reg_eps=1e-10)
+    bound_dp = _dual_cone_bound(g, dual_cone_weights(m, pref), np.ones(1), reg_eps=1e-10)
+    assert float((ours("upgrad", g) - tjd.UPGrad(projector=projector)(g)).norm()) <= bound_up
+    assert float((ours("dualproj", g) - tjd.DualProj(projector=projector)(g)).norm()) <= bound_dp
