@@ -32,6 +32,7 @@ DISTINCT = {
     "ls": {"point": 3},
     "aux_weight": {"weight": 0.3},  # λ = 1 is EW
     "ol_aux": {"beta": 0.5, "update_every": 1},  # weights start at 1 (EW) and adapt from the first step
+    "stch": {"warmup_epochs": 0, "normalise": False},  # the warm-up objective Σ log L has UW-O's gradient
 }
 
 

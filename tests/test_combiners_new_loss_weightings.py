@@ -82,3 +82,96 @@ def test_uw_so_rejects_bad_temperature_and_negative_losses():
     with pytest.raises(ConfigError, match="negative"):
         built("uw_so").weights(torch.tensor([0.5, -0.1, 1.0]))
     assert built("uw_so").loss_lower_bound() == 0.0
+
+
+# ====================================================================== STCH
+def stch_active(mu: float = 1.0, tasks=("a", "b", "c"), **kwargs):
+    """STCH past its warm-up and nadir epochs (``normalise=False``: z = 1)."""
+    return built("stch", tasks=tasks, mu=mu, warmup_epochs=0, normalise=False, **kwargs)
+
+
+def test_stch_config_has_the_official_defaults():
+    comb = from_config("stch")
+    assert (comb.mu, comb.warmup_epochs, comb.normalise, comb.eps) == (1.0, 4, True, 1e-20)
+
+
+def test_stch_hand_computed_two_task_case():
+    comb = stch_active(mu=0.5, tasks=("a", "b"))
+    losses = torch.tensor([2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    objective, w = comb.combine(losses)
+    # ℓ = (log 2, −log 2); ℓ/μ = (2 log 2, −2 log 2) → exp = (4, 1/4); p = (16/17, 1/17)
+    assert math.isclose(float(objective.detach()), 2 * 0.5 * math.log(4 + 0.25), rel_tol=1e-12)
+    p = torch.tensor([16 / 17, 1 / 17], dtype=torch.float64)
+    torch.testing.assert_close(comb.softmax_weights(losses), p, rtol=1e-12, atol=0)
+    expected = 2 * p / losses.detach()
+    torch.testing.assert_close(w, expected, rtol=1e-12, atol=0)
+    objective.backward()
+    torch.testing.assert_close(losses.grad, expected, rtol=1e-12, atol=0)
+
+
+def test_stch_weights_are_a_softmax_and_small_mu_gives_the_max():
+    losses = torch.tensor([0.3, 2.0, 0.9], dtype=torch.float64)
+    ell = torch.log(losses)
+    for mu in (0.1, 1.0, 10.0):
+        p = stch_active(mu=mu).softmax_weights(losses)
+        torch.testing.assert_close(p, torch.softmax(ell / mu, 0), rtol=1e-12, atol=0)
+        assert math.isclose(float(p.sum()), 1.0, rel_tol=1e-12)
+    for mu in (1e-2, 1e-3, 1e-4):
+        comb = stch_active(mu=mu)
+        objective, _ = comb.combine(losses)
+        assert 0 <= float(objective) / 3 - float(ell.max()) <= mu * math.log(3) + 1e-12
+        assert float(comb.softmax_weights(losses)[1]) > 1 - 1e-6
+
+
+def test_stch_warmup_then_nadir_epoch_then_normalised_objective():
+    comb = built("stch", warmup_epochs=2)
+    theta = theta0().requires_grad_(True)
+    losses = toy_losses(theta)
+    for epoch in range(2):  # epochs 0, 1: Σ log L, no nadir statistics
+        objective, w = comb.combine(losses)
+        torch.testing.assert_close(objective, torch.log(losses + 1e-20).sum())
+        torch.testing.assert_close(w, 1 / losses.detach())
+        comb.on_epoch_end(epoch + 1, {})
+    assert comb.phase() == "nadir" and int(comb.nadir_count) == 0
+    batches = [losses.detach(), 2 * losses.detach()]
+    for b in batches:
+        objective, _ = comb.combine(b)
+        torch.testing.assert_close(objective, torch.log(b).sum())
+    comb.on_epoch_end(3, {})
+    assert comb.phase() == "stch"
+    z = (batches[0] + batches[1]) / 2
+    objective, w = comb.combine(losses)
+    ell = torch.log(losses / z + 1e-20)
+    torch.testing.assert_close(objective, 3 * torch.logsumexp(ell, 0))
+    torch.testing.assert_close(comb.nadir, z)
+    (grad,) = torch.autograd.grad(objective, theta)
+    jac = torch.autograd.functional.jacobian(toy_losses, theta.detach())
+    torch.testing.assert_close(grad, w @ jac)  # the returned weights are ∂objective/∂L_k
+
+
+def test_stch_normalisation_makes_it_invariant_to_task_loss_scales():
+    """With the nadir from the same losses times c_k, the update equals the unscaled one (log(cL/(cz)) = log(L/z))."""
+    grads = []
+    for c in ((1.0, 1.0, 1.0), (1e-3, 1.0, 50.0)):
+        comb = built("stch", warmup_epochs=0)
+        scales = torch.tensor(c, dtype=torch.float64)
+        comb.combine(toy_losses(theta0()) * scales * 1.3)
+        comb.on_epoch_end(1, {})
+        theta = theta0().requires_grad_(True)
+        objective, _ = comb.combine(toy_losses(theta) * scales)
+        grads.append(torch.autograd.grad(objective, theta)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=0)
+
+
+def test_stch_state_round_trip_and_bad_config():
+    comb = built("stch", warmup_epochs=0)
+    comb.combine(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    comb.on_epoch_end(1, {})
+    comb.combine(torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64))
+    other = built("stch", warmup_epochs=0)
+    other.load_state_dict(comb.state_dict())
+    losses = torch.tensor([0.5, 1.0, 4.0], dtype=torch.float64)
+    torch.testing.assert_close(other.combine(losses)[1], comb.combine(losses)[1], rtol=0, atol=0)
+    for key, bad in (("mu", 0.0), ("mu", -1.0), ("warmup_epochs", -1), ("warmup_epochs", 1.5), ("normalise", "yes")):
+        with pytest.raises(ConfigError, match=key):
+            COMBINERS["stch"](**{key: bad})
