@@ -128,3 +128,49 @@ def test_pcd_tau_per_secondary_task_is_checked_against_the_tasks():
         make("pcd", 4, tau=[0.1, 0.2])
     with pytest.raises(ConfigError, match="combiner.tau"):
         COMBINERS["pcd"](tau=1.5)
+
+
+# --- CR-MOGM --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k, d, seed", [c for c in CASES if c[0] <= c[1]])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.9])
+def test_cr_mogm_matches_torchjd_around_imtl_g_over_steps(k, d, seed, alpha):
+    # IMTL-G is wrapped on both sides because both compute it exactly on full-rank Gramians (the first oracle file:
+    # rounding ≤ 10·cond(M)·K·eps relative).  The moving average is a convex combination of the per-step weights,
+    # so it does not amplify their errors: tolerance max_t 10·cond(M_t)·K·eps (relative to the weights), applied
+    # to the update through ‖Σ_k Δλ_k g_k‖ ≤ ‖Δλ‖₁ max_k ‖g_k‖.
+    ours = make("cr_mogm", k, weighting="imtl_g", alpha=alpha)
+    ref = tjd.GramianWeightedAggregator(tjd.CRMOGMWeighting(tjd.IMTLGWeighting(), alpha=alpha))
+    worst_cond = 1.0
+    for t in range(4):
+        g = grads(k, d, 10 * seed + t)
+        worst_cond = max(worst_cond, float(torch.linalg.cond(g @ g.T)))
+        agg, expected = step(ours, g), ref(g)
+        tol = 10 * worst_cond * k * EPS * float(agg.weights.abs().sum()) * float(g.norm(dim=1).max())
+        assert float((agg.direction - expected).norm()) <= tol
+
+
+def test_cr_mogm_is_the_stated_moving_average_of_the_wrapped_weights():
+    gs = [grads(3, 10, 30 + t) for t in range(4)]
+    inner = make("mgda", 3)
+    fresh = [inner.weights_from_gramian(g @ g.T, torch.ones(3, dtype=g.dtype)) for g in gs]
+    for alpha in (0.0, 0.3, 1.0):
+        comb, expected = make("cr_mogm", 3, alpha=alpha), fresh[0]
+        for t, g in enumerate(gs):
+            expected = expected if t == 0 else alpha * expected + (1 - alpha) * fresh[t]
+            agg = step(comb, g)
+            assert torch.allclose(agg.weights, expected, rtol=1e-14, atol=1e-15)
+            assert torch.allclose(agg.direction, agg.weights @ g, rtol=1e-13, atol=0)
+            assert float(agg.weights.sum()) == pytest.approx(1.0, abs=1e-13)  # MGDA's simplex weights stay on it
+        if alpha == 1.0:
+            assert torch.allclose(agg.weights, fresh[0], rtol=1e-14, atol=0)  # frozen at the first step's weights
+
+
+def test_cr_mogm_rejects_what_it_cannot_wrap():
+    for bad in ("ew", "aligned_mtl", "cr_mogm", "nope"):
+        with pytest.raises(ConfigError, match="combiner.weighting"):
+            COMBINERS["cr_mogm"](weighting=bad)
+    with pytest.raises(ConfigError, match="combiner.alpha"):
+        COMBINERS["cr_mogm"](alpha=1.5)
+    comb = make("cr_mogm", 3, weighting="upgrad", weighting_kwargs={"pref_vector": [1.0, 1.0, 1.0]})
+    assert comb.describe()["scale"] == "pref_vector"
