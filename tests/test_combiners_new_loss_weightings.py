@@ -175,3 +175,111 @@ def test_stch_state_round_trip_and_bad_config():
     for key, bad in (("mu", 0.0), ("mu", -1.0), ("warmup_epochs", -1), ("warmup_epochs", 1.5), ("normalise", "yes")):
         with pytest.raises(ConfigError, match=key):
             COMBINERS["stch"](**{key: bad})
+
+
+# ====================================================================== IMTL (LibMTL's hybrid)
+def orthogonal_grads(k: int = 3, d: int = 8, norms=(1.0, 1.0, 1.0)) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(d, k, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    return q.T * torch.tensor(norms, dtype=torch.float64).unsqueeze(1)
+
+
+def imtl_with_scales(s):
+    comb = built("imtl")
+    comb.double()
+    with torch.no_grad():
+        comb.log_scale.copy_(torch.tensor(s, dtype=torch.float64))
+    return comb
+
+
+def test_imtl_config_and_declarations():
+    comb = from_config("imtl")
+    assert comb.lr is None and comb.grad_source == "params" and comb.scale == "unit_sum"
+    assert comb.provides_task_weights is False and comb.supported_sources == ("params", "representation")
+    assert built("imtl").optimizer_overrides() == {"weight_decay": 0.0}
+
+
+@pytest.mark.parametrize("s", [(0.0, 0.0, 0.0), (0.7, -1.2, 0.3)])
+def test_imtl_equal_norm_orthogonal_gradients_give_the_mean(s):
+    """Equal-norm orthogonal g: the scaled gradients stay orthogonal, α̃_k ∝ e^{−s_k}, so the effective weights
+    α̃_k e^{s_k} are all equal, 1/Σ_j e^{−s_j} (1/K at s = 0): the direction is the mean gradient times
+    K/Σ_j e^{−s_j}; the heads get e^{s}."""
+    comb = imtl_with_scales(s)
+    grads = orthogonal_grads(norms=(2.0, 2.0, 2.0))
+    agg = comb.aggregate(grads, torch.ones(3, dtype=torch.float64))
+    factor = 3 / float(torch.exp(-torch.tensor(s, dtype=torch.float64)).sum())
+    torch.testing.assert_close(agg.direction, factor * grads.mean(0), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(agg.weights, torch.exp(torch.tensor(s, dtype=torch.float64)))
+    alpha = comb.scaled_weights(grads)
+    torch.testing.assert_close(alpha, torch.softmax(-torch.tensor(s, dtype=torch.float64), 0), rtol=1e-10, atol=0)
+
+
+def test_imtl_equal_projections_on_the_scaled_gradients():
+    grads = torch.randn(3, 20, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    grads = grads * torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64).unsqueeze(1)
+    s = torch.tensor([0.4, -0.8, 1.5], dtype=torch.float64)
+    comb = imtl_with_scales(s.tolist())
+    agg = comb.aggregate(grads, torch.ones(3, dtype=torch.float64))
+    scaled = grads * torch.exp(s).unsqueeze(1)
+    proj = (scaled / scaled.norm(dim=1, keepdim=True)) @ agg.direction
+    torch.testing.assert_close(proj, proj.mean().expand(3), rtol=1e-9, atol=0)
+    assert math.isclose(float(comb.scaled_weights(grads).sum()), 1.0, rel_tol=1e-12)
+    # the closed form of the paper / LibMTL on the scaled gradients gives the same direction
+    u = scaled / scaled.norm(dim=1, keepdim=True)
+    dmat, umat = scaled[0:1] - scaled[1:], u[0:1] - u[1:]
+    a = scaled[0] @ umat.T @ torch.inverse(dmat @ umat.T)
+    alpha = torch.cat([(1 - a.sum()).unsqueeze(0), a])
+    torch.testing.assert_close(agg.direction, alpha @ scaled, rtol=1e-9, atol=1e-12)
+
+
+def test_imtl_scale_gradient_is_that_of_the_imtl_l_objective():
+    comb = imtl_with_scales([0.2, -0.5, 1.0])
+    losses = torch.tensor([0.5, 2.0, 0.1], dtype=torch.float64)
+    comb.aggregate(torch.randn(3, 6, dtype=torch.float64), losses)
+    s = comb.log_scale.detach().clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad((torch.exp(s) * losses - s).sum(), s)
+    torch.testing.assert_close(comb.log_scale.grad, expected)
+
+
+def test_imtl_engine_step_matches_a_libmtl_style_reference():
+    """One engine step on the tiny model against LibMTL's recipe written out: per-task backward of
+    L̃_k = e^{s_k}L_k − s_k, IMTL-G closed form on the shared gradients, heads and s with the summed gradients."""
+    from mtl_bench.engine import GradientEngine
+    from tests.combiner_utils import TASKS3
+    from tests.helpers import tiny_batch, tiny_model
+
+    s0 = torch.tensor([0.3, -0.4, 0.8], dtype=torch.float64)
+    model = tiny_model(TASKS3)
+    comb = imtl_with_scales(s0.tolist())
+    engine = GradientEngine(model, comb, TASKS3)
+    x, y = tiny_batch(tasks=TASKS3)
+    rep = model.encode(x)
+    leaves = engine.leaves(rep)
+    out = model.decode(leaves)
+    engine.backward({t: torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS3}, 0, rep=rep, leaves=leaves)
+    ours = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ref_model = tiny_model(TASKS3)
+    s = s0.clone().requires_grad_(True)
+    out = ref_model(x)
+    scaled = torch.stack([torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS3]) * torch.exp(s) - s
+    shared = ref_model.shared_parameters()
+    rows = []
+    for k in range(3):
+        for p in shared:
+            p.grad = None
+        scaled[k].backward(retain_graph=True)
+        rows.append(torch.cat([p.grad.reshape(-1) for p in shared]))
+    g = torch.stack(rows)
+    u = g / g.norm(dim=1, keepdim=True)
+    a = g[0] @ (u[0:1] - u[1:]).T @ torch.inverse((g[0:1] - g[1:]) @ (u[0:1] - u[1:]).T)
+    direction = torch.cat([(1 - a.sum()).unsqueeze(0), a]) @ g
+    shared_ids = {id(p) for p in shared}
+    offset = 0
+    for name, p in ref_model.named_parameters():
+        if id(p) in shared_ids:
+            ref = direction[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
+        else:
+            ref = p.grad  # heads: the sum of the ∇L̃_k (only L̃_k reaches head k)
+        torch.testing.assert_close(ours[name], ref, rtol=1e-9, atol=1e-12, msg=name)
+    torch.testing.assert_close(comb.log_scale.grad, s.grad)
