@@ -174,3 +174,64 @@ def test_cr_mogm_rejects_what_it_cannot_wrap():
         COMBINERS["cr_mogm"](alpha=1.5)
     comb = make("cr_mogm", 3, weighting="upgrad", weighting_kwargs={"pref_vector": [1.0, 1.0, 1.0]})
     assert comb.describe()["scale"] == "pref_vector"
+
+
+# --- ExcessMTL ------------------------------------------------------------------------------------------------
+
+def _excess_sequence(k: int, d: int, seed: int, steps: int = 5) -> list[torch.Tensor]:
+    """Gradients that shrink at task-dependent rates, as training would make them (so the weights move)."""
+    decay = torch.linspace(0.5, 0.95, k, dtype=torch.float64).unsqueeze(1)
+    return [grads(k, d, 100 * seed + t) * decay**t for t in range(steps)]
+
+
+@pytest.mark.parametrize("k, d, seed", CASES)
+@pytest.mark.parametrize("eta, warmup", [(1e-2, 1), (1.0, 1), (0.5, 3)])
+def test_excess_mtl_matches_torchjd_times_k_over_steps(k, d, seed, eta, warmup):
+    # TorchJD's weights sum to 1 and ours to K: ours = K × TorchJD.  The only difference in arithmetic is TorchJD's
+    # ratio e/(e⁰ + 1e-7) against ours e/e⁰: per step the log-weights differ by at most η·max_k r_k·1e-7/(e⁰_k+1e-7),
+    # so after the steps so far the weights differ by a relative ≤ exp(2Σ) − 1 (softmax is 2-Lipschitz in the
+    # sup norm of log-space); plus rounding (1e-13).  Direction: ‖Σ_k Δw_k g_k‖ ≤ max_k |Δw_k| Σ_k ‖g_k‖.
+    ours, ref = make("excess_mtl", k, robust_step_size=eta, n_warmup_steps=warmup), tjd.ExcessMTL(eta, warmup)
+    drift, sq_sum, risks = 0.0, torch.zeros(k, d, dtype=torch.float64), []
+    for t, g in enumerate(_excess_sequence(k, d, seed)):
+        agg, expected = step(ours, g), k * ref(g)
+        sq_sum += g**2
+        risks.append(((g**2) / torch.sqrt(sq_sum + 1e-7)).sum(dim=1))
+        if t >= warmup:
+            e0 = torch.stack(risks[:warmup]).mean(0)
+            drift += eta * float((risks[-1] / e0).max()) * 1e-7 / float(e0.min() + 1e-7)
+        tol_w = (np.expm1(2 * drift) + 1e-13) * k
+        assert float((agg.direction - expected).norm()) <= tol_w * float(g.norm(dim=1).sum())
+
+
+def test_excess_mtl_weights_follow_the_closed_form_and_favour_the_slowest_task():
+    # K·softmax(η Σ_{t > warm-up} r_t), r_t = e_t/e⁰ computed by hand; task 0's gradient does not shrink, so its
+    # excess risk stays highest relative to its baseline and it gains weight
+    k, eta = 3, 0.5
+    comb = make("excess_mtl", k, robust_step_size=eta, n_warmup_steps=2)
+    decay = torch.tensor([[1.0], [0.6], [0.3]], dtype=torch.float64)
+    sq_sum, risks, logits = torch.zeros(k, 6, dtype=torch.float64), [], torch.zeros(k, dtype=torch.float64)
+    for t in range(5):
+        g = grads(k, 6, 40 + t, spread=0.0) * decay**t
+        agg = step(comb, g)
+        sq_sum += g**2
+        risks.append(((g**2) / torch.sqrt(sq_sum + 1e-7)).sum(dim=1))
+        if t < 2:
+            assert torch.equal(agg.weights, torch.ones(k, dtype=torch.float64))  # warm-up: plain sum
+        else:
+            logits += eta * risks[-1] / ((risks[0] + risks[1]) / 2)
+            assert torch.allclose(agg.weights, k * torch.softmax(logits, 0), rtol=1e-13, atol=0)
+        assert float(agg.weights.sum()) == pytest.approx(k, rel=1e-13) and bool((agg.weights > 0).all())
+        assert torch.allclose(agg.direction, agg.weights @ g, rtol=1e-14, atol=0)
+    assert int(agg.weights.argmax()) == 0 and int(agg.weights.argmin()) == 2
+
+
+def test_excess_mtl_zero_baseline_task_keeps_a_finite_weight():
+    g = grads(3, 5, 50)
+    g[1] = 0.0
+    comb = make("excess_mtl", 3, robust_step_size=1.0)
+    step(comb, g)
+    agg = step(comb, grads(3, 5, 51))  # task 1 has a gradient now, but no baseline: r = 0
+    assert bool(torch.isfinite(agg.weights).all()) and float(agg.weights.sum()) == pytest.approx(3.0, rel=1e-13)
+    with pytest.raises(ConfigError, match="combiner.n_warmup_steps"):
+        COMBINERS["excess_mtl"](n_warmup_steps=0)
