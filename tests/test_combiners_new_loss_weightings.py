@@ -283,3 +283,54 @@ def test_imtl_engine_step_matches_a_libmtl_style_reference():
             ref = p.grad  # heads: the sum of the ∇L̃_k (only L̃_k reaches head k)
         torch.testing.assert_close(ours[name], ref, rtol=1e-9, atol=1e-12, msg=name)
     torch.testing.assert_close(comb.log_scale.grad, s.grad)
+
+
+# ====================================================================== FAMO repository's LOG-* variants
+def log_transformed_step(name: str):
+    """One engine step of ``name`` on the tiny model with every task's loss log-transformed (what
+    ``+loss_transforms.<task>={kind: log}`` for every task does in the trainer); returns the model, the raw
+    losses and the shared rows ∇L_k."""
+    from mtl_bench.engine import GradientEngine
+    from mtl_bench.loss_transforms import make_transform
+    from tests.combiner_utils import TASKS3
+    from tests.helpers import tiny_batch, tiny_model
+
+    model = tiny_model(TASKS3)
+    comb = built(name)
+    comb.double()
+    log_t = {t: make_transform(t, {"kind": "log", "eps": 1e-8}) for t in TASKS3}
+    x, y = tiny_batch(tasks=TASKS3)
+    rep = model.encode(x)
+    engine = GradientEngine(model, comb, TASKS3)
+    leaves = engine.leaves(rep)
+    out = model.decode(leaves)
+    raw = {t: torch.nn.functional.mse_loss(out[t], y[t]) for t in TASKS3}
+    rows = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(raw[t], model.shared_parameters(), retain_graph=True)])
+                        for t in TASKS3])
+    engine.backward({t: log_t[t](raw[t]) for t in TASKS3}, 0, rep=rep, leaves=leaves)
+    shared = torch.cat([p.grad.reshape(-1) for p in model.shared_parameters()])
+    losses = torch.stack([raw[t].detach() for t in TASKS3])
+    return shared, rows, losses
+
+
+def test_log_imtl_g_is_imtl_g_composed_with_log_transforms():
+    """FAMO's LOG_IMTLG: α = IMTL-G closed form on the rows ∇log L_k = ∇L_k/(L_k + ε); loss Σ α_k log L_k."""
+    shared, rows, losses = log_transformed_step("imtl_g")
+    g = rows / (losses + 1e-8).unsqueeze(1)
+    u = g / g.norm(dim=1, keepdim=True)
+    a = g[0] @ (u[0:1] - u[1:]).T @ torch.inverse((g[0:1] - g[1:]) @ (u[0:1] - u[1:]).T)
+    torch.testing.assert_close(shared, torch.cat([(1 - a.sum()).unsqueeze(0), a]) @ g, rtol=1e-8, atol=1e-12)
+
+
+def test_log_mgda_is_mgda_composed_with_log_transforms_up_to_famos_normaliser():
+    """FAMO's LOG_MGDA: min-norm weights s on the log-loss gradients, loss Σ s_k log L_k / c with c = Σ s_k/L_k
+    (detached): the same direction as ``mgda`` on log-transformed losses, divided by c."""
+    from mtl_bench.combiners.mgda import MGDA
+
+    shared, rows, losses = log_transformed_step("mgda")
+    g = rows / (losses + 1e-8).unsqueeze(1)
+    s = MGDA().weights_from_gramian(g @ g.T, losses)
+    assert math.isclose(float(s.sum()), 1.0, rel_tol=1e-9) and bool((s >= 0).all())
+    torch.testing.assert_close(shared, s @ g, rtol=1e-8, atol=1e-12)
+    c = (s / losses).sum()  # FAMO's update is shared / c: effective weights (s_k/L_k)/c on ∇L_k, summing to one
+    torch.testing.assert_close(((s / losses) / c).sum(), torch.tensor(1.0, dtype=torch.float64))
