@@ -10,6 +10,7 @@ Mapping (TorchJD → ours, scale):
   GramianWeightedAggregator(CRMOGMWeighting(IMTLGWeighting(), α)) → cr_mogm(weighting=imtl_g, α) (inherited scale);
   ExcessMTL(η, n_warmup_steps=n) → excess_mtl(η, n_warmup_steps=n) (TorchJD's weights sum to 1, ours to K:
   ours = K × TorchJD).
+MoCo has no TorchJD counterpart: it is checked against its recurrence, written out independently in the test.
 """
 
 from __future__ import annotations
@@ -235,3 +236,43 @@ def test_excess_mtl_zero_baseline_task_keeps_a_finite_weight():
     assert bool(torch.isfinite(agg.weights).all()) and float(agg.weights.sum()) == pytest.approx(3.0, rel=1e-13)
     with pytest.raises(ConfigError, match="combiner.n_warmup_steps"):
         COMBINERS["excess_mtl"](n_warmup_steps=0)
+
+
+# --- MoCo (no TorchJD counterpart: property tests only) -------------------------------------------------------
+
+@pytest.mark.parametrize("simplex", ["softmax", "projection"])
+def test_moco_follows_its_recurrence_and_keeps_lambda_on_the_simplex(simplex):
+    k, d = 3, 7
+    beta, bs, gamma, gs, rho = 0.5, 0.5, 2.0, 0.5, 0.1
+    comb = make("moco", k, beta=beta, beta_sigma=bs, gamma=gamma, gamma_sigma=gs, rho=rho, simplex=simplex)
+    y, lam = torch.zeros(k, d, dtype=torch.float64), torch.full((k,), 1 / k, dtype=torch.float64)
+    for t in range(1, 6):
+        g, losses = grads(k, d, 60 + t), torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64) / t
+        y = y - beta / t**bs * (y - g / (g.norm(dim=1, keepdim=True) + 1e-8) * losses.unsqueeze(1))
+        v = lam - gamma / t**gs * ((y @ y.T + rho * torch.eye(k, dtype=torch.float64)) @ lam)
+        if simplex == "softmax":
+            lam = torch.softmax(v, 0)
+        else:  # the simplex projection by its optimality condition: lam = (v − θ)⁺ with Σ lam = 1
+            from scipy.optimize import brentq
+            theta = brentq(lambda s, v=v: float((v - s).clamp_min(0).sum()) - 1.0, float(v.min()) - 1, float(v.max()))
+            lam = (v - theta).clamp_min(0)
+        agg = comb.aggregate(g, losses)
+        assert agg.weights is None
+        assert torch.allclose(agg.direction, lam @ y, rtol=1e-12, atol=1e-15)
+        assert float(comb.state["lambda"].sum()) == pytest.approx(1.0, abs=1e-12)
+        assert bool((comb.state["lambda"] >= 0).all())
+
+
+def test_moco_without_tracking_and_invariant_to_gradient_scale():
+    k = 3
+    losses = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    plain, scaled = make("moco", k, beta=1.0, beta_sigma=0.0), make("moco", k)
+    reference = make("moco", k)
+    for t in range(3):
+        g = grads(k, 9, 70 + t)
+        plain.aggregate(g, losses)
+        units = g / (g.norm(dim=1, keepdim=True) + 1e-8) * losses.unsqueeze(1)
+        assert torch.allclose(plain.state["y"], units, rtol=1e-15, atol=0)  # β_t = 1: Y = Ĝ
+        factor = torch.tensor([[1e3], [1.0], [1e-2]], dtype=torch.float64)
+        a, b = scaled.aggregate(g * factor, losses).direction, reference.aggregate(g, losses).direction
+        assert rel(a, b) <= 1e-7  # only through the 1e-8 added to the norms
