@@ -356,7 +356,8 @@ def test_registered_aggregators_declare_task_weights_exactly_where_the_direction
 
     assert all(c.provides_task_weights for c in COMBINERS.values() if issubclass(c, LossWeighting))
     declared = sorted(n for n, c in COMBINERS.items() if issubclass(c, GradientAggregator) and c.provides_task_weights)
-    assert declared == ["cagrad", "fairgrad", "gcs", "gradnorm", "imtl_g", "mgda", "mgda_ub", "ol_aux", "upgrad"]
+    # these declare it (a new aggregator is checked by the loop below, whatever it declares)
+    assert {"cagrad", "fairgrad", "gcs", "gradnorm", "imtl_g", "mgda", "mgda_ub", "ol_aux", "upgrad"} <= set(declared)
     counterexamples = {"aligned_mtl": {}, "nash_mtl": {}, "dibs_mtl": {"max_norm": 1e-9}, "dibs_mtl_multi": {"max_norm": 1e-9}}
     for name, cls in COMBINERS.items():
         if not issubclass(cls, GradientAggregator) or not (cls.provides_task_weights or name in counterexamples):
