@@ -9,7 +9,9 @@ Mapping (TorchJD → ours, scale):
   PCD(τ, β, ε) → pcd(τ, β, ε) (same scale: ‖update‖ = ‖g_1‖);
   GramianWeightedAggregator(CRMOGMWeighting(IMTLGWeighting(), α)) → cr_mogm(weighting=imtl_g, α) (inherited scale);
   ExcessMTL(η, n_warmup_steps=n) → excess_mtl(η, n_warmup_steps=n) (TorchJD's weights sum to 1, ours to K:
-  ours = K × TorchJD).
+  ours = K × TorchJD);
+  SDMGradWeighting(λ, lr, momentum, n_iter) given A = G Gᵀ → sdmgrad (single batch: TorchJD's J_1 = J_2 = G; both mean
+  scale, update wᵀG).
 MoCo has no TorchJD counterpart: it is checked against its recurrence, written out independently in the test.
 """
 
@@ -276,3 +278,35 @@ def test_moco_without_tracking_and_invariant_to_gradient_scale():
         factor = torch.tensor([[1e3], [1.0], [1e-2]], dtype=torch.float64)
         a, b = scaled.aggregate(g * factor, losses).direction, reference.aggregate(g, losses).direction
         assert rel(a, b) <= 1e-7  # only through the 1e-8 added to the norms
+
+
+# --- SDMGrad (single batch) -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k, d, seed", CASES)
+@pytest.mark.parametrize("lam", [0.0, 0.3, 2.0])
+def test_sdmgrad_matches_torchjd_given_the_same_batch_gramian_over_steps(k, d, seed, lam):
+    # Single-batch mapping: TorchJD's SDMGradWeighting is given A = G Gᵀ (its J_1 = J_2 = G), and the update is wᵀG
+    # on both sides.  Same normalisation (s² + 1e-8), same 20 momentum steps and projections from the same warm start;
+    # the only difference is how the projection's threshold is summed (running sum against cumsum: a few K·eps per
+    # projection).  The projection is non-expansive and, on these inputs, the iterates keep the same support, so
+    # the error stays at rounding level: tolerance 100·K·eps on every weight (measured: ≤ 3e-16).
+    ours, ref = make("sdmgrad", k, lambda_=lam), tjd.SDMGradWeighting(lambda_=lam)
+    for t in range(5):
+        g = grads(k, d, 10 * seed + t)
+        agg, w_ref = step(ours, g), ref(g @ g.T)
+        assert float((agg.weights - w_ref).abs().max()) <= 100 * k * EPS
+        assert torch.allclose(agg.direction, agg.weights @ g, rtol=1e-14, atol=0)
+
+
+def test_sdmgrad_weights_on_the_simplex_scale_free_and_pulled_to_the_preference():
+    k, lam = 4, 0.3
+    plain, scaled, strong = make("sdmgrad", k, lambda_=lam), make("sdmgrad", k, lambda_=lam), make("sdmgrad", k, lambda_=1e8)
+    for t in range(4):
+        g = grads(k, 6, 80 + t)
+        w = step(plain, g).weights
+        assert float(w.sum()) == pytest.approx(1.0, abs=1e-14)
+        assert bool((w >= lam / (k * (1 + lam)) - 1e-15).all())  # w ∈ Δ, so (w + λ/K)/(1 + λ) ≥ λ/(K(1 + λ))
+        assert float((step(scaled, 1e3 * g).weights - w).abs().max()) <= 1e-10  # only through the 1e-8
+        assert torch.allclose(step(strong, g).weights, torch.full((k,), 1 / k, dtype=torch.float64), atol=1e-7)
+    with pytest.raises(ConfigError, match="one value per task"):
+        make("sdmgrad", 3, pref_vector=[1.0, 1.0])
