@@ -106,6 +106,26 @@ class AuxiliaryRoles:
         return cached[1]
 
 
+def clone_state(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A copy of a method's running state (tensors cloned, other values as they are); ``None`` stays ``None``."""
+    if state is None:
+        return None
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+class RunningState:
+    """Mixin: the method's running state ``self.state`` (a dict of tensors and numbers, ``None`` before the first
+    step) travels in the state dict as extra state, so checkpoints resume it exactly."""
+
+    state: dict[str, Any] | None
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"state": clone_state(self.state)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.state = clone_state(state["state"])
+
+
 def cosine_with_target(gramian: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
     """cos(g_k, g_T) for every task k from the Gramian ``G Gᵀ``, g_T = Σ_targets g_t (``sel``: the target mask in
     the Gramian's dtype); 0 where a norm is 0 (no division by zero, no NaN)."""

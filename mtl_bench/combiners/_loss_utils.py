@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import torch
+from torch import nn
 
 from mtl_bench.errors import ConfigError
 
@@ -81,3 +82,19 @@ def check_nonnegative_losses(losses: torch.Tensor, method: str, task_names: Sequ
             f"combiner '{method}' needs non-negative task losses (it uses log L_k or 1/L_k); "
             f"task '{task}' has loss {float(losses[k]):.6g}"
         )
+
+
+class LearnedLogScale:
+    """Mixin: one learnable log-scale ``s_k`` per task (IMTL-L, the hybrid IMTL), created as zeros at setup; a
+    repeated setup with the same tasks keeps the learned (or loaded) values.  ``lr``: its own learning rate."""
+
+    def __init__(self, lr: float | None = None, grad_source: str | None = None):
+        super().__init__(grad_source)
+        self.lr = check_lr(lr)
+        self.register_parameter("log_scale", None)
+
+    def setup(self, task_names: list[str]) -> None:
+        keep = self.log_scale is not None and list(task_names) == self.task_names
+        super().setup(task_names)
+        if not keep:
+            self.log_scale = nn.Parameter(torch.zeros(self.num_tasks))

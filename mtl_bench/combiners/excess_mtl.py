@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from mtl_bench.combiners._grad_utils import check_int, check_real
+from mtl_bench.combiners._grad_utils import RunningState, check_int, check_real
 from mtl_bench.combiners.base import Aggregation, GradientAggregator
 from mtl_bench.combiners.registry import register
 
@@ -15,7 +15,7 @@ ADAGRAD_EPS = 1e-7  # added to the accumulated squared gradients before the squa
 
 
 @register("excess_mtl")
-class ExcessMTL(GradientAggregator):
+class ExcessMTL(RunningState, GradientAggregator):
     """ExcessMTL: task weights driven by per-task excess-risk estimates.
 
     He, Zhou, Zhang, Yun, Xu, Zeng, Chilimbi, Zhao, "Robust Multi-Task Learning with Excess Risks", ICML 2024
@@ -97,15 +97,6 @@ class ExcessMTL(GradientAggregator):
             state["log_weights"] = logits - torch.logsumexp(logits, 0) + torch.log(logits.new_tensor(float(len(logits))))
         w = state["log_weights"].exp()
         return Aggregation(w @ grads, w)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        if self.state is None:
-            return {"state": None}
-        return {"state": {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.state.items()}}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        saved = state["state"]
-        self.state = None if saved is None else {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in saved.items()}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "robust_step_size": self.robust_step_size, "n_warmup_steps": self.n_warmup_steps}

@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from mtl_bench.combiners._loss_utils import check_lr
+from mtl_bench.combiners._loss_utils import LearnedLogScale
 from mtl_bench.combiners.base import Aggregation, GradientAggregator
 from mtl_bench.combiners.imtl_g import imtl_g_weights
 from mtl_bench.combiners.registry import register
@@ -19,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 @register("imtl")
-class IMTL(GradientAggregator):
+class IMTL(LearnedLogScale, GradientAggregator):
     """IMTL (hybrid): scale the losses as IMTL-L does, L̃_k = e^{s_k} L_k − s_k with learnable s, and combine the
     shared gradients g̃_k = ∇L̃_k = e^{s_k} g_k with IMTL-G's equal-projection weights.
 
@@ -56,17 +55,6 @@ class IMTL(GradientAggregator):
 
     scale = "unit_sum"
     provides_task_weights = False
-
-    def __init__(self, lr: float | None = None, grad_source: str | None = None):
-        super().__init__(grad_source)
-        self.lr = check_lr(lr)
-        self.register_parameter("log_scale", None)
-
-    def setup(self, task_names: list[str]) -> None:
-        keep = self.log_scale is not None and list(task_names) == self.task_names
-        super().setup(task_names)
-        if not keep:  # repeated setup with the same tasks keeps learned (or loaded) values
-            self.log_scale = nn.Parameter(torch.zeros(self.num_tasks))
 
     def _scales(self, like: torch.Tensor) -> torch.Tensor:
         if self.log_scale is None or self.log_scale.numel() != like.shape[0]:

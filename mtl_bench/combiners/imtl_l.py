@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from mtl_bench.combiners._loss_utils import check_lr
+from mtl_bench.combiners._loss_utils import LearnedLogScale
 from mtl_bench.combiners.base import LossWeighting
 from mtl_bench.combiners.registry import register
 
 
 @register("imtl_l")
-class IMTLLossBalance(LossWeighting):
+class IMTLLossBalance(LearnedLogScale, LossWeighting):
     """IMTL-L: minimise Σ_k (e^{s_k} L_k − s_k) jointly over the network and learnable log-scales s_k.
 
     Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang: "Towards Impartial Multi-task Learning", ICLR 2021
@@ -36,17 +35,6 @@ class IMTLLossBalance(LossWeighting):
     """
 
     scale = "learned"
-
-    def __init__(self, lr: float | None = None, grad_source: str | None = None):
-        super().__init__(grad_source)
-        self.lr = check_lr(lr)
-        self.register_parameter("log_scale", None)
-
-    def setup(self, task_names: list[str]) -> None:
-        keep = self.log_scale is not None and list(task_names) == self.task_names
-        super().setup(task_names)
-        if not keep:  # repeated setup with the same tasks keeps learned (or loaded) values
-            self.log_scale = nn.Parameter(torch.zeros(self.num_tasks))
 
     def _log_scale(self, losses: torch.Tensor) -> torch.Tensor:
         if self.log_scale is None or self.log_scale.numel() != losses.numel():

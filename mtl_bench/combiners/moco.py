@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from mtl_bench.combiners._grad_utils import check_choice, check_real
+from mtl_bench.combiners._grad_utils import RunningState, check_choice, check_real
 from mtl_bench.combiners.base import Aggregation, GradientAggregator
 from mtl_bench.combiners.registry import register
 
@@ -25,7 +25,7 @@ def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
 
 
 @register("moco")
-class MoCo(GradientAggregator):
+class MoCo(RunningState, GradientAggregator):
     """MoCo (Multi-objective gradient Correction).
 
     Fernando, Shen, Liu, Chaudhury, Murugesan, Chen, "Mitigating Gradient Bias in Multi-objective Learning: A
@@ -97,15 +97,6 @@ class MoCo(GradientAggregator):
         lam = torch.softmax(step, 0) if self.simplex == "softmax" else project_to_simplex(step)
         state["y"], state["lambda"] = y, lam
         return Aggregation(lam @ y, None)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        if self.state is None:
-            return {"state": None}
-        return {"state": {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.state.items()}}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        saved = state["state"]
-        self.state = None if saved is None else {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in saved.items()}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "beta": self.beta, "beta_sigma": self.beta_sigma, "gamma": self.gamma,
