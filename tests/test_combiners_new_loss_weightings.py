@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 
 from mtl_bench.combiners import COMBINERS
 from mtl_bench.errors import ConfigError
+from tests.test_combiners_loss_weighting import theta0, toy_losses
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -27,16 +28,6 @@ def from_config(name: str):
     return instantiate(yaml.safe_load((CONFIGS / "combiner" / f"{name}.yaml").read_text()))
 
 
-def toy_losses(theta: torch.Tensor, k: int = 3, seed: int = 0) -> torch.Tensor:
-    """K positive coupled losses L_k(θ) = 0.2 + mean((A_k θ − b_k)²)."""
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(k, 6, theta.numel(), generator=g, dtype=torch.float64)
-    b = torch.randn(k, 6, generator=g, dtype=torch.float64)
-    return 0.2 + ((a @ theta - b) ** 2).mean(dim=1)
-
-
-def theta0() -> torch.Tensor:
-    return torch.randn(4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
 
 
 # ====================================================================== UW-SO

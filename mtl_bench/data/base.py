@@ -7,10 +7,12 @@ definitions plus the ``train``/``val``/``test`` splits.  Every split yields batc
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
@@ -150,3 +152,18 @@ def check_int(value: Any, key: str, minimum: int, maximum: int | None = None) ->
         valid = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
         raise ConfigError(f"dataset.{key}={value!r} is invalid; expected {valid}")
     return v
+
+
+def arrays_fingerprint(*arrays: np.ndarray) -> str:
+    """BLAKE2b-128 of the arrays' shapes and bytes, in order: a split's content hash (recorded with corrupted caches
+    and in the benchmark's info, so that results name the exact data)."""
+    hsh = hashlib.blake2b(digest_size=16)
+    for arr in arrays:
+        hsh.update(np.asarray(arr.shape, dtype=np.int64).tobytes())
+        hsh.update(np.ascontiguousarray(arr).data)
+    return hsh.hexdigest()
+
+
+def splits_fingerprint(fingerprints: Mapping[str, str]) -> str:
+    """One BLAKE2b-128 over the splits' fingerprints (sorted by split name)."""
+    return hashlib.blake2b(repr(sorted(fingerprints.items())).encode(), digest_size=16).hexdigest()

@@ -46,13 +46,12 @@ the final model; chance 0.10):
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from mtl_bench.data.base import Benchmark, TensorDictDataset, check_int
+from mtl_bench.data.base import Benchmark, TensorDictDataset, arrays_fingerprint, check_int, splits_fingerprint
 from mtl_bench.errors import ConfigError, DatasetError
 from mtl_bench.task_library import classification_task
 
@@ -120,11 +119,7 @@ class DigitPairs(TensorDictDataset):
 
     def fingerprint(self) -> str:
         """BLAKE2b-128 of the split's images and labels (shapes and bytes)."""
-        hsh = hashlib.blake2b(digest_size=16)
-        for arr in (self.images, self.labels):
-            hsh.update(np.asarray(arr.shape, dtype=np.int64).tobytes())
-            hsh.update(np.ascontiguousarray(arr).data)
-        return hsh.hexdigest()
+        return arrays_fingerprint(self.images, self.labels)
 
 
 def render_pairs(
@@ -207,7 +202,7 @@ def build_multi_digits(
         "source_fractions": list(fractions),
         "source_digits": {s: int(len(p)) for s, p in pools.items()},
         "validation": "independent pairs drawn from disjoint pools of source digits",
-        "fingerprint": hashlib.blake2b(repr(sorted(fingerprints.items())).encode(), digest_size=16).hexdigest(),
+        "fingerprint": splits_fingerprint(fingerprints),
         "split_fingerprints": fingerprints,
     }
     tasks_ = {t: classification_task(t, NUM_CLASSES) for t in selected}

@@ -71,7 +71,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mtl_bench.data.base import Benchmark, TensorDictDataset, check_int
+from mtl_bench.data.base import Benchmark, TensorDictDataset, arrays_fingerprint, check_int, splits_fingerprint
 from mtl_bench.errors import ConfigError, DatasetError
 from mtl_bench.task_library import classification_task
 
@@ -287,11 +287,7 @@ class MultiMNISTSplit(TensorDictDataset):
 
     def fingerprint(self) -> str:
         """BLAKE2b-128 of the split's images and labels (shapes and bytes)."""
-        hsh = hashlib.blake2b(digest_size=16)
-        for arr in (self.images, self.labels):
-            hsh.update(np.asarray(arr.shape, dtype=np.int64).tobytes())
-            hsh.update(np.ascontiguousarray(arr).data)
-        return hsh.hexdigest()
+        return arrays_fingerprint(self.images, self.labels)
 
 
 def _optional_size(value: Any, key: str) -> int | None:
@@ -342,7 +338,7 @@ def build_multimnist(
         "normalize": [float(mean), float(std)],
         "sizes": {s: len(d) for s, d in splits.items()},
         "validation": f"the last {gen.val_size} MNIST training images (pairs within them)",
-        "fingerprint": hashlib.blake2b(repr(sorted(fingerprints.items())).encode(), digest_size=16).hexdigest(),
+        "fingerprint": splits_fingerprint(fingerprints),
         "split_fingerprints": fingerprints,
     }
     tasks_ = {t: classification_task(t, NUM_CLASSES) for t in selected}

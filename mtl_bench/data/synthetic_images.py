@@ -110,7 +110,6 @@ A split implements the staged-sample protocol of :mod:`mtl_bench.corruptions.dat
 from __future__ import annotations
 
 import colorsys
-import hashlib
 import operator
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -118,7 +117,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mtl_bench.data.base import Benchmark, check_int
+from mtl_bench.data.base import Benchmark, arrays_fingerprint, check_int, splits_fingerprint
 from mtl_bench.data import transforms
 from mtl_bench.data.transforms import RandomScaleCropFlip, StagedImages
 from mtl_bench.errors import ConfigError
@@ -614,11 +613,7 @@ class SyntheticImageDataset(StagedImages):
 
     def fingerprint(self) -> str:
         """BLAKE2b-128 of the split's images and labels (shapes and bytes; normals where kept)."""
-        hsh = hashlib.blake2b(digest_size=16)
-        for arr in (self.images, self.seg, self.depth) + (() if self.normal is None else (self.normal,)):
-            hsh.update(np.asarray(arr.shape, dtype=np.int64).tobytes())
-            hsh.update(np.ascontiguousarray(arr).data)
-        return hsh.hexdigest()
+        return arrays_fingerprint(self.images, self.seg, self.depth, *(() if self.normal is None else (self.normal,)))
 
     def _target(self, task: str, i: int) -> torch.Tensor:
         if task == "seg":
@@ -707,7 +702,7 @@ def build_synthetic_images(
     for split in splits.values():
         split.set_normalization(normalize, mean, std)
     fingerprints = {s: d.fingerprint() for s, d in splits.items()}
-    combined = hashlib.blake2b(repr(sorted(fingerprints.items())).encode(), digest_size=16).hexdigest()
+    combined = splits_fingerprint(fingerprints)
     info = {
         "name": name,
         "generator": "mtl_bench.data.synthetic_images (procedural shape scenes)",
