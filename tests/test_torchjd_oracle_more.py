@@ -26,16 +26,7 @@ from mtl_bench.errors import ConfigError
 
 tjd = pytest.importorskip("torchjd.aggregation")
 
-EPS = float(np.finfo(np.float64).eps)
-
-
-def grads(k: int, d: int, seed: int, spread: float = 1.0) -> torch.Tensor:
-    """K×d Gaussian rows scaled by 10^[-spread, spread] (row norms over two decades by default)."""
-    g = torch.randn(k, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return g * torch.logspace(-spread, spread, k, dtype=torch.float64).unsqueeze(1)
-
-
-CASES = [(2, 5, 0), (3, 50, 1), (5, 20, 2), (5, 20, 3), (7, 4, 4)]
+from tests.test_torchjd_oracle import CASES, EPS, grads  # noqa: E402  (the same seeded matrices)
 
 
 def make(name: str, k: int, **kwargs):

@@ -11,8 +11,7 @@ from mtl_bench.combiners._grad_utils import check_int, check_real
 from mtl_bench.combiners.base import GramianWeighting
 from mtl_bench.combiners.moco import project_to_simplex
 from mtl_bench.combiners.registry import register
-from mtl_bench.combiners.upgrad import _check_pref_vector
-from mtl_bench.errors import ConfigError
+from mtl_bench.combiners.upgrad import _check_pref_vector, check_pref_length
 
 SCALE_EPS = 1e-8  # added to the squared normalising scale (TorchJD; guards all-zero gradients)
 
@@ -66,11 +65,7 @@ class SDMGrad(GramianWeighting):
 
     def setup(self, task_names: list[str]) -> None:
         super().setup(task_names)
-        if self.pref_vector is not None and len(self.pref_vector) != self.num_tasks:
-            raise ConfigError(
-                f"combiner.pref_vector has {len(self.pref_vector)} values but there are {self.num_tasks} tasks "
-                f"{self.task_names}; give one value per task in this order"
-            )
+        check_pref_length(self.pref_vector, self.task_names)
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         a = gramian.detach().to(device="cpu", dtype=torch.float64)

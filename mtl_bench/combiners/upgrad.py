@@ -15,6 +15,15 @@ from mtl_bench.combiners.solvers import dual_cone_weights, eigen_rtol, gramian_t
 from mtl_bench.errors import ConfigError
 
 
+def check_pref_length(pref_vector: list[float] | None, task_names: list[str]) -> None:
+    """A preference vector has one value per task, in the tasks' order."""
+    if pref_vector is not None and len(pref_vector) != len(task_names):
+        raise ConfigError(
+            f"combiner.pref_vector has {len(pref_vector)} values but there are {len(task_names)} tasks "
+            f"{task_names}; give one value per task in this order"
+        )
+
+
 def _check_pref_vector(value: Any) -> list[float] | None:
     if value is None:
         return None
@@ -70,11 +79,7 @@ class UPGrad(GramianWeighting):
 
     def setup(self, task_names: list[str]) -> None:
         super().setup(task_names)
-        if self.pref_vector is not None and len(self.pref_vector) != self.num_tasks:
-            raise ConfigError(
-                f"combiner.pref_vector has {len(self.pref_vector)} values but there are {self.num_tasks} tasks "
-                f"{self.task_names}; give one value per task in this order"
-            )
+        check_pref_length(self.pref_vector, self.task_names)
 
     def preference(self, num_tasks: int) -> np.ndarray:
         if self.pref_vector is None:
