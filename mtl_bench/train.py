@@ -146,12 +146,13 @@ def train_run(
     # ranks compose their own (timestamped) folders: rank 0's is the run's
     output_dir = Path(dist.broadcast_object(str(output_dir if output_dir is not None else cfg.paths.output_dir)))
     with runlock.owned(output_dir) if dist.is_main else nullcontext():  # one process per run folder
-        done = completed_summary(settings, output_dir, OmegaConf.to_container(cfg, resolve=True))
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        done = completed_summary(settings, output_dir, resolved)
         if done is not None:
             log.info("%s: this run already completed %d epoch(s) with this config; skipped (trainer.resume=never trains "
                      "it again)", output_dir, settings.epochs)
             return done
-        return _build_and_train_in(cfg, mode, output_dir, observers, settings, dist)
+        return _build_and_train_in(cfg, resolved, mode, output_dir, observers, settings, dist)
 
 
 def describe_run(cfg: DictConfig, mode: Mode, parts: RunParts, ident: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,7 +163,7 @@ def describe_run(cfg: DictConfig, mode: Mode, parts: RunParts, ident: Mapping[st
     return {
         "experiment": cfg.experiment_name, "mode": mode.name, "tasks": list(parts.tasks), "targets": parts.targets,
         "auxiliaries": [t for t in parts.tasks if t not in parts.targets], "aux_method": choices.get("aux_method"),
-        "post_train_epochs": int(cfg.mode.get("post_train_epochs", 0) or 0),
+        "post_train_epochs": mode.trainer_options().get("post_train_epochs", 0),
         "dataset": {"name": parts.benchmark.name, **parts.benchmark.info},
         "combiner": parts.combiner.describe(),
         "optimizer": {"choice": choices.get("optimizer"), "class": type(parts.optimizer).__name__,
@@ -171,15 +172,14 @@ def describe_run(cfg: DictConfig, mode: Mode, parts: RunParts, ident: Mapping[st
         "seed": cfg.seed, "delta_m": info["delta_m"], "loss_transforms": describe_transforms(cfg.get("loss_transforms")),
         "device": info["device"], "threads": info["threads"], "parameters": parts.model.parameter_counts(),
         "output_dir": info["output_dir"], "hydra": {k: v for k, v in ident.items() if k != "choices"}, "choices": choices,
-        "mtl_bench_version": __version__, "distributed": info["distributed"], **mode.describe(),
+        "mtl_bench_version": __version__, "distributed": info["distributed"],
         "diagnostics": info["diagnostics"], "config": resolved,
     }
 
 
-def open_logger(cfg: DictConfig, mode: Mode, output_dir: Path, directions: dict[str, Any], resume_state: Mapping[str, Any] | None,
-                dist: DistContext, ident: Mapping[str, Any]) -> RunLogger:
+def open_logger(cfg: DictConfig, resolved: Mapping[str, Any], mode: Mode, output_dir: Path, directions: dict[str, Any],
+                resume_state: Mapping[str, Any] | None, dist: DistContext, ident: Mapping[str, Any]) -> RunLogger:
     """metrics.jsonl (truncated to the checkpoint's position on resume) and the W&B run (the same one on resume)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     wb = wandb_settings(cfg, mode, ident, output_dir, directions)
     if wb is not None and resume_state is not None:  # continue the same W&B run (same step axes offline)
         id_file = output_dir / "wandb_run_id.txt"
@@ -189,16 +189,17 @@ def open_logger(cfg: DictConfig, mode: Mode, output_dir: Path, directions: dict[
 
 
 def _build_and_train_in(
-    cfg: DictConfig, mode: Mode, output_dir: Path, observers: Sequence[GradientObserver], settings: TrainerConf,
-    dist: DistContext,
+    cfg: DictConfig, resolved: dict[str, Any], mode: Mode, output_dir: Path, observers: Sequence[GradientObserver],
+    settings: TrainerConf, dist: DistContext,
 ) -> dict[str, Any]:
+    """Build the run's components, diagnostics, resume state and logger, and hand the trainer to the mode
+    (``resolved``: the config with every interpolation resolved, as written to config_resolved.yaml)."""
     device, threads = setup_process(settings, dist, cfg.seed)
     parts = build_parts(cfg, mode, device, dist)
     run = RunContext(parts.model, parts.tasks, parts.targets, parts.optimizer, parts.combiner, parts.transforms)
     diagnostics = build_diagnostics(cfg.get("diagnostics"), run, instantiate_checked)
     logged = {**directions_of(diagnostics), **mode.metric_directions()}
     directions, delta, delta_info, selector = build_selection(cfg, settings, parts)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     resume_state, resume_path = load_resume(settings, output_dir, dist, resolved)
     if dist.is_main:
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
@@ -206,7 +207,7 @@ def _build_and_train_in(
     run_info = describe_run(cfg, mode, parts, ident, {
         "delta_m": delta_info, "device": str(device), "threads": threads, "output_dir": str(output_dir),
         "distributed": dist.describe(), "diagnostics": describe_diagnostics(diagnostics, logged), "config": resolved})
-    logger = open_logger(cfg, mode, output_dir, {**directions, **logged}, resume_state, dist, ident)
+    logger = open_logger(cfg, resolved, mode, output_dir, {**directions, **logged}, resume_state, dist, ident)
     run_info["wandb"] = logger.wandb_info
     log.info("%s run on %s: tasks=%s combiner=%s optimizer=%s lr=%s seed=%d -> %s", mode.name.upper(), device,
              list(parts.tasks), parts.combiner.name, run_info["optimizer"]["class"], resolved["optimizer"].get("lr"), cfg.seed,

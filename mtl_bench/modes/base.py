@@ -83,10 +83,6 @@ class Mode:
         :meth:`mtl_bench.diagnostics.base.Diagnostic.metric_directions`)."""
         return {}
 
-    def describe(self) -> dict[str, Any]:
-        """Entries of the run summary this mode adds to the common ones."""
-        return {}
-
     def attach(self, trainer: Any) -> None:
         pass
 

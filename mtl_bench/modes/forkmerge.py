@@ -7,10 +7,9 @@ import copy
 from typing import Any
 
 from mtl_bench.combiners import COMBINERS
-from mtl_bench.data.base import Benchmark
 from mtl_bench.loggers.run_logger import RunLogger
-from mtl_bench.modes.aux import aux_roles
-from mtl_bench.modes.base import Mode, RunBuild, TaskRoles, register_mode
+from mtl_bench.modes.aux import AuxMode
+from mtl_bench.modes.base import RunBuild, register_mode
 from mtl_bench.selection import ModelSelector
 
 
@@ -45,10 +44,9 @@ class BranchFactory:
 
 
 @register_mode("forkmerge")
-class ForkMergeMode(Mode):
-    def roles(self, benchmark: Benchmark) -> TaskRoles:
-        targets, aux = aux_roles(self.spec, benchmark, self.cfg)
-        return TaskRoles([*targets, *aux], targets)
+class ForkMergeMode(AuxMode):
+    """The targets and auxiliaries of :class:`~mtl_bench.modes.aux.AuxMode` (no post-training: ``mode=forkmerge``
+    has no ``post_train_epochs``); ForkMerge drives the run's trainer and its branch trainers."""
 
     def metric_directions(self) -> dict[str, bool | None]:
         """Per merge: each branch's weight and validation score (``forkmerge/weight/<branch>``, ...)."""

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from mtl_bench.data.base import Benchmark
-from mtl_bench.modes.base import DependencyRun, Mode, RunBuild, TaskRoles, register_mode
+from mtl_bench.modes.base import DependencyRun, Mode, TaskRoles, register_mode
 from mtl_bench.utils import seed_everything
 
 
@@ -55,6 +55,3 @@ class TransferMode(Mode):
     def attach(self, trainer: Any) -> None:
         trainer.result_hooks["transfer"] = self.transfer.CorruptionEvaluation(
             trainer, self.eval_base, self.spec, self.source, self.corrupt_info)
-
-    def run(self, trainer: Any, build: RunBuild) -> dict[str, Any]:
-        return trainer.fit()
