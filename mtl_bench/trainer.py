@@ -52,6 +52,15 @@ log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
+def batch_size_of(x: Any) -> int:
+    """The number of samples in a batch input: a tensor's first dimension, else the input's ``num_graphs`` (a graph
+    batch, e.g. PyTorch Geometric's ``Batch``) or ``len``."""
+    if isinstance(x, torch.Tensor):
+        return x.shape[0]
+    n = getattr(x, "num_graphs", None)
+    return int(n) if n is not None else len(x)
+
+
 def precision(name: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
     """The autocast dtype of ``trainer.precision`` and, for fp16, its dynamic loss scaler (bf16 has fp32's exponent
     range and needs none)."""
@@ -181,8 +190,8 @@ class Trainer:
     def _to_device(self, batch: Batch) -> Batch:
         x, targets = batch
         nb = self.device.type == "cuda"
-        x = x.to(self.device, non_blocking=nb)
-        if self.settings.channels_last and x.dim() == 4:
+        x = x.to(self.device, non_blocking=nb)  # a tensor, or any batch object with .to (a graph batch)
+        if self.settings.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, {k: v.to(self.device, non_blocking=nb) for k, v in targets.items()}
 
@@ -327,7 +336,7 @@ class Trainer:
         for i in range(start, steps):
             x, targets = self._to_device(next(batches))
             stacked, result = self.train_step(x, targets)
-            n = x.shape[0]
+            n = batch_size_of(x)
             sums += stacked.double() * n
             count += n
             if self.global_step % self.settings.log_every_n_steps == 0:
@@ -360,13 +369,14 @@ class Trainer:
         n = 0
         for batch in loader if loader is not None else self.eval_loaders[split]:
             x, targets = self._to_device(batch)
+            b = batch_size_of(x)
             with self.autocast():
                 outputs = self.model(x, self.task_names)
             for k, t in enumerate(self.task_names):
                 pred = outputs[t].float()
                 meters[t].update(pred, targets[t])
-                loss_sums[k] += self.tasks[t].loss(pred, targets[t]).double() * x.shape[0]
-            n += x.shape[0]
+                loss_sums[k] += self.tasks[t].loss(pred, targets[t]).double() * b
+            n += b
         self.model.train()
         out: dict[str, float] = {}
         for t, value in zip(self.task_names, (loss_sums / max(n, 1)).tolist()):
