@@ -104,6 +104,8 @@ class GradientEngine:
         self.shared = model.shared_parameters()
         self.last_shared = model.last_shared_parameters()
         self.heads = {t: model.task_parameters(t) for t in self.task_names}
+        # task-specific parameters upstream of the representation (listed first in ``heads[t]``; TaskAwareEncoder)
+        self.upstream = {t: model.encoder_task_parameters(t) for t in self.task_names}
         self.dim = flat_size(self.shared)
         self.batched = per_task_backward == "batched"
         self.task_sink = task_sink
@@ -201,7 +203,19 @@ class GradientEngine:
                 extra = torch.zeros_like(rows[k])
                 fill_rows(extra.unsqueeze(0), 0, self.shared, grads)
                 rows[k] += extra
+        self._upstream_head_grads(reps, cotangents, head_grads)
         return rows, head_grads
+
+    def _upstream_head_grads(self, reps: Sequence[torch.Tensor], cotangents: list[torch.Tensor],
+                             head_grads: list[list[torch.Tensor | None]]) -> None:
+        """Task-specific encoder parameters (gates, task experts) lie before the leaves the heads read, so the
+        head passes leave them without gradient: task k's own cotangent pushed through the encoder gives it."""
+        for k, task in enumerate(self.task_names):
+            upstream = self.upstream[task]
+            if upstream:
+                g = torch.autograd.grad(reps, upstream, grad_outputs=[c[k] for c in cotangents], allow_unused=True,
+                                        retain_graph=True)
+                head_grads[k][: len(upstream)] = list(g)
 
     def task_gradients(
         self, losses: Sequence[torch.Tensor], rep: Any = None, with_heads: bool = True, keep_graph: bool = False,

@@ -171,6 +171,7 @@ def describe_run(cfg: DictConfig, mode: Mode, parts: RunParts, ident: Mapping[st
         "scheduler": choices.get("scheduler", type(parts.scheduler).__name__ if parts.scheduler else None),
         "seed": cfg.seed, "delta_m": info["delta_m"], "loss_transforms": describe_transforms(cfg.get("loss_transforms")),
         "device": info["device"], "threads": info["threads"], "parameters": parts.model.parameter_counts(),
+        "sharing": parts.model.sharing(),
         "output_dir": info["output_dir"], "hydra": {k: v for k, v in ident.items() if k != "choices"}, "choices": choices,
         "mtl_bench_version": __version__, "distributed": info["distributed"],
         "diagnostics": info["diagnostics"], "config": resolved,
