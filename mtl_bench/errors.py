@@ -22,6 +22,12 @@ class ConfigError(MTLBenchError, ValueError):
     """A configuration value is invalid (wrong choice, out of range, inconsistent with the dataset)."""
 
 
+class NotApplicableError(ConfigError):
+    """A valid method that is not defined for this problem (e.g. Krum or TrimmedMean with too few tasks).  A single
+    run ends with the one-line reason (exit code 2); in a sweep the job is recorded as ``not_applicable`` with the
+    reason in its summary.json and the sweep goes on, so ``combiner=glob(*)`` covers every method that applies."""
+
+
 def check_choice(name: str, value: T, choices: Iterable[Any]) -> T:
     """``value`` if it is one of ``choices``, else a :class:`ConfigError` ``<name>=<value!r> is invalid; choose one of
     [...]`` — the one message for a wrong config choice.  A bool is not taken for the 1 or 0 it equals unless the

@@ -33,7 +33,7 @@ from mtl_bench.config.schema import TrainerConf
 from mtl_bench.config.validate import validate_config
 from mtl_bench.engine import GradientObserver
 from mtl_bench.distributed import DistContext, cleanup, init_distributed
-from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, PreemptedError, StorageError
+from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, NotApplicableError, PreemptedError, StorageError
 from mtl_bench.diagnostics.base import Diagnostic, RunContext, build_diagnostics, directions_of
 from mtl_bench.loggers.run_logger import RunLogger, WandbSettings
 from mtl_bench.loss_transforms import describe as describe_transforms
@@ -266,6 +266,21 @@ def not_started(cfg: DictConfig, signal_name: str) -> None:
             log.error("summary.json not written: %s", e)
 
 
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def not_applicable(cfg: DictConfig, error: NotApplicableError) -> None:
+    """A sweep's job whose method is not defined for this problem: its folder says why (status ``not_applicable``)."""
+    output_dir = Path(str(cfg.paths.output_dir))
+    log.warning("job skipped, not applicable: %s", error)
+    try:
+        write_summary_file(output_dir, {"status": "not_applicable", "error": str(error), "epochs_completed": 0,
+                                        "output_dir": str(output_dir)})
+    except StorageError as e:
+        log.error("summary.json not written: %s", e)
+
+
 def stop_job(code: int) -> None:
     """End a stopped job: in the entry process a SystemExit, which passes through Hydra's job runner and ends a sweep
     run in this process; in a launcher's worker (joblib) a normal return: the entry process, which received the same
@@ -291,14 +306,20 @@ def main(cfg: DictConfig) -> float | None:
         return None
     except NonFiniteLossError as e:
         log.error("%s", e)
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if in_multirun():
             if cfg.trainer.get("on_divergence", "fail") == "record":
                 return None  # recorded in summary.json (status diverged); the sweep goes on
             raise
         sys.exit(exit_code(e))
+    except NotApplicableError as e:
+        if not in_multirun():
+            log.error("%s", e)
+            sys.exit(exit_code(e))
+        not_applicable(cfg, e)  # recorded; the sweep goes on (e.g. Krum in combiner=glob(*) with two tasks)
+        return None
     except MTLBenchError as e:
         log.error("%s", e)
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if in_multirun():
             raise  # the launcher records this job as failed and runs the others
         sys.exit(exit_code(e))
     if cfg.get("optimized_metric"):

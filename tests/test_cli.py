@@ -91,6 +91,20 @@ def test_a_failing_job_does_not_lose_the_other_jobs(tmp_path):
     assert [d.name.split("_")[0] for d in done] == ["1"]
 
 
+def test_a_method_undefined_for_the_task_count_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """Krum needs ≥ 3 tasks: in a sweep over combiners on 2 tasks its job says so in summary.json and the sweep
+    succeeds; run alone, it is the one-line error with exit code 2."""
+    sweep = tmp_path / "glob"
+    r = cli("-m", "combiner=krum,ew", *SMOKE, "logger=none", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr
+    summaries = [json.loads((d / "summary.json").read_text()) for d in jobs(sweep)]
+    assert [s["status"] for s in summaries] == ["not_applicable", "completed"]
+    assert "needs at least max(n_byzantine + 3, n_selected) = 3 tasks, got 2" in summaries[0]["error"]
+    alone = cli("combiner=krum", *SMOKE, "logger=none", f"hydra.run.dir={tmp_path / 'alone'}")
+    assert alone.returncode == 2 and "Traceback" not in alone.stdout + alone.stderr
+    assert "got 2" in alone.stdout + alone.stderr
+
+
 def test_elich_optimizers_small_grid_records_optimizer_lr_and_combiner(tmp_path):
     sweep = tmp_path / "elich"
     r = cli("-m", "+experiment=elich_optimizers", "optimizer=adam,signsgd", "combiner=ew", "optimizer.lr=0.01", "seed=0",

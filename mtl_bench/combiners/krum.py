@@ -11,7 +11,7 @@ from mtl_bench.combiners._grad_utils import check_choice, check_int
 from mtl_bench.combiners.base import GramianWeighting
 from mtl_bench.combiners.registry import register
 from mtl_bench.combiners.solvers import gramian_to_numpy
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import NotApplicableError
 
 DISTANCES = ("squared", "euclidean")
 
@@ -68,7 +68,7 @@ class Krum(GramianWeighting):
 
     def check_num_tasks(self, k: int) -> None:
         if k < self.n_byzantine + 3 or k < self.n_selected:
-            raise ConfigError(
+            raise NotApplicableError(
                 f"combiner '{self.name}' with n_byzantine={self.n_byzantine}, n_selected={self.n_selected} needs at "
                 f"least max(n_byzantine + 3, n_selected) = {max(self.n_byzantine + 3, self.n_selected)} tasks, got {k}"
             )

@@ -10,7 +10,7 @@ import torch
 from mtl_bench.combiners._grad_utils import check_int
 from mtl_bench.combiners.base import Aggregation, GradientAggregator
 from mtl_bench.combiners.registry import register
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import NotApplicableError
 
 
 @register("trimmed_mean")
@@ -47,7 +47,7 @@ class TrimmedMean(GradientAggregator):
 
     def check_num_tasks(self, k: int) -> None:
         if k < 2 * self.trim_number + 1:
-            raise ConfigError(
+            raise NotApplicableError(
                 f"combiner '{self.name}' with trim_number={self.trim_number} needs at least 2 * trim_number + 1 = "
                 f"{2 * self.trim_number + 1} tasks, got {k}"
             )
