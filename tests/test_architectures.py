@@ -33,6 +33,9 @@ COEFFS = (0.5, 2.0, 0.25)
 # the tiny instance of each architecture: config overrides and the input shape (a new architecture adds a line)
 TINY: dict[str, tuple[dict, tuple[int, ...]]] = {
     "mmoe": ({"num_experts": 3, "expert": {"hidden": [6]}}, (5,)),
+    "cgc": ({"num_shared_experts": 2, "num_task_experts": 1, "expert": {"hidden": [6]}}, (5,)),
+    "ple": ({"levels": 2, "num_shared_experts": 2, "num_task_experts": 1, "expert": {"hidden": [6]}}, (5,)),
+    "dselect_k": ({"num_experts": 4, "num_nonzeros": 2, "expert": {"hidden": [6]}}, (5,)),
 }
 
 
