@@ -213,3 +213,54 @@ def write_mnist_fixture(
         write_idx(raw / f"{image_file}{suffix}", images)
         write_idx(raw / f"{label_file}{suffix}", rng.integers(0, 10, size=n).astype(np.uint8))
     return Path(root)
+
+
+QM9_ATOMS = (1, 6, 7, 8, 9)  # H, C, N, O, F: PyG's atom types 0..4
+
+
+def _qm9_molecule(rng: np.random.Generator, i: int) -> dict:
+    """One random molecule as PyG's QM9 stores it: a random tree of bonds (both directions, sorted by
+    ``row * n + col``), 11 atom features (type one-hot, atomic number, aromatic, sp/sp2/sp3, number of H neighbours),
+    positions, 1×19 targets."""
+    import torch
+
+    n = int(rng.integers(3, 10))
+    types = rng.integers(0, 5, size=n)
+    parent = [int(rng.integers(0, j)) for j in range(1, n)]
+    pairs = [(j + 1, p) for j, p in enumerate(parent)] + [(p, j + 1) for j, p in enumerate(parent)]
+    bond_type = {frozenset(e): int(rng.integers(0, 4)) for e in pairs}
+    pairs.sort(key=lambda e: e[0] * n + e[1])
+    edge_index = np.array(pairs, dtype=np.int64).T
+    edge_attr = np.eye(4, dtype=np.float32)[[bond_type[frozenset(e)] for e in pairs]]
+    hybrid = np.eye(3, dtype=np.float32)[rng.integers(0, 3, size=n)]
+    num_hs = np.bincount(edge_index[1][types[edge_index[0]] == 0], minlength=n).astype(np.float32)
+    x = np.concatenate([np.eye(5, dtype=np.float32)[types], np.array(QM9_ATOMS, dtype=np.float32)[types, None],
+                        (rng.random((n, 1)) < 0.2).astype(np.float32), hybrid, num_hs[:, None]], axis=1)
+    y = rng.normal(np.linspace(-5.0, 5.0, 19), np.linspace(0.5, 3.0, 19)).astype(np.float32)[None]
+    return {"x": torch.from_numpy(x), "edge_index": torch.from_numpy(edge_index), "edge_attr": torch.from_numpy(edge_attr),
+            "y": torch.from_numpy(y), "pos": torch.from_numpy(rng.normal(0.0, 1.5, (n, 3)).astype(np.float32)),
+            "z": torch.from_numpy(np.array(QM9_ATOMS)[types]), "name": f"gdb_{i + 1}", "idx": i}
+
+
+def write_qm9_fixture(root: str | os.PathLike, n: int = 40, seed: int = 0, layout: str = "processed") -> Path:
+    """Write ``n`` random molecules in PyTorch Geometric's QM9 format (needs torch_geometric): ``layout="processed"``
+    writes ``<root>/processed/data_v3.pt`` with PyG's own ``InMemoryDataset.save`` (plus its ``pre_transform.pt`` and
+    ``pre_filter.pt``), as ``torch_geometric.datasets.QM9(root)`` leaves it; ``layout="raw"`` writes
+    ``<root>/raw/qm9_v3.pt``, the list of per-molecule dicts of PyG's pre-processed download.  Returns ``root``."""
+    import torch
+    from torch_geometric.data import Data, InMemoryDataset
+
+    rng = np.random.default_rng(seed)
+    molecules = [_qm9_molecule(rng, i) for i in range(n)]
+    root = Path(root)
+    if layout == "raw":
+        (root / "raw").mkdir(parents=True, exist_ok=True)
+        torch.save(molecules, root / "raw" / "qm9_v3.pt")
+    elif layout == "processed":
+        (root / "processed").mkdir(parents=True, exist_ok=True)
+        InMemoryDataset.save([Data(**m) for m in molecules], str(root / "processed" / "data_v3.pt"))
+        for name in ("pre_transform.pt", "pre_filter.pt"):
+            torch.save("None", root / "processed" / name)
+    else:
+        raise ValueError(f"layout={layout!r}; choose 'processed' or 'raw'")
+    return root
