@@ -36,6 +36,9 @@ TINY: dict[str, tuple[dict, tuple[int, ...]]] = {
     "cgc": ({"num_shared_experts": 2, "num_task_experts": 1, "expert": {"hidden": [6]}}, (5,)),
     "ple": ({"levels": 2, "num_shared_experts": 2, "num_task_experts": 1, "expert": {"hidden": [6]}}, (5,)),
     "dselect_k": ({"num_experts": 4, "num_nonzeros": 2, "expert": {"hidden": [6]}}, (5,)),
+    "cross_stitch": ({"column": {"hidden": [6, 5, 4]}}, (5,)),
+    "cross_stitch_resnet": ({"column": {"output_stride": 32}}, (3, 32, 32)),
+    "mtan_resnet": ({"output_stride": 32}, (3, 32, 32)),
 }
 
 
