@@ -15,6 +15,20 @@ Config (``loss_transforms``, keyed by task)::
       t2: {kind: log, eps: 1.0e-8}           # log(L + eps)
       t3: {kind: exp, rate: 1.0}             # exp(a·L), a > 0
       t4: {kind: custom, fn: my_pkg.my_increasing_fn}               # any strictly increasing callable (dotted path)
+
+The wildcard key ``"*"`` gives every trained task the same transform; an explicit task key wins over it, and an
+explicit empty entry (``t1: null``) exempts that task.  ``loss_transforms=log_all``
+(``configs/loss_transforms/log_all.yaml``) is ``"*": {kind: log, eps: 1e-8}``: log(L_k + 1e-8) for every task.
+
+The FAMO repository's LOG-* variants are gradient combiners composed with ``log_all``.  ``combiner=imtl_g
+loss_transforms=log_all`` is its LOG-IMTL-G exactly.  ``combiner=mgda loss_transforms=log_all`` gives the direction
+of its LOG-MGDA times c = Σ_k s_k / L_k (FAMO divides the objective Σ_k s_k log L_k by this detached normaliser,
+so its effective weights on the ∇L_k sum to one; ours are s_k / L_k with the min-norm s on the simplex).
+LOG-CAGrad there is CAGrad on the ∇log L_k (no eps) in the sum scale — K·(g₀ + λ g_w)/(1 + c²), g₀ the mean row,
+c = 0.4 — with the shared gradient clipped to norm 1 and unit-weight heads; the closest here is ``combiner=cagrad
+combiner.reduction=sum combiner.c=0.4 loss_transforms=log_all`` (our default ``reduction=mean`` is 1/K of it; our
+heads get CAGrad's weights; clip with ``trainer.grad_clip_norm``, which clips the whole model).  Combiners defined
+for non-negative losses only (FAMO, UW-O, STCH, …) refuse a log-transformed loss below 0 with their one-line error.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ import torch
 from mtl_bench.errors import ConfigError, check_choice
 
 KINDS = ("scale", "power", "log", "exp", "custom")
+WILDCARD = "*"  # the key whose transform applies to every trained task without its own key
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -78,12 +93,19 @@ def check_increasing(task: str, fn: Transform) -> None:
 
 def build_transforms(cfg: Mapping[str, Any] | None, tasks: list[str], all_tasks: list[str],
                      resolve: Callable[[Any], Any] | None = None) -> dict[str, Transform]:
-    """Transforms of the active tasks; naming a task the dataset lacks is an error, an inactive one is ignored."""
+    """Transforms of the active tasks; naming a task the dataset lacks is an error, an inactive one is ignored.
+    The wildcard ``"*"`` applies to every active task without an explicit key (an explicit empty key: none)."""
     cfg = dict(cfg or {})
-    unknown = [t for t in cfg if t not in all_tasks]
+    unknown = [t for t in cfg if t not in all_tasks and t != WILDCARD]
     if unknown:
-        raise ConfigError(f"loss_transforms names unknown task(s) {unknown}; the dataset's tasks are {all_tasks}")
-    return {t: make_transform(t, dict(spec), resolve) for t, spec in cfg.items() if t in tasks and spec}
+        raise ConfigError(f"loss_transforms names unknown task(s) {unknown}; the dataset's tasks are {all_tasks} "
+                          f"(or '{WILDCARD}' for every task)")
+    out: dict[str, Transform] = {}
+    if cfg.get(WILDCARD):
+        every = make_transform(WILDCARD, dict(cfg[WILDCARD]), resolve)
+        out = {t: every for t in tasks if t not in cfg}
+    out.update({t: make_transform(t, dict(spec), resolve) for t, spec in cfg.items() if t in tasks and spec})
+    return out
 
 
 def describe(cfg: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -69,3 +69,34 @@ def test_trainer_logs_raw_losses_and_the_combiner_sees_transformed_ones(make_cfg
     assert summary["loss_transforms"] == {"t1": {"kind": "scale", "factor": 100.0}}
     with pytest.raises(ConfigError, match="cannot import function 'no.such.module.fn'"):
         build_and_train(make_cfg("+loss_transforms.t0={kind: custom, fn: no.such.module.fn}"), output_dir=tmp_path / "bad")
+
+
+# ---------------------------------------------------------------------- the wildcard key and loss_transforms=log_all
+def test_wildcard_applies_to_every_trained_task_and_explicit_keys_win():
+    cfg = {"*": {"kind": "log", "eps": 1e-8}, "t1": {"kind": "scale", "factor": 3.0}, "t2": None}
+    fns = build_transforms(cfg, ["t0", "t1", "t2"], ["t0", "t1", "t2", "t3"])
+    assert sorted(fns) == ["t0", "t1"]  # t2 exempted by its empty key, t3 not trained
+    two = torch.tensor(2.0, dtype=torch.float64)
+    assert fns["t0"](two).item() == math.log(2.0 + 1e-8)
+    assert fns["t1"](two).item() == 6.0
+    with pytest.raises(ConfigError, match=r"loss_transforms\.\*\.eps must be a positive number, got 0"):
+        build_transforms({"*": {"kind": "log", "eps": 0}}, ["t0"], ["t0"])
+
+
+def test_log_all_composes_through_hydra_and_the_trainer_sees_log_losses(make_cfg, tmp_path):
+    """``loss_transforms=log_all`` with t1 overridden on the command line: EW(sum) objective = log(L_t0 + 1e-8) +
+    2 L_t1 in terms of the logged raw losses; a combiner defined for non-negative losses only refuses a log-loss
+    below 0 with its one-line error."""
+    cfg = make_cfg("loss_transforms=log_all", "+loss_transforms.t1={kind: scale, factor: 2.0}")
+    assert dict(cfg.loss_transforms["*"]) == {"kind": "log", "eps": 1e-8}
+    summary = build_and_train(cfg, output_dir=tmp_path / "r")
+    steps = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in steps if r["type"] == "step")
+    expected = math.log(step["train/t0/loss"] + 1e-8) + 2.0 * step["train/t1/loss"]
+    assert step["train/objective"] == pytest.approx(expected, rel=1e-5, abs=1e-6)  # float32 losses
+    assert summary["loss_transforms"]["*"] == {"kind": "log", "eps": 1e-8}
+    # labels × 0.01: MSE losses < 1, so log(L + 1e-8) < 0 at the first step
+    with pytest.raises(ConfigError) as err:
+        build_and_train(make_cfg("combiner=uw_o", "loss_transforms=log_all", "dataset.label_scales=[0.01,0.01]"),
+                        output_dir=tmp_path / "bad")
+    assert "combiner 'uw_o' is defined for task losses >= 0 only" in str(err.value) and "\n" not in str(err.value)
