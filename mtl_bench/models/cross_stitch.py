@@ -132,8 +132,8 @@ class CrossStitch(TaskAwareEncoder):
         super().__init__(task_names)
         k = len(self.task_names)
         encoders = build_experts(column, k, input_shape, "column")
-        self.out_dim: Any = encoders[0].out_dim
         self.columns = nn.ModuleList(nn.ModuleList(column_stages(e)) for e in encoders)
+        self.out_dim: Any = encoders[0].out_dim
         n_stages = len(self.columns[0])
         if n_stages < 2:
             raise ConfigError(
