@@ -74,6 +74,9 @@ def test_ple_task_experts_before_the_last_level_reach_every_task_so_they_are_sha
     assert all(id(p) in shared for p in early.parameters())
     assert not any(id(p) in shared for p in late.parameters())
     assert all(id(p) in shared for p in ple.levels[0].branch_gate.parameters())
+    assert ple.sharing()["per_level"] == [
+        {"shared_experts": "shared", "task_experts": "shared", "gates": "task-specific", "branch_gate": "shared"},
+        {"shared_experts": "shared", "task_experts": "task-specific", "gates": "task-specific"}]
 
 
 def test_ple_levels_as_a_list_of_expert_configs():

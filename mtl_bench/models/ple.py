@@ -115,9 +115,18 @@ class PLE(TaskAwareEncoder):
         """The last level's last shared expert's last layer."""
         return last_layer_of(self.levels[-1].shared_experts[-1])
 
+    def level_roles(self) -> list[dict[str, str]]:
+        """Per level, each part's role as declared by ``task_modules`` (the summary's readable form)."""
+        owned = {id(p) for t in self.task_names for m in self.task_modules(t) for p in m.parameters()}
+        roles = []
+        for level in self.levels:
+            parts = {name: [id(p) for p in child.parameters()] for name, child in level.named_children()}
+            roles.append({name: "task-specific" if all(i in owned for i in ids) else "shared"
+                          for name, ids in parts.items() if ids})
+        return roles
+
     def sharing(self) -> dict[str, Any]:
         last = self.levels[-1]
         return {"architecture": "ple", "levels": len(self.levels), "num_shared_experts": len(last.shared_experts),
                 "num_task_experts": len(last.task_experts[self.task_names[0]]), "shared_gates": self.shared_gates,
-                "shared_branch_gates": "shared",
-                "task_experts": "task-specific at the last level; shared before it (they feed the shared-branch gate)"}
+                "per_level": self.level_roles()}
