@@ -1,10 +1,10 @@
 """CGC: Customized Gate Control (Tang, Liu, Zhao, Gong, "Progressive Layered Extraction (PLE): A Novel Multi-Task
-Learning (MTL) Model for Personalized Recommendations", RecSys 2020, §4.2).
+Learning (MTL) Model for Personalized Recommendations", RecSys 2020: its CGC block).
 
 ``num_shared_experts`` shared experts and ``num_task_experts`` experts per task, each a copy of the configured
 ``expert`` encoder (any backbone of the ``backbone`` group, e.g. ``mtl_bench.models.backbones.MLPEncoder``), read
 the input.  Task ``t``'s gate is a softmax over the shared experts and task ``t``'s own experts, computed from the
-flattened raw input (paper eq. 1–2, LibMTL ``architecture/CGC.py``):
+flattened raw input (as in the paper and LibMTL ``architecture/CGC.py``):
 ``h_t = Σ_e softmax(W_t x)_e · S_t(x)_e`` with ``S_t = [shared experts; experts of t]``.  The task tower of the
 paper is the task's head.  With ``num_task_experts: 0`` and one task this is a plain (one-gate) mixture of experts.
 

@@ -10,12 +10,13 @@ representation is ``h_t = Σ_e a_t(x)_e · expert_e(x)`` with a DSelect-k gate p
 saturate (|z| ≥ γ/2) each ``r_i`` is one-hot, so at most k experts get a non-zero weight (exactly one for k = 1).
 ``S_γ(z) = 0`` for z ≤ −γ/2, 1 for z ≥ γ/2, and ``−2z³/γ³ + 3z/(2γ) + 1/2`` between (the cubic smooth-step).
 
-We implement the **per-example** gate (the paper's "example-conditioned" variant, the one its MTL experiments and
-LibMTL use): ``z`` and ``w`` are Linear maps of the flattened raw input (``z``: ``k·m`` outputs, ``w``: ``k``), not
-the static, input-independent variant.  Initialisation as the official code: ``z`` weights and biases
-U(−γ/100, γ/100), ``w`` weights and biases U(−0.05, 0.05) (Keras' RandomUniform default).  ``gamma`` (γ, default 1)
-is the smooth-step width used **in the forward pass** — LibMTL calls its smooth-step with γ = 1 whatever its
-``kgamma`` (a pitfall: there ``kgamma`` only scales the initialisation).
+We implement the **per-example** gate (the official code's "example conditioning", the variant LibMTL's MTL
+architecture uses): ``z`` and ``w`` are Linear maps of the flattened raw input (``z``: ``k·m`` outputs, ``w``: ``k``);
+the official code's static, input-independent gate ("task-only conditioning") is not implemented.  Initialisation as
+the official code: ``z`` weights and biases U(−γ/100, γ/100), ``w`` weights and biases U(−0.05, 0.05) (Keras'
+RandomUniform default).  ``gamma`` (γ, default 1) is the smooth-step width used **in the forward pass** — LibMTL
+calls its smooth-step with γ = 1 whatever its ``kgamma`` (a pitfall: there ``kgamma`` only scales the
+initialisation).
 
 Unused codes: when E is not a power of 2, 2^m − E codes select no expert and the official code keeps the gate off
 them with an extra loss term, ``Σ 1/Σ_e r_i(e)``.  Extra loss terms of the model have no hook in the trainer (the
@@ -27,7 +28,7 @@ default λ = 1e-6) to push the selectors to binary codes faster.  ``DSelectK.sel
 (unweighted) for a caller that adds it to the objective; the forward pass never backpropagates it (LibMTL's
 pitfall: it calls ``backward`` on it inside ``forward()``, on the last task's selectors only, once per forward — so
 per-task-backward methods run it several times per step).  Since the trainer has no hook for it, ``entropy_reg``
-(λ) must stay 0: the regulariser is left out of training, which the paper treats as optional.
+(λ) must stay 0: the regulariser is left out of training (it is optional in the official gate too, off by default).
 
 Sharing (``shared_gates``, recorded in ``summary.json["sharing"]``): the experts are shared; task ``t``'s gate (its
 ``z`` and ``w`` maps) is task ``t``'s unless ``shared_gates: true`` (LibMTL: experts only).

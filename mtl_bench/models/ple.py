@@ -1,7 +1,7 @@
 """PLE: Progressive Layered Extraction (Tang, Liu, Zhao, Gong, "Progressive Layered Extraction (PLE): A Novel
-Multi-Task Learning (MTL) Model for Personalized Recommendations", RecSys 2020, §4.3).
+Multi-Task Learning (MTL) Model for Personalized Recommendations", RecSys 2020).
 
-A stack of extraction levels, as in the paper (Fig. 5, eq. 3–4).  Level ``j`` has ``num_shared_experts`` shared
+A stack of extraction levels, as in the paper.  Level ``j`` has ``num_shared_experts`` shared
 experts, ``num_task_experts`` experts per task and one softmax gate per task; every level but the last also has a
 *shared-branch gate* over all its experts (shared and every task's).  With ``g^{t,j}`` task ``t``'s output and
 ``g^{s,j}`` the shared branch's output of level ``j`` (``g^{·,0} = x``):
