@@ -39,6 +39,7 @@ from mtl_bench.optim import group_lrs
 from mtl_bench.optimizers import is_task_wise
 from mtl_bench.preemption import PreemptionGuard, status_for, stop_exit_code
 from mtl_bench.selection import ModelSelector
+from mtl_bench.step_context import step_context
 from mtl_bench.tasks import Task
 from mtl_bench.report.run_figures import render
 from mtl_bench.run_summary import RESULT_COLUMNS, RESULT_KEYS, metric_directions, read_summary, results_rows, results_table
@@ -246,6 +247,8 @@ class Trainer:
             weights = torch.tensor([1.0 if t in self.targets else 0.0 for t in self.task_names], device=stacked.device)
             result = StepResult(objective.detach(), weights, None, None)
         else:
+            if self.combiner.extra_batches:  # methods that look at other training batches first (Auto-Lambda, MoDo)
+                self.combiner.before_backward(step_context(self, x, targets, losses))
             result = self.engine.backward(losses, self.global_step, rep=rep, loss_scale=scale, leaves=leaves)
         for d in self.diagnostics:  # diagnostics with their own passes over the batch (e.g. per-sample gradients)
             d.observe_batch(self.global_step, x, targets)

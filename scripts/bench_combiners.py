@@ -38,6 +38,7 @@ from mtl_bench.engine import GradientEngine
 from mtl_bench.models.backbones import ConvEncoder, MLPEncoder
 from mtl_bench.models.heads import MLPHead
 from mtl_bench.models.mtl_model import MultiTaskModel
+from mtl_bench.step_context import StepContext
 from mtl_bench.utils import markdown_table
 from bench_common import publish, timed  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
@@ -88,6 +89,17 @@ class Runner:
     def losses(self, out):
         return {t: torch.nn.functional.mse_loss(out[t], self.y[t]) for t in self.tasks}
 
+    def context(self, losses):
+        """The step context of an extra-batch combiner; extra batch i is the step's batch rolled by i + 1 samples."""
+        def draw(i):
+            return self.x.roll(i + 1, 0), {t: v.roll(i + 1, 0) for t, v in self.y.items()}
+
+        def loss_fn(out, y):
+            return {t: torch.nn.functional.mse_loss(out[t], y[t]) for t in self.tasks}
+
+        return StepContext(model=self.model, optimizer=self.opt, engine=self.engine, task_names=list(self.tasks), step=0,
+                           batch=(self.x, self.y), losses=losses, loss_fn=loss_fn, draw=draw)
+
     def step(self):
         self.opt.zero_grad(set_to_none=True)
         rep = self.model.encode(self.x)
@@ -100,6 +112,8 @@ class Runner:
                 for p, g in zip(self.shared + self.model.task_parameters(t), grads):
                     p.grad = g if p.grad is None else p.grad + g
         else:
+            if self.comb.extra_batches:  # Auto-Lambda, MoDo: the extra batches are fixed other batches of the same shape
+                self.comb.before_backward(self.context(losses))
             res = self.engine.backward(losses, 0, rep=rep, leaves=leaves)
             self.last_grads = (res.grads, torch.stack([v.detach() for v in losses.values()]))
         self.opt.step()

@@ -6,6 +6,7 @@ import torch
 
 from mtl_bench.combiners.base import Combiner
 from mtl_bench.engine import GradientEngine
+from mtl_bench.step_context import StepContext
 from tests.helpers import tiny_batch, tiny_model
 
 TASKS3 = ("a", "b", "c")
@@ -46,6 +47,20 @@ def engine_update(combiner: Combiner, tasks=TASKS3, seed: int = 0, steps: int = 
     return flat
 
 
+def tiny_context(engine: GradientEngine, opt, step: int, batch, losses, batch_seed: int) -> StepContext:
+    """The step context the trainer builds, for the tiny model: MSE losses, extra batches seeded by (batch_seed, i)."""
+    tasks = engine.task_names
+
+    def loss_fn(out, y):
+        return {t: torch.nn.functional.mse_loss(out[t], y[t]) for t in tasks}
+
+    def draw(i: int):
+        return tiny_batch(tasks=tasks, seed=1000 * (batch_seed + 1) + i)
+
+    return StepContext(model=engine.model, optimizer=opt, engine=engine, task_names=list(tasks), step=step, batch=batch,
+                       losses=losses, loss_fn=loss_fn, draw=draw)
+
+
 def train_step(engine: GradientEngine, opt: torch.optim.Optimizer, step: int, tasks=TASKS3, batch_seed: int = 0) -> torch.Tensor:
     """One step as the trainer takes it (backward, optimizer step, the combiner's post-step hook) on the
     tiny batch ``batch_seed``; returns the flat vector of all parameter gradients of the step."""
@@ -55,7 +70,10 @@ def train_step(engine: GradientEngine, opt: torch.optim.Optimizer, step: int, ta
     rep = model.encode(x)
     leaves = engine.leaves(rep)
     out = model.decode(leaves)
-    engine.backward({t: torch.nn.functional.mse_loss(out[t], y[t]) for t in tasks}, step, rep=rep, leaves=leaves)
+    losses = {t: torch.nn.functional.mse_loss(out[t], y[t]) for t in tasks}
+    if combiner.extra_batches:  # Auto-Lambda, MoDo: extra batch i of this step is tiny batch (batch_seed, i)
+        combiner.before_backward(tiny_context(engine, opt, step, (x, y), losses, batch_seed))
+    engine.backward(losses, step, rep=rep, leaves=leaves)
     flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     opt.step()
     post = None

@@ -34,7 +34,11 @@ Declared capabilities (class attributes the engine reads instead of recognising 
 
 Hooks the trainer calls: ``setup(task_names)`` once; ``after_step(post_losses)`` after every optimizer
 step (``post_losses`` are the task losses recomputed on the same batch, without gradients, when the class
-sets ``needs_post_step_losses`` — FAMO); ``on_epoch_end(epoch, train_losses)``.
+sets ``needs_post_step_losses`` — FAMO); ``on_epoch_end(epoch, train_losses)``; and, for a class that declares
+``extra_batches = n > 0`` (methods that need more than the step's batch: Auto-Lambda's meta step, MoDo's second
+batch), ``before_backward(ctx)`` once per step after the forward pass and before the backward, with a
+:class:`~mtl_bench.step_context.StepContext` (model, optimizer, engine, the step's batch and losses, a loss
+function, ``extra_batch(i)`` for i < n; drawn statelessly, so resuming needs no extra checkpoint state).
 
 Combiners are ``nn.Module`` s: learnable weights are parameters (the trainer optimises them in their own
 ``combiner`` parameter group, with ``optimizer_overrides()`` applied, e.g. a different lr) and history is
@@ -60,6 +64,7 @@ class Combiner(nn.Module):
     name: ClassVar[str] = "base"
     needs_grads: ClassVar[bool] = False
     needs_post_step_losses: ClassVar[bool] = False
+    extra_batches: ClassVar[int] = 0  # > 0: before_backward(ctx) is called every step (see the module docstring)
     supported_sources: ClassVar[tuple[str, ...]] = ()
     default_source: ClassVar[str | None] = None
     scale: ClassVar[str] = "n/a"  # "sum" | "mean" | "normalised" ...: documented in each subclass
@@ -91,6 +96,10 @@ class Combiner(nn.Module):
 
     def after_step(self, post_losses: torch.Tensor | None) -> None:
         """Called after every optimizer step (``post_losses``: see ``needs_post_step_losses``)."""
+
+    def before_backward(self, ctx: Any) -> None:
+        """Called once per step before the backward when ``extra_batches > 0``; ``ctx``: a
+        :class:`mtl_bench.step_context.StepContext`."""
 
     def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
         """Hook for methods with epoch-level state (e.g. DWA); ``train_losses`` are epoch means."""
