@@ -135,6 +135,8 @@ class GradientEngine:
         comb = self.combiner
         if not isinstance(comb, GradientAggregator):
             return False
+        if comb.head_input_term:  # δ_k = ∂L_k/∂z_k at the heads' inputs (engine_steps.HeadTermAggregationStep)
+            return True
         return comb.grad_source == "representation" or (comb.grad_source == "params" and self.batched)
 
     def leaves(self, rep: Any) -> Any:

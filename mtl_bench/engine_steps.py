@@ -10,6 +10,9 @@ its gradient source and whether a task-wise optimizer takes the per-task gradien
 * ``TaskWiseAggregationStep`` — the same G and weights, but w_k ∇L_k handed to the sink instead;
 * ``RepresentationAggregationStep`` — G w.r.t. the representation → the direction pushed through the encoder;
 * ``LastSharedAggregationStep`` — G over the last shared layer → the weights applied by one weighted backward.
+* ``HeadTermAggregationStep`` — combiners with a head-level term (``head_input_term``, ConsMTL): per-task head
+  passes with ``create_graph`` to the representation leaves, G over the shared parameters → ``aggregate``, and
+  each head's gradient joined with the gradient of its extra loss.
 
 Every strategy's :meth:`step` gets the prepared losses (:class:`StepInputs`) and returns the
 :class:`StepResult`, or ``None`` when fp16 overflowed (the engine then marks the step for skipping).  The
@@ -359,6 +362,90 @@ class LastSharedAggregationStep(_Aggregator):
         return aggregated(weights, x.detached, grads, self.source)
 
 
+@dataclass
+class HeadPass:
+    """Task k's pass through its head from the representation leaves (``create_graph``, so δ_k stays differentiable)."""
+
+    deltas: list[torch.Tensor | None]  # ∂L_k/∂leaf_i, attached to the head's graph (None: leaf not read)
+    own: list[nn.Parameter]  # the head parameters reached from the leaves (θ_k)
+    ordinary: list[torch.Tensor]  # ∇_{θ_k} L_k, detached
+    upstream: list[nn.Parameter]  # the task's parameters the leaves cut off (task modules inside the encoder)
+    post: list[torch.Tensor | None]  # gradients of shared parameters applied after the representation
+
+
+def head_pass(engine: GradientEngine, task: str, loss: torch.Tensor, leaves: list[torch.Tensor]) -> HeadPass:
+    head, n = engine.heads[task], len(leaves)
+    g = torch.autograd.grad(loss, [*leaves, *head, *engine.shared], create_graph=True, allow_unused=True)
+    own = [(p, x.detach()) for p, x in zip(head, g[n : n + len(head)]) if x is not None]
+    upstream = [p for p, x in zip(head, g[n : n + len(head)]) if x is None]
+    post = [None if x is None else x.detach() for x in g[n + len(head) :]]
+    return HeadPass(list(g[:n]), [p for p, _ in own], [x for _, x in own], upstream, post)
+
+
+def encoder_rows(engine: GradientEngine, reps: Sequence[torch.Tensor], passes: list[HeadPass]) -> tuple[torch.Tensor, list[list]]:
+    """G over the shared parameters (each δ_k pushed through the encoder, plus the shared parameters used after the
+    representation) and the gradients of each task's upstream parameters, one encoder pass per task."""
+    shared = engine.shared
+    rows = torch.zeros(len(passes), engine.dim, device=reps[0].device, dtype=shared[0].dtype if shared else reps[0].dtype)
+    attached = [i for i, r in enumerate(reps) if r.requires_grad]
+    upstream = []
+    for k, hp in enumerate(passes):
+        targets = [*shared, *hp.upstream]
+        g: Sequence[torch.Tensor | None] = [None] * len(targets)
+        if attached and targets and any(hp.deltas[i] is not None for i in attached):
+            cot = [torch.zeros_like(reps[i]) if hp.deltas[i] is None else hp.deltas[i].detach().to(reps[i].dtype) for i in attached]
+            g = torch.autograd.grad([reps[i] for i in attached], targets, grad_outputs=cot, allow_unused=True,
+                                    retain_graph=k < len(passes) - 1)
+        both = [a if b is None else (b if a is None else a + b) for a, b in zip(g[: len(shared)], hp.post)]
+        fill_rows(rows, k, shared, both)
+        upstream.append(list(g[len(shared) :]))
+    return rows, upstream
+
+
+class HeadTermAggregationStep(_Aggregator):
+    """Combiners declaring ``head_input_term`` (ConsMTL): the heads read detached leaves of the representation;
+    per task one head pass with ``create_graph`` gives δ_k = ∂L_k/∂z_k (z_k: the leaves its loss reaches) and
+    the head's gradient, one encoder pass the row of G over the shared parameters.  ``aggregate(G)`` gives the
+    shared direction; each head gets ``head_gradient(∇L_k, ∇_{θ_k} head_terms(δ, w)[k])`` and its upstream
+    parameters their ordinary gradient.  Not under DDP (refused at the first step)."""
+
+    source = "params"
+
+    def step(self, engine: GradientEngine, x: StepInputs) -> StepResult | None:
+        self.check_leaves(engine, x)
+        if engine.dist.enabled:
+            raise ConfigError(f"combiner '{self.combiner.name}' adds a head-level term whose clipping needs the global-batch "
+                              f"head gradients: it is not exact under DDP (world size {engine.dist.world_size}); run it on one process")
+        leaves = list(as_tuple(x.leaves))
+        passes = [head_pass(engine, t, loss, leaves) for t, loss in zip(engine.task_names, x.losses)]
+        grads, upstream = encoder_rows(engine, as_tuple(x.rep), passes)
+        grads = unscale(grads, x.loss_scale)
+        if grads is None:
+            return None
+        agg = self.combiner.aggregate(grads, x.detached)
+        weights = agg_weights(agg, x.detached)
+        assert agg.direction is not None
+        write_direction(engine.shared, agg.direction, grads, x.loss_scale)
+        self.write_heads(passes, upstream, weights, x.loss_scale)
+        return aggregated(weights, x.detached, grads, self.source)
+
+    def write_heads(self, passes: list[HeadPass], upstream: list[list], weights: torch.Tensor, loss_scale: float | None) -> None:
+        s = 1.0 if loss_scale is None else loss_scale
+        deltas = [[d / s for d in hp.deltas if d is not None] for hp in passes]  # the true δ_k in fp16
+        extras = self.combiner.head_terms(deltas, weights)  # type: ignore[attr-defined]
+        for hp, ups, extra in zip(passes, upstream, extras):
+            e: Sequence[torch.Tensor | None] = [None] * len(hp.own)
+            if extra is not None and hp.own and extra.requires_grad:
+                e = torch.autograd.grad(extra, hp.own, allow_unused=True, retain_graph=True)
+            new = self.combiner.head_gradient([g / s for g in hp.ordinary], e)  # type: ignore[attr-defined]
+            for p, g in zip(hp.own, new):
+                if g is not None:
+                    accumulate_grad(p, (g * s).to(p.dtype))
+            for p, g in zip(hp.upstream, ups):
+                if g is not None:
+                    accumulate_grad(p, g)
+
+
 AGGREGATION_STEPS: dict[str, type[_Aggregator]] = {
     "params": ParamsAggregationStep, "representation": RepresentationAggregationStep, "last_shared": LastSharedAggregationStep,
 }
@@ -385,6 +472,8 @@ def choose_strategy(combiner: Combiner, task_wise: bool) -> StepStrategy:
     if isinstance(combiner, LossWeighting):
         return TaskWiseLossWeightingStep(combiner) if task_wise else LossWeightingStep(combiner)
     if isinstance(combiner, GradientAggregator):
+        if combiner.head_input_term and not task_wise:
+            return HeadTermAggregationStep(combiner)
         if task_wise:
             return TaskWiseAggregationStep(combiner)
         if combiner.grad_source not in AGGREGATION_STEPS:  # pragma: no cover - validated by Combiner.__init__

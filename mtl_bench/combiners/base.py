@@ -31,6 +31,11 @@ Declared capabilities (class attributes the engine reads instead of recognising 
   of their sum.  True for loss weightings and for Gramian weightings that keep the base ``aggregate``; False
   by default for other gradient aggregators and for aggregators whose direction is not exactly ``wᵀG`` (norm
   clipping, head weights in place of ``w``).
+* ``head_input_term`` — the method adds a head-level term built from δ_k = ∂L_k/∂z_k, the gradient of task k's
+  loss at the representation z_k its head reads (ConsMTL).  The engine then applies the heads to detached copies
+  of the representation, takes the δ_k with ``create_graph`` and asks the combiner for each head's extra loss
+  (``head_terms(deltas, weights)``) and for how it joins the head's ordinary gradient
+  (``head_gradient(ordinary, extra)``); see ``engine_steps.HeadTermAggregationStep``.
 
 Hooks the trainer calls: ``setup(task_names)`` once; ``after_step(post_losses)`` after every optimizer
 step (``post_losses`` are the task losses recomputed on the same batch, without gradients, when the class
@@ -69,6 +74,7 @@ class Combiner(nn.Module):
     default_source: ClassVar[str | None] = None
     scale: ClassVar[str] = "n/a"  # "sum" | "mean" | "normalised" ...: documented in each subclass
     provides_task_weights: ClassVar[bool] = False  # update = Σ_k w_k ∇L_k with w reported (see the module docstring)
+    head_input_term: ClassVar[bool] = False  # a head-level term from ∂L_k/∂z_k (see the module docstring)
 
     def __init__(self, grad_source: str | None = None):
         super().__init__()
