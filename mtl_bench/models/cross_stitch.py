@@ -16,16 +16,18 @@ Stages of the supported column encoders:
   stem + ``layer1``, ``layer2``, ``layer3``, ``layer4`` (``pool: true`` pools after ``layer4``), hence three units
   as in LibMTL's ``architecture/Cross_stitch.py`` (``backbone=cross_stitch_resnet``).
 
-Initialisation (``init``): ``paper`` (default) is the paper's best setting of its Table 2,
-``(α_S, α_D) = (0.9, 0.1)`` for two tasks, generalised to K tasks as rows that sum to one: ``alpha_self`` on the
-diagonal and ``(1 − alpha_self)/(K − 1)`` on every other entry (``alpha_self: 1.0`` gives K independent columns;
-with one task the unit is 1).  ``ones`` is LibMTL's initialisation (every α = 1: after the first unit every column
-reads the same sum).  α is one scalar per (unit, task, task) as in the paper's Eq. 1 and LibMTL; they are not
-constrained (neither is LibMTL's) and stay trainable.
+Initialisation (``init``): ``paper`` (default) is the paper's near-identity setting for two tasks,
+``(α_S, α_D) = (0.9, 0.1)`` (same-task / different-task weight; the paper compares several such convex pairs),
+generalised to K tasks as rows that sum to one: ``alpha_self`` on the diagonal and ``(1 − alpha_self)/(K − 1)`` on
+every other entry (``alpha_self: 1.0`` gives K independent columns; with one task the unit is 1).  ``ones`` is
+LibMTL's initialisation (every α = 1: after the first unit every column reads the same sum).  α is one scalar per
+(unit, task, task) as in the paper's Eq. 1 and LibMTL; they are not constrained (neither is LibMTL's) and stay
+trainable.
 
-Learning rate: the paper trains the units with a learning rate 10²–10³ × the base network's (its Table 3).  Not done
-here: the optimizer groups are ``shared`` and ``head/<task>`` (``mtl_bench.optim.param_groups``) and AdaTask
-requires exactly one shared group, so the units train at the shared group's learning rate, as in LibMTL.
+Learning rate: the paper trains the units with a higher learning rate than the base network (a multiple of the
+order of 10²–10³; the exact factor was not re-checked against the PDF for this module).  Not done here: the
+optimizer groups are ``shared`` and ``head/<task>`` (``mtl_bench.optim.param_groups``) and AdaTask requires exactly
+one shared group, so the units train at the shared group's learning rate, as in LibMTL.
 
 Sharing (``summary.json["sharing"]``): every column stage before the last unit and every unit influences every task
 through the units, so they are shared, as in LibMTL (``get_share_params`` = the whole encoder).  Column ``t``'s
