@@ -228,7 +228,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             rep = self.model.encode(x)
-            leaves = self.engine.leaves(rep)  # rep itself, or detached copies for representation-space methods
+            # rep itself, or detached copies for representation-space methods (not in post-training: one plain backward)
+            leaves = rep if self.in_post_training else self.engine.leaves(rep)
             outputs = self.model.decode(leaves, self.task_names)
             raw = self.task_losses(outputs, targets)  # separate scalars
             losses = self.transform(raw)  # what the combiner sees (loss_transforms; identity by default)

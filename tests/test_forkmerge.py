@@ -265,8 +265,11 @@ def test_aux_mode_delta_m_uses_the_targets_only(make_cfg, tmp_path):
     assert out["selected"]["test/delta_m"] == pytest.approx(expected, rel=1e-6)
 
 
-def test_post_training_updates_only_the_targets(make_cfg, tmp_path):
-    base = [*AUX, "aux_auxiliaries=[harmful]", "mode=aux", "optimizer=adam", "trainer.selection.rule=last"]
+@pytest.mark.parametrize("combiner", [[], ["combiner=mgda", "+combiner.grad_source=representation"]])
+def test_post_training_updates_only_the_targets(make_cfg, tmp_path, combiner):
+    """The post-training epoch trains the encoder and the targets' heads on Σ_targets L_t, also when the combiner
+    of the joint epochs reads the representation through detached copies (their losses would not reach the encoder)."""
+    base = [*AUX, "aux_auxiliaries=[harmful]", "mode=aux", "optimizer=adam", "trainer.selection.rule=last", *combiner]
     build_and_train(make_cfg(*base, "trainer.epochs=1"), tmp_path / "one")
     two = build_and_train(make_cfg(*base, "trainer.epochs=2", "mode.post_train_epochs=1"), tmp_path / "two")
     assert two["post_train_epochs"] == 1
@@ -275,5 +278,8 @@ def test_post_training_updates_only_the_targets(make_cfg, tmp_path):
     aux_head = [k for k in s1 if "harmful" in k]
     assert aux_head and all(torch.equal(s1[k], s2[k]) for k in aux_head)  # frozen in the post-training epoch
     assert any(not torch.equal(s1[k], s2[k]) for k in s1 if "target" in k)
+    assert all(not torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("encoder.") and k.endswith("weight"))
+    if combiner:
+        return
     with pytest.raises(ConfigError, match="post_train_epochs=2 must lie in"):
         build_and_train(make_cfg(*base, "trainer.epochs=2", "mode.post_train_epochs=2"), tmp_path / "bad")
