@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from mtl_bench.combiners.base import Combiner
-from mtl_bench.errors import ConfigError
+from mtl_bench.errors import ConfigError, check_choice
 from mtl_bench.models.mtl_model import MultiTaskModel
 
 
@@ -34,6 +34,35 @@ def build_optimizer(
         return factory(param_groups(model, combiner))
     except (TypeError, ValueError) as e:  # torch validates lr, betas, momentum... with a clear text
         raise ConfigError(f"optimizer: {e}") from e
+
+
+class PlateauOnMetric:
+    """``ReduceLROnPlateau`` stepped on a validation metric after each evaluation (the QM9 protocol of Nash-MTL and
+    FAMO: factor 0.7, patience 5, min_lr 1e-5 on validation Δm; LibMTL's ``reduce`` scheduler).  ``monitor`` names a
+    key of the evaluation record (``val/delta_m``, ``val/loss``, ``val/<task>/<metric>``); ``mode`` is ``min`` or
+    ``max``.  Epoch-end ``step()`` does nothing: the trainer calls :meth:`step_on` with the validation record."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, monitor: str = "val/loss", mode: str = "min",
+                 factor: float = 0.1, patience: int = 10, min_lr: float = 0.0, threshold: float = 1e-4):
+        check_choice("scheduler.mode", mode, ("min", "max"))
+        self.monitor = str(monitor)
+        self.inner = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr, threshold=threshold)
+
+    def step(self) -> None:
+        pass
+
+    def step_on(self, record: dict[str, float]) -> None:
+        if self.monitor not in record:
+            keys = sorted(k for k in record if k.startswith("val/"))
+            raise ConfigError(f"scheduler.monitor={self.monitor!r} is not a validation metric of this run; choose one of {keys}")
+        self.inner.step(float(record[self.monitor]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
 
 
 def build_scheduler(factory: Callable[..., Any] | None, optimizer: torch.optim.Optimizer) -> Any | None:

@@ -35,7 +35,7 @@ from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, Pre
 from mtl_bench.loggers.run_logger import RunLogger
 from mtl_bench.metrics.delta_tracking import DeltaMSpec
 from mtl_bench.models.mtl_model import MultiTaskModel
-from mtl_bench.optim import group_lrs
+from mtl_bench.optim import PlateauOnMetric, group_lrs
 from mtl_bench.optimizers import is_task_wise
 from mtl_bench.preemption import PreemptionGuard, status_for, stop_exit_code
 from mtl_bench.selection import ModelSelector
@@ -549,6 +549,8 @@ class Trainer:
         if val is None:
             val = self.evaluate("val")
         record.update(val)
+        if isinstance(self.scheduler, PlateauOnMetric):  # a metric-driven scheduler steps on this evaluation
+            self.scheduler.step_on(val)
         if self.selector.needs_test_each_eval:
             record.update(self.evaluate("test"))
         if self.selector.update(epoch, {k: v for k, v in record.items() if k.startswith(("val/", "test/"))}):

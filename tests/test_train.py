@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from mtl_bench.checkpoint import load_checkpoint
-from mtl_bench.errors import NonFiniteLossError
+from mtl_bench.errors import ConfigError, NonFiniteLossError
 from mtl_bench.train import build_and_train
 
 
@@ -247,3 +247,25 @@ def test_conflict_probe_through_the_config_writes_statistics_and_plots(make_cfg,
     assert (tmp_path / "r" / "conflicts_epochs.png").exists() and (tmp_path / "r" / "conflicts_layers.png").exists()
     rec = [r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if r["type"] == "epoch"][-1]
     assert "conflict/inter_task/cos/all/mean" in rec and "conflict/inter_sample/mag_sim/encoder.net.0.weight/p97.5" in rec
+
+
+def test_plateau_scheduler_steps_on_the_monitored_validation_metric(make_cfg, tmp_path):
+    """scheduler=plateau: after each evaluation the LR is multiplied by ``factor`` when the monitored metric did not
+    improve (mode max on val/loss, patience 0: every epoch whose val/loss is not above the best so far); the next
+    epoch's steps log the reduced LR."""
+    summary = build_and_train(make_cfg("trainer.epochs=4", "scheduler=plateau", "scheduler.mode=max",
+                                       "scheduler.patience=0", "scheduler.factor=0.5", "optimizer.lr=0.01"))
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    vals = [r["val/loss"] for r in records if r["type"] == "epoch"]
+    lr_of = {r["epoch"]: r["train/lr/shared"] for r in records if r["type"] == "step"}
+    expected, lr, best = [], 0.01, None
+    for v in vals:  # torch's rule, mode max with relative threshold 1e-4
+        expected.append(lr)
+        if best is not None and not v > best * (1 + 1e-4):
+            lr *= 0.5
+        best = v if best is None or v > best * (1 + 1e-4) else best
+    assert [lr_of[e] for e in (1, 2, 3, 4)] == pytest.approx(expected, rel=1e-12)
+    assert expected[-1] < 0.01  # the loss falls, so the max-mode scheduler did reduce
+    assert summary["status"] == "completed"
+    with pytest.raises(ConfigError, match=r"scheduler.monitor='val/nope' is not a validation metric .*'val/loss'"):
+        build_and_train(make_cfg("scheduler=plateau", "scheduler.monitor=val/nope"))
