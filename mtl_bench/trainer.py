@@ -251,6 +251,7 @@ class Trainer:
             if self.combiner.extra_batches:  # methods that look at other training batches first (Auto-Lambda, MoDo)
                 self.combiner.before_backward(step_context(self, x, targets, losses))
             result = self.engine.backward(losses, self.global_step, rep=rep, loss_scale=scale, leaves=leaves)
+        self._regularize(x, scale)
         for d in self.diagnostics:  # diagnostics with their own passes over the batch (e.g. per-sample gradients)
             d.observe_batch(self.global_step, x, targets)
         if self.scaler is not None:
@@ -274,6 +275,40 @@ class Trainer:
         self.combiner.after_step(post)
         self.global_step += 1
         return stacked, result
+
+    regularizer_value: torch.Tensor | None = None  # the last step's model regularization term (None: the model has none)
+    _regularizer_checked = False
+
+    def _regularize(self, x: torch.Tensor, scale: float | None) -> None:
+        """Add the gradient of the model's own term (``MultiTaskModel.regularization(x)``, e.g. DSelect-k's selector
+        regulariser) to ``.grad``, after the engine's: outside the combiner, like weight decay (the official DSelect-k
+        code adds it to the total loss, the same thing when that loss is a plain sum of the task losses).  Under
+        fp16 it is scaled like the task losses; under DDP the gradients are averaged again (the engine's part is
+        identical on every rank, so averaging it again leaves it unchanged)."""
+        with self.autocast():
+            term = self.model.regularization(x)
+        self.regularizer_value = None
+        if term is None:
+            return
+        if term.requires_grad:
+            if self.task_wise and not self._regularizer_checked:
+                self._refuse_shared_regularizer(term)
+            (term * (scale or 1.0)).backward()
+            self.dist.average_grads(self.engine.params)
+        (self.regularizer_value,) = self.dist.stack_means([term])
+
+    def _refuse_shared_regularizer(self, term: torch.Tensor) -> None:
+        """A task-wise optimizer updates the shared parameters from its per-task gradients and ignores their
+        ``.grad``: a regularizer that reaches one of them would be silently dropped."""
+        named = self.model.shared_named_parameters()
+        grads = torch.autograd.grad(term, [p for _, p in named], retain_graph=True, allow_unused=True)
+        reached = [n for (n, _), g in zip(named, grads) if g is not None]
+        if reached:
+            raise ConfigError(f"the model's regularization term reaches shared parameters ({', '.join(reached[:3])}"
+                              f"{', ...' if len(reached) > 3 else ''}), which the task-wise optimizer "
+                              f"{type(self.optimizer).__name__} updates from per-task gradients only: use a plain "
+                              "optimizer or make them task-specific (e.g. backbone.shared_gates=false)")
+        self._regularizer_checked = True
 
     # ------------------------------------------------------------------ public API for modes driving the trainer
     def advance_to(self, epoch: int, global_step: int) -> None:
@@ -348,6 +383,8 @@ class Trainer:
                 record["train/objective"] = float(result.objective)
                 record.update({f"train/weight/{t}": w for t, w in zip(self.task_names, result.weights.tolist())})
                 record.update({f"train/lr/{g}": lr for g, lr in group_lrs(self.optimizer).items()})
+                if self.regularizer_value is not None:
+                    record["train/regularizer"] = float(self.regularizer_value)
                 self.logger.log_step(record, global_step=self.global_step, epoch=self.epoch)
                 bar.set_postfix(loss=f"{record['train/objective']:.4g}")
             bar.update(1)

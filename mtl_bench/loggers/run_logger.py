@@ -7,7 +7,8 @@ for the rest of the run; the local files stay complete.
 Record types in ``metrics.jsonl``:
 
 * ``{"type": "step", "global_step", "epoch", "time", "train/<task>/loss", "train/objective",
-  "train/weight/<task>", "train/lr/<group>", ...}`` every ``trainer.log_every_n_steps`` steps;
+  "train/weight/<task>", "train/lr/<group>", "train/regularizer" (only for a model with its own regularization term,
+  lower is better), ...}`` every ``trainer.log_every_n_steps`` steps;
 * ``{"type": "epoch", "epoch", "global_step", "time", "train_epoch/<task>/loss", "val/<task>/<metric>",
   "val/loss", "test/...", ...}`` after every evaluation.
 
@@ -98,6 +99,7 @@ class _WandbSink:
             self.run.define_metric("global_step")
             self.run.define_metric("epoch")
             self.run.define_metric("train/*", step_metric="global_step")
+            self.run.define_metric("train/regularizer", step_metric="global_step", summary="min")  # lower is better
             self._define_epoch_metrics(settings)
         except Exception as e:  # noqa: BLE001 - W&B failures must never stop training
             log.warning("W&B disabled for this run (init failed: %s: %s); local logs are unaffected", type(e).__name__, e)

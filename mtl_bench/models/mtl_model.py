@@ -46,6 +46,13 @@ class TaskAwareEncoder(nn.Module):
         """What the summary records: the architecture's own description of its sharing choice."""
         return {}
 
+    def regularization(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The architecture's own loss term on the batch ``x`` (a scalar), or ``None`` (default: none).  The trainer
+        calls it after the engine's backward and adds its gradient to the parameters' ``.grad`` — outside the
+        combiner, like weight decay.  The engine's graph is freed by then: a regulariser must not need it (recompute
+        what it needs from ``x``, ideally only the small part it depends on, e.g. the gates)."""
+        return None
+
 
 def _named_in(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
     return [p for m in modules for p in m.parameters() if p.requires_grad]
@@ -93,6 +100,10 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, x: torch.Tensor, tasks: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         return self.decode(self.encode(x), tasks)
+
+    def regularization(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The encoder's :meth:`TaskAwareEncoder.regularization` term on ``x`` (``None`` for plain encoders)."""
+        return self.encoder.regularization(x) if self.per_task_rep else None
 
     def encoder_task_parameters(self, name: str) -> list[nn.Parameter]:
         """Encoder parameters that belong to task ``name`` only (a :class:`TaskAwareEncoder`'s declaration)."""
