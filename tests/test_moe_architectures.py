@@ -6,7 +6,12 @@
 - gate weights are a probability vector per example;
 - DSelect-k: the smooth-step's pinned values and width γ (used in the forward pass, unlike LibMTL), at most k experts
   once the bits saturate and exactly the coded expert for k = 1, the entropy term's value, nothing backpropagated
-  inside ``forward()``, and the refused configurations.
+  inside ``forward()``, and the refused configurations;
+- DSelect-k's regularization (the trainer's model-regularizer hook): hand-derived values of the entropy term and of
+  the unused-code term for E = 3 and 5, the E = 3 gate is the E = 4 gate without its last (unused) code, and one
+  trainer step's ``.grad`` is the engine's gradient plus the autograd gradient of an independent float64
+  implementation of the regulariser (a loss weighting and a gradient aggregator); a plain model's step is
+  bit-identical with and without the hook's code path.
 """
 
 from __future__ import annotations
@@ -165,9 +170,9 @@ def test_dselect_k_entropy_term_and_nothing_backpropagated_inside_forward():
 
 
 @pytest.mark.parametrize("cls,kw,words", [
-    (DSelectK, {"num_experts": 6}, "power of 2"),
+    (DSelectK, {"num_experts": 1}, "num_experts"),
     (DSelectK, {"num_experts": 4, "num_nonzeros": 5}, "num_nonzeros"),
-    (DSelectK, {"entropy_reg": 1e-6}, "entropy_reg"),
+    (DSelectK, {"entropy_reg": -1e-6}, "entropy_reg"),
     (DSelectK, {"gamma": 0.0}, "gamma"),
     (CGC, {"num_task_experts": -1}, "num_task_experts"),
     (CGC, {"num_shared_experts": 0}, "num_shared_experts"),
@@ -177,3 +182,178 @@ def test_dselect_k_entropy_term_and_nothing_backpropagated_inside_forward():
 def test_bad_configurations_are_refused_with_one_line(cls, kw, words):
     with pytest.raises(ConfigError, match=words):
         cls(input_shape=(5,), task_names=TASKS, expert=EXPERT, **kw)
+
+
+# ---------------------------------------------------------------------- DSelect-k regularization (the trainer's hook)
+
+
+def reg_with_codes(bias, **kw):
+    model = seeded(DSelectK, task_names=TASKS, num_nonzeros=len(bias), **kw)
+    set_codes(model, bias)
+    return model, model.regularization(x_batch())
+
+
+N = len(TASKS) * 8  # tasks × examples: every selector has the same input-independent bits below
+
+
+def test_dselect_k_regularization_pinned_values():
+    eps = 1e-6
+    model, reg = reg_with_codes([[0.0, 0.0]], num_experts=4)
+    assert reg is None  # λ = 0 and E a power of 2: nothing to add
+    # entropy, E = 4, bits ½: uniform selectors, H = −log(¼ + ε); saturated (one-hot): H = −log(1 + ε)
+    _, reg = reg_with_codes([[0.0, 0.0], [0.0, 0.0]], num_experts=4, entropy_reg=0.1)
+    torch.testing.assert_close(reg, torch.tensor(0.1 * N * 2 * -math.log(0.25 + eps), dtype=torch.float64), rtol=1e-14, atol=0)
+    _, reg = reg_with_codes([[1.0, -1.0], [-1.0, -1.0]], num_experts=4, entropy_reg=0.1)
+    torch.testing.assert_close(reg, torch.tensor(0.1 * N * 2 * -math.log(1 + eps), dtype=torch.float64), rtol=1e-9, atol=0)
+    # E = 3 (codes 00, 01, 10; 11 unused): bits ½ → r = (¼, ¼, ¼), s = ¾, 1/s = 4/3
+    _, reg = reg_with_codes([[0.0, 0.0]], num_experts=3)
+    torch.testing.assert_close(reg, torch.tensor(N * 4 / 3, dtype=torch.float64), rtol=1e-14, atol=0)
+    _, reg = reg_with_codes([[0.0, 0.0]], num_experts=3, entropy_reg=0.1)  # both terms; H over the 3 used codes
+    want = N * (4 / 3 + 0.1 * -3 * 0.25 * math.log(0.25 + eps))
+    torch.testing.assert_close(reg, torch.tensor(want, dtype=torch.float64), rtol=1e-14, atol=0)
+    # E = 3, both bits S(0.25) = 0.84375: s = 1 − 0.84375²
+    _, reg = reg_with_codes([[0.25, 0.25]], num_experts=3)
+    torch.testing.assert_close(reg, torch.tensor(N / (1 - 0.84375**2), dtype=torch.float64), rtol=1e-13, atol=0)
+    # E = 5 (000..100 used): bits ½ → s = 5/8; MSB S(0.25) = a, others ½ → s = (1 − a) + a·¼ (codes 0xx and 100)
+    _, reg = reg_with_codes([[0.0, 0.0, 0.0]], num_experts=5)
+    torch.testing.assert_close(reg, torch.tensor(N * 8 / 5, dtype=torch.float64), rtol=1e-14, atol=0)
+    _, reg = reg_with_codes([[0.25, 0.0, 0.0]], num_experts=5)
+    torch.testing.assert_close(reg, torch.tensor(N / (1 - 0.84375 * 0.75), dtype=torch.float64), rtol=1e-13, atol=0)
+    # saturated on a used code: 1 per selector and example, no gradient; on the unused code: the 1e-6 floor
+    model, reg = reg_with_codes([[1.0, -1.0]], num_experts=3)
+    grads = torch.autograd.grad(reg, list(model.gates.parameters()), allow_unused=True)  # w: unused by this term
+    assert float(reg.detach()) == N and not any(g is not None and g.any() for g in grads)
+    _, reg = reg_with_codes([[1.0, 1.0]], num_experts=3)
+    torch.testing.assert_close(reg, torch.tensor(N * 1e6, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_dselect_k_with_unused_codes_is_the_power_of_2_gate_without_them():
+    x = x_batch()
+    three = seeded(DSelectK, task_names=TASKS, num_experts=3, num_nonzeros=2)
+    four = seeded(DSelectK, seed=1, task_names=TASKS, num_experts=4, num_nonzeros=2)
+    random_gates(three, 0.05)  # unsaturated: the unused code 11 has weight > 0
+    four.gates.load_state_dict(three.gates.state_dict())  # same z/w maps (m = 2 bits either way)
+    for w3, w4 in zip(three.gate_weights(x).values(), four.gate_weights(x).values()):
+        torch.testing.assert_close(w3, w4[:, :3], rtol=0, atol=0)  # the same products, the unused code dropped
+        assert (w4[:, 3] > 1e-3).all()
+        torch.testing.assert_close(w3.sum(-1), 1 - w4[:, 3], rtol=0, atol=1e-15)  # missing mass = unused code
+    # saturated bits on used codes (10 and 01): the weights sum to 1 and the unused code gets 0
+    w = set_codes(three, [[1.0, -1.0], [-1.0, 1.0]])[0]
+    assert torch.equal(w, torch.tensor([0.0, 0.5, 0.5], dtype=torch.float64))
+    assert torch.equal(set_codes(four, [[1.0, -1.0], [-1.0, 1.0]])[0][3], torch.tensor(0.0, dtype=torch.float64))
+    # the term moves the gate off the unused code: gradient steps on it alone raise the used codes' mass
+    random_gates(three, 0.05)
+    before = [w.sum(-1) for w in three.gate_weights(x).values()]
+    opt = torch.optim.SGD(three.gates.parameters(), lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        three.regularization(x).backward()
+        opt.step()
+    for b, a in zip(before, (w.sum(-1) for w in three.gate_weights(x).values())):
+        assert (a > b).all()
+
+
+def reference_regularizer(model: DSelectK, x: torch.Tensor, lam: float) -> torch.Tensor:
+    """An independent float64 implementation from the formulas: per selector i and expert e (integer code), the product
+    over the m bits of S or 1 − S, then λ·Σ H(r_i) + Σ 1/Σ_e r_i(e) when E < 2^m."""
+    num_experts = len(model.experts)
+    m = max(1, (num_experts - 1).bit_length())
+    total = torch.zeros((), dtype=torch.float64)
+    for gate in model.gates.values():
+        z = x.flatten(1) @ gate.z_logits.weight.T + gate.z_logits.bias  # B × (k·m)
+        half = gate.gamma / 2
+        cubic = -2 * z**3 / gate.gamma**3 + 1.5 * z / gate.gamma + 0.5
+        s = torch.where(z >= half, torch.ones_like(z), torch.where(z <= -half, torch.zeros_like(z), cubic))
+        s = s.reshape(len(x), -1, m)
+        for i in range(s.shape[1]):
+            r = torch.stack([math.prod(s[:, i, j] if (e >> (m - 1 - j)) & 1 else 1 - s[:, i, j] for j in range(m))
+                             for e in range(num_experts)], dim=1)
+            total = total - lam * (r * torch.log(r + 1e-6)).sum()
+            if num_experts < 2**m:
+                total = total + (1 / r.sum(1)).sum()
+    return total
+
+
+def tiny_trainer(tmp_path, tag, encoder, combiner):
+    from mtl_bench.config.schema import TrainerConf
+    from mtl_bench.data.base import Benchmark, TensorDictDataset
+    from mtl_bench.data.synthetic import regression_task
+    from mtl_bench.loggers.run_logger import RunLogger
+    from mtl_bench.models.heads import MLPHead
+    from mtl_bench.models.mtl_model import MultiTaskModel
+    from mtl_bench.optim import build_optimizer
+    from mtl_bench.selection import ModelSelector
+    from mtl_bench.trainer import Trainer, metric_directions
+
+    tasks = {t: regression_task(t) for t in TASKS}
+    g = torch.Generator().manual_seed(5)
+    ds = TensorDictDataset(torch.randn(16, 5, generator=g, dtype=F64), {t: torch.randn(16, 1, generator=g, dtype=F64) for t in tasks})
+    bench = Benchmark("toy", tasks, {"train": ds, "val": ds, "test": ds}, (5,))
+    torch.manual_seed(1)
+    model = MultiTaskModel(encoder, {t: MLPHead(encoder.out_dim, tasks[t], hidden=(4,), activation="tanh") for t in tasks}).double()
+    combiner.setup(list(tasks))
+    opt = build_optimizer(lambda groups: torch.optim.SGD(groups, lr=0.1), model, combiner)
+    settings = TrainerConf(epochs=1, batch_size=8, device="cpu", progress_bar=False)
+    return Trainer(model=model, benchmark=bench, tasks=tasks, combiner=combiner, optimizer=opt, scheduler=None,
+                   settings=settings, selector=ModelSelector("last", "val/loss", "auto", 1, metric_directions(tasks)),
+                   logger=RunLogger(tmp_path / tag, {}), output_dir=tmp_path / tag, device=torch.device("cpu"), seed=0)
+
+
+F64 = torch.float64
+
+
+def step_grads(trainer, x, y):
+    trainer.model.train()
+    trainer.train_step(x, y)
+    return [p.grad.clone() for p in trainer.model.parameters()]
+
+
+def batch():
+    g = torch.Generator().manual_seed(11)
+    return torch.randn(8, 5, generator=g, dtype=F64), {t: torch.randn(8, 1, generator=g, dtype=F64) for t in TASKS}
+
+
+@pytest.mark.parametrize("kind,shared_gates", [("ew", False), ("aggregator", True)])
+def test_a_trainer_step_adds_the_regularizer_gradient_to_the_engine_s(tmp_path, kind, shared_gates):
+    """.grad after one step = the engine's gradient (same step, the hook returning None) + ∇ of the independent
+    float64 regulariser; E = 3 with λ = 0.05, so both terms are on and their gradient is far above the tolerance."""
+    from mtl_bench.combiners.ew import EqualWeighting
+    from tests.helpers import SumOfGradients
+
+    combiner = EqualWeighting if kind == "ew" else SumOfGradients
+    lam, (x, y) = 0.05, batch()
+    encoders = [seeded(DSelectK, task_names=TASKS, num_experts=3, num_nonzeros=2, entropy_reg=lam, shared_gates=shared_gates)
+                for _ in range(3)]
+    for e in encoders:
+        random_gates(e, 0.1)
+    on, off = (tiny_trainer(tmp_path, tag, e, combiner()) for tag, e in zip(("on", "off"), encoders))
+    off.model.encoder.regularization = lambda x: None  # the same step without a model term: the engine's gradient
+    reference = reference_regularizer(encoders[2], x, lam)
+    reg_grads = torch.autograd.grad(reference, list(encoders[2].gates.parameters()), allow_unused=True)
+    # both terms read the selectors r_i only: the z maps get a gradient, the selector weights w none
+    assert [g is None for g in reg_grads] == ["w_logits" in n for n, _ in encoders[2].gates.named_parameters()]
+    reg_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(encoders[2].gates.parameters(), reg_grads)]
+    got, engine = step_grads(on, x, y), step_grads(off, x, y)
+    assert off.regularizer_value is None
+    torch.testing.assert_close(on.regularizer_value, reference.float().reshape(1), rtol=1e-6, atol=0)
+    gate_ids = {id(p): g for p, g in zip(encoders[0].gates.parameters(), reg_grads)}
+    assert min(float(g.abs().max()) for g in reg_grads if g.any()) > 1e-2  # far above the tolerance below
+    for p, g, e in zip(on.model.parameters(), got, engine):
+        # float64, a few hundred operations: agreement to ~1e-14 relative; 1e-12 leaves margin
+        torch.testing.assert_close(g, e + gate_ids.get(id(p), torch.zeros_like(e)), rtol=1e-12, atol=1e-13)
+
+
+def test_a_plain_model_step_is_bit_identical_without_the_hook_code_path(tmp_path, monkeypatch):
+    from mtl_bench.combiners.ew import EqualWeighting
+    from mtl_bench.trainer import Trainer
+
+    x, y = batch()
+    torch.manual_seed(0)
+    with_hook = tiny_trainer(tmp_path, "a", MLPEncoder((5,), hidden=[6]), EqualWeighting())
+    assert with_hook.model.regularization(x) is None
+    got = step_grads(with_hook, x, y)
+    monkeypatch.setattr(Trainer, "_regularize", lambda self, x, scale: None)
+    torch.manual_seed(0)
+    want = step_grads(tiny_trainer(tmp_path, "b", MLPEncoder((5,), hidden=[6]), EqualWeighting()), x, y)
+    assert with_hook.regularizer_value is None
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -18,17 +18,28 @@ RandomUniform default).  ``gamma`` (γ, default 1) is the smooth-step width used
 calls its smooth-step with γ = 1 whatever its ``kgamma`` (a pitfall: there ``kgamma`` only scales the
 initialisation).
 
-Unused codes: when E is not a power of 2, 2^m − E codes select no expert and the official code keeps the gate off
-them with an extra loss term, ``Σ 1/Σ_e r_i(e)``.  Extra loss terms of the model have no hook in the trainer (the
-engine combines the task losses only), so ``num_experts`` must be a power of 2 here: every code is then an expert
-and every ``r_i``, hence ``a``, is a probability vector for every example.
+Regularisation (``regularization(x)``, the trainer's model-regularizer hook: its gradient is added to ``.grad`` after
+the engine's, outside the combiner; the official code adds the same terms to the total loss, which is the same thing
+when that loss is a plain sum of the task losses).  Summed over the tasks' gates, the examples and the k selectors
+— the official scale, a sum rather than a mean over the batch, so the terms grow with the (per-rank) batch size:
 
-Entropy regulariser: the official code can add ``λ·Σ_{examples, i} H(r_i)`` (H(r) = −Σ_e r_e log(r_e + 1e-6),
-default λ = 1e-6) to push the selectors to binary codes faster.  ``DSelectK.selector_entropy(x)`` returns that sum
-(unweighted) for a caller that adds it to the objective; the forward pass never backpropagates it (LibMTL's
-pitfall: it calls ``backward`` on it inside ``forward()``, on the last task's selectors only, once per forward — so
-per-task-backward methods run it several times per step).  Since the trainer has no hook for it, ``entropy_reg``
-(λ) must stay 0: the regulariser is left out of training (it is optional in the official gate too, off by default).
+- entropy regulariser ``λ·Σ H(r_i)``, H(r) = −Σ_e r_e log(r_e + 1e-6), λ = ``entropy_reg``; it pushes the selectors
+  to binary codes faster.  The official gate has none unless one is passed (``entropy_reg=None``), so the config
+  default is 0 (off); 1e-6 is the official regulariser's default weight when it is used (LibMTL always adds it).
+- unused codes: when E is not a power of 2, 2^m − E codes select no expert, ``r_i`` sums to ``s_i = Σ_{e<E} r_i(e)``
+  ≤ 1 over the experts and the gate weights ``a`` to ``Σ_i softmax(w)_i s_i`` ≤ 1 (no renormalisation, as in the
+  official code).  The official term ``Σ 1/s_i`` (weight 1) keeps the selectors off those codes; it is constant (1
+  per selector and example, zero gradient) once they select experts only.  Deviation: ``s_i`` is clamped at 1e-6, so a
+  selector whose bits saturate on an unused code (no gradient reaches it then, with or without the clamp) gives a
+  finite 1e6 instead of an infinite loss and NaN gradients; identical otherwise.
+
+The terms depend only on the gates, which read the raw input: ``regularization(x)`` recomputes the gate forward
+alone (no expert, no shared features), cheap and independent of the engine's graph, which is freed when the trainer
+calls it.  It returns ``None`` (nothing to add) for λ = 0 with E a power of 2.  The forward pass never
+backpropagates anything (LibMTL's pitfall: it calls ``backward`` on the entropy term inside ``forward()``, on the
+last task's selectors only, once per forward — so per-task-backward methods run it several times per step).  With
+``shared_gates: true`` the gates are shared parameters, which a task-wise optimizer (AdaTask) updates from per-task
+gradients only: the trainer refuses that combination when a term is on.
 
 Sharing (``shared_gates``, recorded in ``summary.json["sharing"]``): the experts are shared; task ``t``'s gate (its
 ``z`` and ``w`` maps) is task ``t``'s unless ``shared_gates: true`` (LibMTL: experts only).
@@ -48,6 +59,7 @@ from mtl_bench.models.mmoe import build_experts, mix
 from mtl_bench.models.mtl_model import TaskAwareEncoder
 
 ENTROPY_EPS = 1e-6  # the official EntropyRegularizer's log(r + ε)
+UNUSED_EPS = 1e-6  # our floor on a selector's weight on used codes in the unused-code term (not in the official code)
 
 
 def smooth_step(z: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -60,6 +72,16 @@ def binary_codes(num_experts: int) -> torch.Tensor:
     """E × m boolean matrix: row e is the m-bit binary code of e, most significant bit first."""
     m = math.ceil(math.log2(num_experts))
     return torch.tensor([[(e >> (m - 1 - j)) & 1 for j in range(m)] for e in range(num_experts)], dtype=torch.bool)
+
+
+def selector_entropy(selectors: torch.Tensor) -> torch.Tensor:
+    """Σ H(r_i) over all selectors (rows of the last dimension), H(r) = −Σ_e r_e log(r_e + 1e-6) (the official ε)."""
+    return -(selectors * torch.log(selectors + ENTROPY_EPS)).sum()
+
+
+def unused_code_term(selectors: torch.Tensor) -> torch.Tensor:
+    """Σ 1/s_i, s_i = Σ_e r_i(e) the selector's weight on codes that are experts (clamped at 1e-6: module docstring)."""
+    return (1.0 / selectors.sum(-1).clamp_min(UNUSED_EPS)).sum()
 
 
 class DSelectKGate(nn.Module):
@@ -85,16 +107,14 @@ class DSelectKGate(nn.Module):
 
 
 def check_gate(num_experts: int, num_nonzeros: int, gamma: float, entropy_reg: float) -> None:
-    if num_experts < 2 or num_experts & (num_experts - 1):
-        raise ConfigError(f"backbone.num_experts={num_experts} must be a power of 2 (2, 4, 8, 16, ...): the unused "
-                          "binary codes of other counts need the official extra loss term, which the trainer cannot add")
+    if not isinstance(num_experts, int) or num_experts < 2:
+        raise ConfigError(f"backbone.num_experts={num_experts!r} must be an integer ≥ 2")
     if not isinstance(num_nonzeros, int) or not 1 <= num_nonzeros <= num_experts:
         raise ConfigError(f"backbone.num_nonzeros={num_nonzeros!r} must be an integer in [1, num_experts={num_experts}]")
     if not gamma > 0:
         raise ConfigError(f"backbone.gamma={gamma} must be positive (the smooth-step width)")
-    if entropy_reg != 0:
-        raise ConfigError(f"backbone.entropy_reg={entropy_reg}: the trainer has no hook for an encoder's extra loss "
-                          "term, so it must be 0 (DSelectK.selector_entropy(x) gives the term for a custom loop)")
+    if not entropy_reg >= 0:
+        raise ConfigError(f"backbone.entropy_reg={entropy_reg} must be ≥ 0 (the entropy regulariser's weight; 0 = off)")
 
 
 class DSelectK(TaskAwareEncoder):
@@ -108,6 +128,8 @@ class DSelectK(TaskAwareEncoder):
         gate_in = math.prod(input_shape)
         self.gates = nn.ModuleDict({t: DSelectKGate(gate_in, num_experts, num_nonzeros, float(gamma)) for t in self.task_names})
         self.shared_gates = bool(shared_gates)
+        self.entropy_reg = float(entropy_reg)
+        self.unused_codes = 2 ** math.ceil(math.log2(num_experts)) - num_experts
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = torch.stack([e(x) for e in self.experts], dim=1)  # B × E × out
@@ -119,13 +141,21 @@ class DSelectK(TaskAwareEncoder):
         return {t: self.gates[t](x.flatten(1))[0] for t in self.task_names}
 
     def selector_entropy(self, x: torch.Tensor) -> torch.Tensor:
-        """Σ_tasks Σ_examples Σ_selectors H(r_i): the official entropy regulariser before its weight λ (a loss term a
-        caller may add to the objective; the forward pass neither computes nor backpropagates it)."""
-        flat = x.flatten(1)
-        total = flat.new_zeros(())
+        """Σ_tasks Σ_examples Σ_selectors H(r_i): the official entropy regulariser before its weight λ."""
+        return sum((selector_entropy(self.gates[t](x.flatten(1))[1]) for t in self.task_names), x.new_zeros(()))
+
+    def regularization(self, x: torch.Tensor) -> torch.Tensor | None:
+        """λ·Σ H(r_i) + (E not a power of 2) Σ 1/s_i over the tasks' gates, examples and selectors (module docstring).
+        Only the gates' forward on the raw ``x`` is recomputed (cheap; it needs nothing of the engine's freed graph)."""
+        if self.entropy_reg == 0 and not self.unused_codes:
+            return None
+        flat, total = x.flatten(1), x.new_zeros(())
         for t in self.task_names:
             r = self.gates[t](flat)[1]
-            total = total - (r * torch.log(r + ENTROPY_EPS)).sum()
+            if self.entropy_reg:
+                total = total + self.entropy_reg * selector_entropy(r)
+            if self.unused_codes:
+                total = total + unused_code_term(r)
         return total
 
     def task_modules(self, task: str) -> list[nn.Module]:
