@@ -30,6 +30,7 @@ def test_mtl_run_writes_config_metrics_and_summary_and_learns(make_cfg, tmp_path
     epochs = [r for r in records if r["type"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
     assert all(f"train/{t}/loss" in r and f"train/weight/{t}" in r for r in steps for t in ("t0", "t1"))
+    assert not any("train/regularizer" in r for r in steps)  # only a model with its own regularization term logs it
     assert all(f"val/{t}/{m}" in r for r in epochs for t in ("t0", "t1") for m in ("mse", "mae", "r2", "loss"))
     # global steps strictly increase: 256 samples / batch 32 = 8 steps per epoch, logged every 2
     assert [r["global_step"] for r in steps] == list(range(2, 33, 2))
@@ -269,3 +270,36 @@ def test_plateau_scheduler_steps_on_the_monitored_validation_metric(make_cfg, tm
     assert summary["status"] == "completed"
     with pytest.raises(ConfigError, match=r"scheduler.monitor='val/nope' is not a validation metric .*'val/loss'"):
         build_and_train(make_cfg("scheduler=plateau", "scheduler.monitor=val/nope"))
+
+
+DSELECT_REG = ["backbone=dselect_k", "backbone.expert.hidden=[8]", "backbone.num_experts=3", "backbone.entropy_reg=0.001"]
+
+
+def test_a_model_regularizer_is_logged_and_resumes_bit_identically(make_cfg, monkeypatch):
+    """DSelect-k with E = 3 (the unused-code term) and λ > 0: ``train/regularizer`` in every step record (at least the
+    unused-code term's floor of 1 per task, selector and example), and a run killed mid-epoch resumes bit-identically."""
+    import signal
+    from pathlib import Path
+
+    from mtl_bench.errors import PreemptedError
+    from tests.test_resume import _signal_at, assert_same_run
+
+    ref_cfg, cfg = make_cfg(*DSELECT_REG), make_cfg(*DSELECT_REG)
+    build_and_train(ref_cfg)
+    steps = [r for r in read_jsonl(Path(ref_cfg.paths.output_dir) / "metrics.jsonl") if r["type"] == "step"]
+    assert steps and all(r["train/regularizer"] >= 2 * 2 * 32 for r in steps)  # tasks × k × batch, s ≤ 1
+    with monkeypatch.context() as m:
+        _signal_at(m, 5, signal.SIGTERM)
+        with pytest.raises(PreemptedError):
+            build_and_train(cfg)
+    build_and_train(cfg)
+    assert_same_run(Path(ref_cfg.paths.output_dir), Path(cfg.paths.output_dir))
+
+
+def test_a_regularizer_on_shared_parameters_under_a_task_wise_optimizer_is_refused(make_cfg):
+    with pytest.raises(ConfigError, match=r"^the model's regularization term reaches shared parameters \(encoder\.gates\.t0"
+                                          r".*task-wise optimizer AdaTaskAdam[^\n]*shared_gates=false\)$"):
+        build_and_train(make_cfg(*DSELECT_REG, "backbone.shared_gates=true", "optimizer=adatask_adam"))
+    # task-specific gates (the default): AdaTask applies their .grad like its task heads', nothing to refuse
+    summary = build_and_train(make_cfg(*DSELECT_REG, "optimizer=adatask_adam", "trainer.epochs=1"))
+    assert summary["status"] == "completed"
