@@ -251,6 +251,8 @@ def test_forkmerge_resumes_after_its_last_merge(make_cfg, monkeypatch):
     ["combiner=nash_mtl"],  # warm-started solver state
     ["combiner=graddrop"],  # its own random generator
     ["combiner=dwa", "optimizer=adatask_adam"],  # loss history; per-task moments of the task-wise optimizer
+    ["backbone=dselect_k", "backbone.expert.hidden=[8]", "backbone.num_experts=3",  # a model regularizer's gradient
+     "backbone.entropy_reg=0.001"],
 ])
 def test_every_stateful_component_resumes_bit_identically(make_cfg, monkeypatch, extra):
     overrides = [*extra, "trainer.epochs=2"]

@@ -275,25 +275,15 @@ def test_plateau_scheduler_steps_on_the_monitored_validation_metric(make_cfg, tm
 DSELECT_REG = ["backbone=dselect_k", "backbone.expert.hidden=[8]", "backbone.num_experts=3", "backbone.entropy_reg=0.001"]
 
 
-def test_a_model_regularizer_is_logged_and_resumes_bit_identically(make_cfg, monkeypatch):
+def test_a_model_regularizer_is_logged(make_cfg):
     """DSelect-k with E = 3 (the unused-code term) and λ > 0: ``train/regularizer`` in every step record (at least the
-    unused-code term's floor of 1 per task, selector and example), and a run killed mid-epoch resumes bit-identically."""
-    import signal
+    unused-code term's floor of 1 per task, selector and example); its resume is in tests/test_resume.py."""
     from pathlib import Path
 
-    from mtl_bench.errors import PreemptedError
-    from tests.test_resume import _signal_at, assert_same_run
-
-    ref_cfg, cfg = make_cfg(*DSELECT_REG), make_cfg(*DSELECT_REG)
-    build_and_train(ref_cfg)
-    steps = [r for r in read_jsonl(Path(ref_cfg.paths.output_dir) / "metrics.jsonl") if r["type"] == "step"]
-    assert steps and all(r["train/regularizer"] >= 2 * 2 * 32 for r in steps)  # tasks × k × batch, s ≤ 1
-    with monkeypatch.context() as m:
-        _signal_at(m, 5, signal.SIGTERM)
-        with pytest.raises(PreemptedError):
-            build_and_train(cfg)
+    cfg = make_cfg(*DSELECT_REG)
     build_and_train(cfg)
-    assert_same_run(Path(ref_cfg.paths.output_dir), Path(cfg.paths.output_dir))
+    steps = [r for r in read_jsonl(Path(cfg.paths.output_dir) / "metrics.jsonl") if r["type"] == "step"]
+    assert steps and all(r["train/regularizer"] >= 2 * 2 * 32 for r in steps)  # tasks × k × batch, s ≤ 1
 
 
 def test_a_regularizer_on_shared_parameters_under_a_task_wise_optimizer_is_refused(make_cfg):

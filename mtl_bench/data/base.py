@@ -167,3 +167,11 @@ def arrays_fingerprint(*arrays: np.ndarray) -> str:
 def splits_fingerprint(fingerprints: Mapping[str, str]) -> str:
     """One BLAKE2b-128 over the splits' fingerprints (sorted by split name)."""
     return hashlib.blake2b(repr(sorted(fingerprints.items())).encode(), digest_size=16).hexdigest()
+
+
+def check_task_subset(tasks: Sequence[str] | None, available: Sequence[str]) -> tuple[str, ...]:
+    """``dataset.tasks``: distinct names among ``available`` (all of them when ``None``), in the given order."""
+    selected = tuple(available if tasks is None else tasks)
+    if not selected or len(set(selected)) != len(selected) or any(t not in available for t in selected):
+        raise ConfigError(f"dataset.tasks={list(selected)} is invalid; expected distinct names among {list(available)}")
+    return selected

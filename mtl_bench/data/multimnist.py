@@ -71,7 +71,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mtl_bench.data.base import Benchmark, TensorDictDataset, arrays_fingerprint, check_int, splits_fingerprint
+from mtl_bench.data.base import Benchmark, TensorDictDataset, arrays_fingerprint, check_int, check_task_subset, splits_fingerprint
 from mtl_bench.errors import ConfigError, DatasetError
 from mtl_bench.task_library import classification_task
 
@@ -295,10 +295,7 @@ def _optional_size(value: Any, key: str) -> int | None:
 
 
 def _check_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
-    selected = tuple(TASKS if tasks is None else tasks)
-    if not selected or len(set(selected)) != len(selected) or any(t not in TASKS for t in selected):
-        raise ConfigError(f"dataset.tasks={list(selected)} is invalid; expected distinct names among {list(TASKS)}")
-    return selected
+    return check_task_subset(tasks, TASKS)
 
 
 def build_multimnist(

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mtl_bench.data.base import Benchmark, arrays_fingerprint, check_int, splits_fingerprint
+from mtl_bench.data.base import Benchmark, arrays_fingerprint, check_int, check_task_subset, splits_fingerprint
 from mtl_bench.errors import ConfigError, DatasetError
 from mtl_bench.metrics.base import Metric
 from mtl_bench.tasks import Task
@@ -312,10 +312,7 @@ def target_statistics(y: torch.Tensor, splits: Mapping[str, torch.Tensor], norma
 
 
 def _check_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
-    selected = tuple(TASKS if tasks is None else tasks)
-    if not selected or len(set(selected)) != len(selected) or any(t not in TASKS for t in selected):
-        raise ConfigError(f"dataset.tasks={list(selected)} is invalid; expected distinct names among {list(TASKS)}")
-    return selected
+    return check_task_subset(tasks, TASKS)
 
 
 def build_qm9(

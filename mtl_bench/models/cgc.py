@@ -49,16 +49,24 @@ def last_layer_of(expert: nn.Module) -> nn.Module:
     return expert.last_shared_module() if hasattr(expert, "last_shared_module") else expert
 
 
+def add_cgc_parts(module: nn.Module, expert: Callable[..., nn.Module], input_shape: Sequence[int],
+                  task_names: Sequence[str], num_shared_experts: int, num_task_experts: int) -> int:
+    """Give ``module`` CGC's parts — ``shared_experts``, per-task ``task_experts``, per-task ``gates`` over shared + own
+    experts reading the flattened input, ``out_dim`` — in this construction order; returns the gate input size."""
+    module.shared_experts = build_experts(expert, num_shared_experts, input_shape, "num_shared_experts")
+    module.task_experts = nn.ModuleDict(
+        {t: build_task_experts(expert, num_task_experts, input_shape, "num_task_experts") for t in task_names})
+    module.out_dim = module.shared_experts[0].out_dim
+    gate_in = math.prod(input_shape)
+    module.gates = nn.ModuleDict({t: nn.Linear(gate_in, num_shared_experts + num_task_experts) for t in task_names})
+    return gate_in
+
+
 class CGC(TaskAwareEncoder):
     def __init__(self, input_shape: Sequence[int], task_names: Sequence[str], expert: Callable[..., nn.Module],
                  num_shared_experts: int = 2, num_task_experts: int = 1, shared_gates: bool = False):
         super().__init__(task_names)
-        self.shared_experts = build_experts(expert, num_shared_experts, input_shape, "num_shared_experts")
-        self.task_experts = nn.ModuleDict(
-            {t: build_task_experts(expert, num_task_experts, input_shape, "num_task_experts") for t in self.task_names})
-        self.out_dim: Any = self.shared_experts[0].out_dim
-        gate_in = math.prod(input_shape)
-        self.gates = nn.ModuleDict({t: nn.Linear(gate_in, num_shared_experts + num_task_experts) for t in self.task_names})
+        add_cgc_parts(self, expert, input_shape, self.task_names, num_shared_experts, num_task_experts)
         self.shared_gates = bool(shared_gates)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

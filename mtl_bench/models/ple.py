@@ -29,15 +29,13 @@ and its sharing (early task experts feeding every task) is what gradient combine
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from mtl_bench.errors import ConfigError
-from mtl_bench.models.cgc import build_task_experts, gated, last_layer_of
-from mtl_bench.models.mmoe import build_experts
+from mtl_bench.models.cgc import add_cgc_parts, gated, last_layer_of
 from mtl_bench.models.mtl_model import TaskAwareEncoder
 
 
@@ -48,12 +46,7 @@ class ExtractionLevel(nn.Module):
                  num_shared_experts: int, num_task_experts: int, last: bool):
         super().__init__()
         self.task_names = list(task_names)
-        self.shared_experts = build_experts(expert, num_shared_experts, input_shape, "num_shared_experts")
-        self.task_experts = nn.ModuleDict(
-            {t: build_task_experts(expert, num_task_experts, input_shape, "num_task_experts") for t in self.task_names})
-        self.out_dim: Any = self.shared_experts[0].out_dim
-        gate_in = math.prod(input_shape)
-        self.gates = nn.ModuleDict({t: nn.Linear(gate_in, num_shared_experts + num_task_experts) for t in self.task_names})
+        gate_in = add_cgc_parts(self, expert, input_shape, self.task_names, num_shared_experts, num_task_experts)
         total = num_shared_experts + num_task_experts * len(self.task_names)
         self.branch_gate = None if last else nn.Linear(gate_in, total)
 
