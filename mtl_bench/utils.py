@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import re
 import time
-from typing import Any, Iterable, Sequence
+import warnings
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -217,3 +219,12 @@ def registrar(table: dict[str, type], kind: str) -> Any:
         return deco
 
     return register
+
+
+@contextlib.contextmanager
+def pyg_import_quietly() -> Iterator[None]:
+    """Import torch_geometric without its FutureWarning about the deprecated ``torch.jit.script`` (raised at import
+    by PyG itself, nothing a user can act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated", category=FutureWarning)
+        yield

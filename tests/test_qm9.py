@@ -141,7 +141,7 @@ def _damage(root, how):
     path = root / "processed" / "data_v3.pt"
     if how == "garbage":
         path.write_bytes(b"not a torch file")
-        return "cannot read QM9 file"
+        return "data_v3.pt (not a PyTorch file that PyG wrote: damaged or another format)"
     if how == "not_tuple":
         torch.save({"x": torch.zeros(1)}, path)
         return "holds a dict, not PyG's (attributes, slices[, class]) tuple"

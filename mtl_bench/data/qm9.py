@@ -62,6 +62,7 @@ from mtl_bench.data.base import Benchmark, arrays_fingerprint, check_int, check_
 from mtl_bench.errors import ConfigError, DatasetError
 from mtl_bench.metrics.base import Metric
 from mtl_bench.tasks import Task
+from mtl_bench.utils import pyg_import_quietly
 
 TASKS = ("mu", "alpha", "homo", "lumo", "r2", "zpve", "u0", "u", "h", "g", "cv")
 TARGET_COLUMNS = (0, 1, 2, 3, 5, 6, 12, 13, 14, 15, 11)  # PyG QM9 columns of TASKS
@@ -82,11 +83,15 @@ def expected_layout(root: str | os.PathLike) -> str:
 
 def _torch_load(path: Path, layout: str) -> Any:
     try:
-        from torch_geometric.io import fs  # noqa: PLC0415  (optional extra)
+        with pyg_import_quietly():
+            from torch_geometric.io import fs  # noqa: PLC0415  (optional extra)
     except ImportError:
         raise ConfigError("dataset=qm9 needs torch_geometric to read PyG's QM9 files: pip install -e \".[qm9]\"") from None
     try:
         return fs.torch_load(str(path))
+    except pickle.UnpicklingError:  # torch's text here is about weights_only, which misleads for a damaged file
+        raise DatasetError(f"cannot read QM9 file {path} (not a PyTorch file that PyG wrote: damaged or another format); "
+                           f"expected {layout}") from None
     except _LOAD_ERRORS as e:
         first = (str(e).strip().splitlines() or [""])[0][:160]  # one line: torch's unpickling errors span many
         raise DatasetError(f"cannot read QM9 file {path} ({type(e).__name__}: {first}); expected {layout}") from None

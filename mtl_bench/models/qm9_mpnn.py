@@ -23,11 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtl_bench.errors import ConfigError
+from mtl_bench.utils import pyg_import_quietly
 
 
 def _pyg():
     try:
-        from torch_geometric.nn import NNConv, Set2Set  # noqa: PLC0415  (optional extra)
+        with pyg_import_quietly():
+            from torch_geometric.nn import NNConv, Set2Set  # noqa: PLC0415  (optional extra)
     except ImportError:
         raise ConfigError("backbone=qm9_mpnn needs torch_geometric: pip install -e \".[qm9]\"") from None
     return NNConv, Set2Set
