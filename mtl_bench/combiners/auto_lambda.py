@@ -90,7 +90,9 @@ class AutoLambda(LossWeighting):
     model itself, and restores θ by adding ±ε·d back, which is not exact in floating point); (c) the losses are
     the transformed ones the combiner sees (``loss_transforms``; the raw losses by default); (d) λ's Adam is our
     own few lines (the same update as ``torch.optim.Adam``, tested against it); (e) refused under torchrun and
-    with fp16 (:mod:`mtl_bench.step_context`).  Cost: one extra batch, four extra forward and two extra backward
+    with fp16 (:mod:`mtl_bench.step_context`); (f) the look-ahead always has the SGD form of the official code (its
+    trainers use SGD with momentum): with an optimizer that keeps no ``momentum_buffer`` (e.g. Adam) it is
+    θ − α(g + wd·θ), not the optimizer's own update.  Cost: one extra batch, four extra forward and two extra backward
     passes per step, no model copy.
     """
 
