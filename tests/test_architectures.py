@@ -145,10 +145,20 @@ def test_the_sharing_choice_changes_what_combiners_see_and_is_reported(name):
     n_shared = sum(p.numel() for p in model.shared_parameters())
     n_owned = sum(p.numel() for t in TASKS for p in model.encoder_task_parameters(t))
     assert n_shared + n_owned == sum(p.numel() for p in model.encoder.parameters())
-    assert info["shared"] and all(s.startswith("encoder.") for s in info["shared"])
+    assert info["shared"] and all(s == "encoder" or s.startswith("encoder.") for s in info["shared"])
     assert sorted(info["encoder_task_specific"]) == sorted(t for t in TASKS if model.encoder_task_parameters(t))
     if "shared_gates" in info:  # gated architectures: the switch moves the gates into the shared set
         flipped, _ = build(name, shared_gates=not info["shared_gates"])
         moved = sum(p.numel() for p in flipped.shared_parameters()) - n_shared
         assert flipped.sharing()["shared_gates"] != info["shared_gates"]
         assert math.copysign(1, moved) == (1 if not info["shared_gates"] else -1) and moved != 0
+
+
+def test_the_summary_names_the_highest_modules_of_each_role():
+    """MMoE: the experts are shared, each gate is its task's; with shared gates the whole encoder is shared."""
+    model, _ = build("mmoe")
+    info = model.sharing()
+    assert info["shared"] == ["encoder.experts"]
+    assert info["encoder_task_specific"] == {t: [f"encoder.gates.{t}"] for t in TASKS}
+    flipped, _ = build("mmoe", shared_gates=True)
+    assert flipped.sharing()["shared"] == ["encoder"] and flipped.sharing()["encoder_task_specific"] == {}

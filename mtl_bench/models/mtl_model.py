@@ -132,15 +132,15 @@ class MultiTaskModel(nn.Module):
         return [p for p in module.parameters() if p.requires_grad]
 
     def sharing(self) -> dict[str, Any]:
-        """Which encoder parameters count as shared (what gradient combiners see) and which belong to one task."""
-        shared = [n for n, _ in self.shared_named_parameters()]
-        info: dict[str, Any] = {"shared": _prefixes(shared), "encoder_task_specific": {}}
+        """Which encoder parameters count as shared (what gradient combiners see) and which belong to one task: for each,
+        the highest encoder modules whose trainable parameters all have that role."""
+        owner = {id(p): "shared" for p in self.shared_parameters()}
+        for t in self.task_names:
+            owner.update({id(p): t for p in self.encoder_task_parameters(t)})
+        cover = _covering_modules(self.encoder, owner)
+        info: dict[str, Any] = {"shared": cover.get("shared", []),
+                                "encoder_task_specific": {t: cover[t] for t in self.task_names if t in cover}}
         if self.per_task_rep:
-            names = {id(p): f"encoder.{n}" for n, p in self.encoder.named_parameters()}
-            for t in self.task_names:
-                own = [names[id(p)] for p in self.encoder_task_parameters(t)]
-                if own:
-                    info["encoder_task_specific"][t] = _prefixes(own)
             info.update(self.encoder.sharing())
         return info
 
@@ -151,14 +151,20 @@ class MultiTaskModel(nn.Module):
         return counts
 
 
-def _prefixes(names: Sequence[str]) -> list[str]:
-    """Parameter names shortened to their first three components (``encoder.experts.0.net.0.weight`` →
-    ``encoder.experts.0``), consecutive duplicates dropped: a readable list for the summary."""
-    out: list[str] = []
-    for n in names:
-        module = ".".join(n.split(".")[:3])
-        if not out or out[-1] != module:
-            out.append(module)
+def _covering_modules(encoder: nn.Module, owner: Mapping[int, str]) -> dict[str, list[str]]:
+    """Role (``shared`` or a task) → the highest modules ``encoder[.<path>]`` all of whose trainable parameters have that
+    role, in parameter order: the shortest exact description of the split (``encoder`` alone when all is shared)."""
+    roles = {name: {owner[id(p)] for p in m.parameters() if id(p) in owner} for name, m in encoder.named_modules()}
+    out: dict[str, list[str]] = {}
+    for pname, p in encoder.named_parameters():
+        if id(p) not in owner:
+            continue
+        role, parts = owner[id(p)], pname.split(".")[:-1]
+        paths = (".".join(parts[:i]) for i in range(len(parts) + 1))
+        path = next((q for q in paths if roles.get(q) == {role}), pname)
+        name = f"encoder.{path}" if path else "encoder"
+        if name not in out.setdefault(role, []):
+            out[role].append(name)
     return out
 
 
