@@ -121,6 +121,8 @@ check-docs: install
 clean-outputs:
 	rm -rf outputs/*/
 
-# Upload offline W&B runs (on a machine with network access and `wandb login`).
+# Upload offline W&B runs, then push the studies' W&B workspace/report specifications (docs/report.md), on a machine
+# with network access and `wandb login`.
 sync-wandb: install
 	find outputs -type d -name 'offline-run-*' -exec $(VENV)/bin/wandb sync --include-offline {} +
+	find outputs \( -name wandb_workspace.json -o -name wandb_report.json \) -exec $(PY) -m mtl_bench.report.wandb_views push {} +

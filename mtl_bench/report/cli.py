@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-wandb", action="store_true", help="log the table (wandb.Table + artifact) and figures to W&B "
                    "(mode from WANDB_MODE; a no-op when disabled)")
     p.add_argument("--wandb-project", default="mtl_bench", help="W&B project of --log-wandb (default mtl_bench)")
+    p.add_argument("--wandb-workspace", metavar="ENTITY/PROJECT", help="build the study's W&B workspace view (needs the "
+                   "wandb-views extra): saved when WANDB_MODE=online, else written to <out>/wandb_workspace.json")
+    p.add_argument("--wandb-report", metavar="ENTITY/PROJECT", help="the same as a W&B report, with the verdict table and "
+                   "report.md above the panels (<out>/wandb_report.json offline); docs/report.md")
     return p
 
 
@@ -85,6 +89,7 @@ def run_report(args: argparse.Namespace) -> int:
     from mtl_bench.report.build import build_report
 
     out = _output_folder(args)
+    views = _wandb_views(args)
     runs = _load(args, out)
     options = _options(args)
     report = build_report(runs, options)
@@ -97,7 +102,24 @@ def run_report(args: argparse.Namespace) -> int:
 
         name = "report_" + (args.dirs[0].resolve().name if args.dirs else args.wandb.replace("/", "_"))
         print(log_report(report_csv, figures, args.wandb_project, name))
+    if views:
+        from mtl_bench.report.wandb_views import export_view
+
+        for kind, target in views.items():
+            print(export_view(report, kind, target, out, dirs))
     return 0 if report.rows else 1
+
+
+def _wandb_views(args: argparse.Namespace) -> dict[str, str]:
+    """``{"workspace"|"report": "ENTITY/PROJECT"}`` asked for, checked before any run is read."""
+    views = {k: v for k, v in (("workspace", args.wandb_workspace), ("report", args.wandb_report)) if v}
+    if views:
+        from mtl_bench.report.wandb_views import FLAGS, check_library, parse_target
+
+        for kind, target in views.items():
+            parse_target(target, FLAGS[kind])
+        check_library()
+    return views
 
 
 def _output_folder(args: argparse.Namespace) -> Path:
