@@ -6,8 +6,10 @@ module.  No network: the library's ``save`` is replaced where a push is tested."
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +31,19 @@ CLAIM = {"ew_vs_uw": {"kind": "difference", "quantity": "t0/mse", "a": {"where":
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("wandb_views") / "toy_study" / "multiruns" / "sweep"
+    """Trained once per session: under xdist the workers share the session's base folder (flock: the first trains)."""
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = base / "wandb_views" / "toy_study" / "multiruns" / "sweep"
+    with open(base / "wandb_views.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").is_file():
+            _train(root)
+            (root / "done").touch()
+    return root
+
+
+def _train(root: Path) -> None:
     for combiner in ("ew", "uw"):
         for seed in (0, 1):
             probe = "true" if (combiner, seed) == ("ew", 0) else "false"
@@ -39,7 +53,6 @@ def study(tmp_path_factory) -> Path:
                                "diagnostics.conflicts.per_layer=false", "diagnostics.conflicts.averaged=false"],
                               root / f"{combiner}_{seed}")
             build_and_train(cfg)
-    return root
 
 
 @pytest.fixture(scope="module")
