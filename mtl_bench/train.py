@@ -228,9 +228,11 @@ def _build_and_train_in(
 
 
 def describe_diagnostics(diagnostics: Sequence[Diagnostic], logged: Mapping[str, Any]) -> dict[str, Any]:
-    """summary.json["diagnostics"]: each diagnostic's class, and every metric key / pattern logged beyond the tasks'
-    metrics (the diagnostics' and the mode's) with its direction (true: higher is better, null: neither)."""
-    return {"built": {d.key: f"{type(d).__module__}.{type(d).__qualname__}" for d in diagnostics}, "metrics": dict(logged)}
+    """summary.json["diagnostics"]: each diagnostic's class, every metric key / pattern logged beyond the tasks'
+    metrics (the diagnostics' and the mode's) with its direction (true: higher is better, null: neither), and each
+    diagnostic's dashboard panel templates (:meth:`Diagnostic.panels`)."""
+    return {"built": {d.key: f"{type(d).__module__}.{type(d).__qualname__}" for d in diagnostics}, "metrics": dict(logged),
+            "panels": {d.key: list(d.panels()) for d in diagnostics if d.panels()}}
 
 
 def run_mode(mode: Mode, trainer: Trainer, build: RunBuild, logger: RunLogger, dist: DistContext) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import fnmatch
 import json
+import re
 import os
 import sys
 from pathlib import Path
@@ -60,6 +61,10 @@ def report(study):
     return build_report(load_runs([study]), ReportOptions(claims=CLAIM))
 
 
+def _summaries(study: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(study.glob("*/summary.json"))]
+
+
 def _records(study: Path) -> list[dict]:
     """Every step/epoch record of the study's metrics.jsonl files (what W&B receives), read independently."""
     out = []
@@ -75,11 +80,21 @@ def test_panels_name_only_logged_keys_and_show_every_task_metric_and_diagnostic_
     assert plan.keys and set(plan.keys) <= logged
     per_task = {k for r in records if r["type"] == "epoch" for k in r
                 if k.count("/") == 2 and k.split("/")[0] in ("val", "test") and k.split("/")[1] in ("t0", "t1")}
-    declared = json.loads((study / "ew_0" / "summary.json").read_text())["diagnostics"]["metrics"]
-    diagnostic = {k for k in logged if any(fnmatch.fnmatchcase(k, p) for p in declared)}
+    # the diagnostics' own panel templates ({name}: overlaid segment, *: one panel per value), matched independently
+    templates = [t for s in _summaries(study) for ts in s["diagnostics"].get("panels", {}).values() for t in ts]
+    regexes = [re.compile("^" + "/".join("[^/]+" if seg == "*" or seg.startswith("{") else re.escape(seg)
+                                         for seg in t.split("/")) + "$") for t in templates]
+    diagnostic = {k for k in logged if any(r.match(k) for r in regexes)}
     assert {"val/t0/mse", "val/t1/mse"} <= per_task and any(k.startswith("conflict/") for k in diagnostic) \
         and any(k.startswith("au/") for k in diagnostic)
     assert per_task | diagnostic <= set(plan.keys)
+    declared = json.loads((study / "ew_0" / "summary.json").read_text())["diagnostics"]["metrics"]
+    assert all(any(fnmatch.fnmatchcase(k, p) for p in declared) for k in diagnostic)  # templates stay inside the declared keys
+    panels = {p.title: p.y for s in plan.sections for p in s.panels}
+    # the conflict probe's whole-network panels compare the pair types; the AU's whole-model rAU overlays the tasks
+    pairs = [f"conflict/{t}/cos/all/mean" for t in ("inter_sample", "inter_task")]
+    assert set(pairs) <= logged and panels["conflict/{pair}/cos/all/mean"] == pairs
+    assert panels["au/all/rau/{task}"] == ["au/all/rau/t0", "au/all/rau/t1"]
     axes = {k: p.x for s in plan.sections for p in s.panels for k in p.y}
     assert axes["val/t0/mse"] == "epoch" and axes["train/t0/loss"] == "global_step" and axes["train/weight/t1"] == "global_step"
     names = [s.name for s in plan.sections]
@@ -221,3 +236,10 @@ def test_bad_target_and_missing_library_are_one_line_errors(study, tmp_path, cap
     with pytest.raises(ReportError, match="kind in"):
         (tmp_path / "x.json").write_text("{}")
         wv.read_spec(tmp_path / "x.json")
+
+
+def test_a_panel_template_overlays_its_named_segment_and_splits_on_stars():
+    keys = ["a/x/m/1", "a/y/m/1", "a/x/n/1", "b/x/m/1", "a/x/m/1/extra", "a/y/m/2"]
+    assert wv.template_panels("a/{p}/*/1", keys) == {"a/{p}/m/1": ["a/x/m/1", "a/y/m/1"], "a/{p}/n/1": ["a/x/n/1"]}
+    assert wv.template_panels("a/x/m/{i}", keys) == {"a/x/m/{i}": ["a/x/m/1"]}
+    assert wv.template_panels("c/*", keys) == {}

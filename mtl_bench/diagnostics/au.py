@@ -269,6 +269,11 @@ class AUMonitor(Diagnostic):
         """Statistics to read, not to optimise: no direction."""
         return {f"au/*/{k}": None for k in ("dominated", "entropy", "max_share")} | {"au/*/rau/*": None}
 
+    def panels(self) -> list[str]:
+        """The whole model's rAU (tasks overlaid) and dominance statistics; per layer, each task's rAU and the dominated
+        fraction with the layers overlaid."""
+        return [f"au/{ALL}/rau/{{task}}", f"au/{ALL}/*", "au/{layer}/rau/*", "au/{layer}/dominated"]
+
     def results_line(self, entry: Mapping[str, Any]) -> str | None:
         shares = ", ".join(f"{t} {v:.3f}" for t, v in entry["mean_rau"].items())
         return (f"AU task dominance ({entry['attribution']}): {entry['dominated_fraction']:.3f} of the shared parameters "

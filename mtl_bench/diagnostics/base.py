@@ -92,6 +92,13 @@ class Diagnostic:
     def metric_directions(self) -> dict[str, bool | None]:
         return {}
 
+    def panels(self) -> list[str]:
+        """Dashboard panels of its metrics (W&B views, :mod:`mtl_bench.report.wandb_views`): key templates in which a
+        ``{name}`` segment is overlaid in one panel (one line per value: tasks, pair types, layers) and a ``*``
+        segment makes one panel per value; e.g. ``conflict/{pair}/*/all/*``: one panel per metric and statistic
+        comparing the pair types.  Default: none declared (the view then groups the logged keys by their parent)."""
+        return []
+
     def summary(self) -> Any:
         return None
 

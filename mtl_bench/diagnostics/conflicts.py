@@ -127,6 +127,7 @@ PER_SAMPLE = ("auto", "vmap", "loop")
 LOSSES = ("raw", "objective")
 HISTOGRAM_RANGES = {"cos": (-1.0, 1.0), "mag_sim": (0.0, 1.0), "sign_conflict": (0.0, 1.0)}
 PREFIX = "conflict"
+ALL_LAYERS = "all"  # the pseudo-layer of every shared parameter
 _VMAP_ERRORS = (RuntimeError, NotImplementedError)
 
 
@@ -536,7 +537,7 @@ class ConflictProbe(Diagnostic):
 
     # ------------------------------------------------------------------ statistics
     def _layers(self) -> list[str]:
-        return [*self.layer_names, "all"]
+        return [*self.layer_names, ALL_LAYERS]
 
     def epoch_record(self, epoch: int) -> dict[str, float]:
         """Statistics over all pairs of the epoch (keys: module docstring); resets the epoch buffers."""
@@ -561,7 +562,7 @@ class ConflictProbe(Diagnostic):
         self._epoch_probes = 0
         if self.per_layer:
             return dict(full)
-        return {k: v for k, v in full.items() if k.count("/") < 4 or k.split("/")[3] == "all"}
+        return {k: v for k, v in full.items() if k.count("/") < 4 or k.split("/")[3] == ALL_LAYERS}
 
     @staticmethod
     def _whole(record: Mapping[str, float], ptype: str) -> dict[str, Any]:
@@ -645,6 +646,11 @@ class ConflictProbe(Diagnostic):
     def metric_directions(self) -> dict[str, bool | None]:
         """Statistics of pair populations (to compare, not to optimise): no direction."""
         return {f"{PREFIX}/*": None}
+
+    def panels(self) -> list[str]:
+        """Whole network: every statistic with the pair types (inter-task, inter-sample, averaged) in one panel; per
+        shared layer: the mean of each metric and pair type, layers overlaid."""
+        return [f"{PREFIX}/{{pair}}/*/{ALL_LAYERS}/*", f"{PREFIX}/*/*/{{layer}}/mean"]
 
     def figures(self, entry: Any) -> list[FigureSpec]:
         """The run's pair statistics over the epochs and per shared layer (last epoch), unless ``figures=false``."""

@@ -206,20 +206,60 @@ def declared_patterns(runs: Sequence[Run]) -> tuple[dict[str, list[str]], dict[s
     return patterns, owners
 
 
+def declared_panels(runs: Sequence[Run]) -> dict[str, list[str]]:
+    """Diagnostic key → its panel templates (``summary["diagnostics"]["panels"]``, from ``Diagnostic.panels()``)."""
+    out: dict[str, list[str]] = {}
+    for run in runs:
+        info = run.summary.get("diagnostics")
+        panels = info.get("panels") if isinstance(info, Mapping) else None
+        for key, templates in (panels if isinstance(panels, Mapping) else {}).items():
+            out.setdefault(str(key), [])
+            out[str(key)] += [str(t) for t in templates if str(t) not in out[str(key)]]
+    return out
+
+
+def template_panels(template: str, keys: Iterable[str]) -> dict[str, list[str]]:
+    """Panel title → keys for one template: a ``{name}`` segment is overlaid in the panel, each value of a ``*``
+    segment gets its own panel (segments match whole path components)."""
+    parts = template.split("/")
+    panels: dict[str, list[str]] = {}
+    for key in keys:
+        segs = key.split("/")
+        if len(segs) != len(parts):
+            continue
+        if not all(p == "*" or (p.startswith("{") and p.endswith("}")) or p == s for p, s in zip(parts, segs)):
+            continue
+        title = "/".join(s if p == "*" else p for p, s in zip(parts, segs))
+        panels.setdefault(title, []).append(key)
+    return {t: sorted(ys, key=_natural) for t, ys in panels.items()}
+
+
+def _parent_panels(keys: Sequence[str]) -> dict[str, list[str]]:
+    """Without declared templates: one panel per parent key."""
+    panels: dict[str, list[str]] = {}
+    for key in sorted(keys, key=_natural):
+        parent = key.rpartition("/")[0] if key.count("/") >= 2 else key
+        panels.setdefault(parent, []).append(key)
+    return {(p + "/*" if ys != [p] else p): ys for p, ys in panels.items()}
+
+
 def _diagnostic_sections(runs: Sequence[Run], logged: Mapping[str, str]) -> list[Section]:
-    """One section per declared namespace: its logged keys, one panel per parent key (x = the key's own axis)."""
+    """One section per declared namespace: its logged keys, in the panels its diagnostics declared
+    (:meth:`~mtl_bench.diagnostics.base.Diagnostic.panels`), else one panel per parent key (x = the key's own axis)."""
     patterns, owners = declared_patterns(runs)
+    templates = declared_panels(runs)
     sections = []
     for ns, pats in patterns.items():
         keys = [k for k in logged if any(fnmatch.fnmatchcase(k, p) for p in pats)]
+        own = [t for key, ts in templates.items() if key.startswith(ns) or ns.startswith(key) for t in ts]
         panels: dict[str, list[str]] = {}
-        for key in sorted(keys, key=_natural):
-            parent = key.rpartition("/")[0] if key.count("/") >= 2 else key
-            panels.setdefault(parent, []).append(key)
+        for template in own:
+            panels.update(template_panels(template, keys))
+        if not own:
+            panels = _parent_panels(keys)
         if panels:
             name = f"Diagnostics: {ns}" + (f" ({owners[ns]})" if owners.get(ns) else "")
-            sections.append(Section(name, [Panel(p + ("/*" if ys != [p] else ""), _axis(ys, logged), ys)
-                                           for p, ys in panels.items()]))
+            sections.append(Section(name, [Panel(t, _axis(ys, logged), ys) for t, ys in panels.items()]))
     return sections
 
 
