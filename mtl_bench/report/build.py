@@ -14,7 +14,6 @@ fine-tuned model on the clean split); their corruption results also make the δ 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from mtl_bench.report.grouping import (Group, Stat, group_runs, lookup, matches,
                                        parse_key_values, repeated_seeds, sorted_seeds, stl_groups)
 from mtl_bench.report.pareto import against_reference, pareto_optimal
 from mtl_bench.report.robustness import Robustness, build_robustness, table_group_keys
-from mtl_bench.report.runs import ReportError, Run
+from mtl_bench.report.runs import ReportError, Run, metric_records
 
 CONFLICT_METRICS = ("cos", "mag_sim", "sign_conflict")
 
@@ -132,21 +131,8 @@ def conflict_stats(run: Run) -> dict[str, dict[str, float]]:
                 if vals:
                     out[str(pair)] = vals
         return out
-    jsonl = run.path / "metrics.jsonl"
-    if not jsonl.is_file():
-        return out
     sums: dict[tuple[str, str], list[float]] = {}
-    try:
-        lines = jsonl.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict) or record.get("type") != "epoch":
-            continue
+    for record in metric_records(run, ("epoch",)):
         for key, value in record.items():
             parts = key.split("/")
             if len(parts) == 5 and parts[0] == "conflict" and parts[3] == "all" and parts[4] == "mean" \

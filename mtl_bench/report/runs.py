@@ -29,7 +29,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
@@ -259,6 +259,24 @@ class Run:
             if isinstance(data, dict):
                 self.config_data = data
         return self.config_data
+
+
+def metric_records(run: Run, types: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The run's ``metrics.jsonl`` records of the given ``types`` (``step``, ``epoch``, ...), in file order; unparsable
+    lines are skipped, and a missing or unreadable file yields nothing."""
+    wanted = set(types)
+    path = run.path / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines() if path.is_file() else []
+    except OSError:
+        return
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("type") in wanted:
+            yield record
 
 
 def load_run(path: Path) -> Run:

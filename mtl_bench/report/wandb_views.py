@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from mtl_bench.report.grouping import canonical
-from mtl_bench.report.runs import ReportError, Run, dotted
+from mtl_bench.report.runs import ReportError, Run, dotted, metric_records
 
 if TYPE_CHECKING:
     from mtl_bench.report.build import Report
@@ -96,20 +96,10 @@ def logged_keys(runs: Iterable[Run]) -> dict[str, str]:
     """Metric key → record type (``step``/``epoch``) over the runs' ``metrics.jsonl`` step and epoch records."""
     out: dict[str, str] = {}
     for run in runs:
-        path = run.path / "metrics.jsonl"
-        try:
-            lines = path.read_text().splitlines() if path.is_file() else []
-        except OSError:
-            continue
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("type") in METRIC_RECORDS:
-                for key, value in record.items():
-                    if key not in RECORD_FIELDS and isinstance(value, (int, float)):
-                        out.setdefault(key, record["type"])
+        for record in metric_records(run, METRIC_RECORDS):
+            for key, value in record.items():
+                if key not in RECORD_FIELDS and isinstance(value, (int, float)):
+                    out.setdefault(key, record["type"])
     return out
 
 
