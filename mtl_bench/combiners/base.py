@@ -98,7 +98,12 @@ class Combiner(nn.Module):
         """Called once, before training, with the active tasks in a fixed order (row order of ``G``)."""
         if not task_names:
             raise ConfigError("a combiner needs at least one task")
+        self.check_num_tasks(len(task_names))
         self.task_names = list(task_names)
+
+    def check_num_tasks(self, k: int) -> None:
+        """Refuse a task count the method is not defined for (``NotApplicableError``: Krum, TrimmedMean); any count
+        by default.  Called by :meth:`setup`."""
 
     def after_step(self, post_losses: torch.Tensor | None) -> None:
         """Called after every optimizer step (``post_losses``: see ``needs_post_step_losses``)."""

@@ -73,10 +73,6 @@ class Krum(GramianWeighting):
                 f"least max(n_byzantine + 3, n_selected) = {max(self.n_byzantine + 3, self.n_selected)} tasks, got {k}"
             )
 
-    def setup(self, task_names: list[str]) -> None:
-        super().setup(task_names)
-        self.check_num_tasks(self.num_tasks)
-
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         m = gramian_to_numpy(gramian)
         self.check_num_tasks(m.shape[0])

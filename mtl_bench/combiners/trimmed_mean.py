@@ -52,10 +52,6 @@ class TrimmedMean(GradientAggregator):
                 f"{2 * self.trim_number + 1} tasks, got {k}"
             )
 
-    def setup(self, task_names: list[str]) -> None:
-        super().setup(task_names)
-        self.check_num_tasks(self.num_tasks)
-
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> Aggregation:
         k, t = grads.shape[0], self.trim_number
         self.check_num_tasks(k)

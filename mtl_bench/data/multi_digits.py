@@ -51,7 +51,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mtl_bench.data.base import Benchmark, TensorDictDataset, arrays_fingerprint, check_int, splits_fingerprint
+from mtl_bench.data.base import (
+    Benchmark, TensorDictDataset, arrays_fingerprint, check_int, check_task_subset, splits_fingerprint,
+)
 from mtl_bench.errors import ConfigError, DatasetError
 from mtl_bench.task_library import classification_task
 
@@ -180,9 +182,7 @@ def build_multi_digits(
     sizes = {"train": check_int(n_train, "n_train", 1), "val": check_int(n_val, "n_val", 1), "test": check_int(n_test, "n_test", 1)}
     seed = check_int(seed, "seed", 0)
     fractions = check_fractions(source_fractions)
-    selected = tuple(TASKS if tasks is None else tasks)
-    if not selected or len(set(selected)) != len(selected) or any(t not in TASKS for t in selected):
-        raise ConfigError(f"dataset.tasks={list(selected)} is invalid; expected distinct names among {list(TASKS)}")
+    selected = check_task_subset(tasks, TASKS)
 
     digits, labels = load_source_digits()
     pools = source_pools(labels, seed, fractions)

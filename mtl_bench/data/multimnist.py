@@ -294,10 +294,6 @@ def _optional_size(value: Any, key: str) -> int | None:
     return None if value is None else check_int(value, key, 1)
 
 
-def _check_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
-    return check_task_subset(tasks, TASKS)
-
-
 def build_multimnist(
     root: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
@@ -321,7 +317,7 @@ def build_multimnist(
                      size=_optional_size(size, "size"))
     if not float(std) > 0:
         raise ConfigError(f"dataset.std={std!r} is invalid; expected a positive number")
-    selected = _check_tasks(tasks)
+    selected = check_task_subset(tasks, TASKS)
     arrays, path = cached_pairs(root, gen, cache_dir)
     splits = {s: MultiMNISTSplit(arrays[s], selected, float(mean), float(std)) for s in SPLIT_IDS}
     fingerprints = {s: d.fingerprint() for s, d in splits.items()}

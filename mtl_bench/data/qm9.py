@@ -316,10 +316,6 @@ def target_statistics(y: torch.Tensor, splits: Mapping[str, torch.Tensor], norma
     return ref.double().mean(dim=0, keepdim=True).float(), std.float()
 
 
-def _check_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
-    return check_task_subset(tasks, TASKS)
-
-
 def build_qm9(
     root: str | os.PathLike,
     n_val: int = 10000,
@@ -333,7 +329,7 @@ def build_qm9(
     """QM9 from PyG's files under ``root``; see the module docstring."""
     if normalize not in NORMALIZE:
         raise ConfigError(f"dataset.normalize={normalize!r} is invalid; choose one of {list(NORMALIZE)}")
-    selected = _check_tasks(tasks)
+    selected = check_task_subset(tasks, TASKS)
     sizes = (check_int(n_val, "n_val", 1), check_int(n_test, "n_test", 1),
              None if n_train is None else check_int(n_train, "n_train", 1))
     store, path = load_qm9_storage(root)
