@@ -374,12 +374,12 @@ class HeadPass:
 
 
 def head_pass(engine: GradientEngine, task: str, loss: torch.Tensor, leaves: list[torch.Tensor]) -> HeadPass:
-    head, n = engine.heads[task], len(leaves)
+    upstream = engine.upstream[task]  # listed first in engine.heads[task]; cut off by the leaves
+    head, n = engine.heads[task][len(upstream):], len(leaves)
     g = torch.autograd.grad(loss, [*leaves, *head, *engine.shared], create_graph=True, allow_unused=True)
     own = [(p, x.detach()) for p, x in zip(head, g[n : n + len(head)]) if x is not None]
-    upstream = [p for p, x in zip(head, g[n : n + len(head)]) if x is None]
     post = [None if x is None else x.detach() for x in g[n + len(head) :]]
-    return HeadPass(list(g[:n]), [p for p, _ in own], [x for _, x in own], upstream, post)
+    return HeadPass(list(g[:n]), [p for p, _ in own], [x for _, x in own], list(upstream), post)
 
 
 def encoder_rows(engine: GradientEngine, reps: Sequence[torch.Tensor], passes: list[HeadPass]) -> tuple[torch.Tensor, list[list]]:
