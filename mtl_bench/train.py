@@ -35,7 +35,7 @@ from mtl_bench.engine import GradientObserver
 from mtl_bench.distributed import DistContext, cleanup, init_distributed
 from mtl_bench.errors import ConfigError, MTLBenchError, NonFiniteLossError, NotApplicableError, PreemptedError, StorageError
 from mtl_bench.diagnostics.base import Diagnostic, RunContext, build_diagnostics, directions_of
-from mtl_bench.loggers.run_logger import RunLogger, WandbSettings
+from mtl_bench.loggers.run_logger import RunLogger, WandbSettings, default_group
 from mtl_bench.loss_transforms import describe as describe_transforms
 from mtl_bench.modes import DependencyRun, Mode, RunBuild, build_mode
 from mtl_bench import runlock
@@ -66,11 +66,10 @@ def wandb_settings(cfg: DictConfig, mode: Mode, ident: Mapping[str, Any], output
     lg = cfg.logger
     if lg.name == "none":
         return None
+    group = default_group(cfg.experiment_name, ident["sweep_dir"] if ident.get("multirun") else None)
     if ident.get("multirun"):
-        group = f"{cfg.experiment_name}/{Path(ident['sweep_dir']).name}"
         name = f"{ident['job_num']}_{ident['override_dirname']}".rstrip("_")
     else:
-        group = cfg.experiment_name
         name = ident.get("override_dirname") or output_dir.name
     return WandbSettings(
         project=lg.project, entity=lg.entity, mode=lg.mode, group=lg.group or group, job_type=mode.name,

@@ -48,6 +48,12 @@ def resolve_wandb_mode(configured: str | None) -> str:
     return mode
 
 
+def default_group(experiment_name: str, sweep_dir: str | os.PathLike | None) -> str:
+    """The W&B group of a run that sets no ``logger.group``: ``<experiment_name>/<sweep folder>`` for a job of a
+    multirun (``sweep_dir``), else ``<experiment_name>``."""
+    return f"{experiment_name}/{Path(sweep_dir).name}" if sweep_dir else str(experiment_name)
+
+
 @dataclass
 class WandbSettings:
     project: str = "mtl_bench"

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from mtl_bench.report.grouping import canonical
+from mtl_bench.loggers.run_logger import default_group
 from mtl_bench.report.runs import ReportError, Run, dotted, metric_records
 
 if TYPE_CHECKING:
@@ -116,9 +117,7 @@ def wandb_group(run: Run) -> str | None:
     if not name:
         return None
     hydra = run.summary.get("hydra") if isinstance(run.summary.get("hydra"), Mapping) else {}
-    if hydra.get("multirun") and hydra.get("sweep_dir"):
-        return f"{name}/{Path(str(hydra['sweep_dir'])).name}"
-    return str(name)
+    return default_group(str(name), str(hydra["sweep_dir"]) if hydra.get("multirun") and hydra.get("sweep_dir") else None)
 
 
 def config_paths(runs: Sequence[Run], keys: Sequence[str], notes: list[str]) -> list[str]:
