@@ -432,12 +432,12 @@ class HeadTermAggregationStep(_Aggregator):
     def write_heads(self, passes: list[HeadPass], upstream: list[list], weights: torch.Tensor, loss_scale: float | None) -> None:
         s = 1.0 if loss_scale is None else loss_scale
         deltas = [[d / s for d in hp.deltas if d is not None] for hp in passes]  # the true δ_k in fp16
-        extras = self.combiner.head_terms(deltas, weights)  # type: ignore[attr-defined]
+        extras = self.combiner.head_terms(deltas, weights)
         for hp, ups, extra in zip(passes, upstream, extras):
             e: Sequence[torch.Tensor | None] = [None] * len(hp.own)
             if extra is not None and hp.own and extra.requires_grad:
                 e = torch.autograd.grad(extra, hp.own, allow_unused=True, retain_graph=True)
-            new = self.combiner.head_gradient([g / s for g in hp.ordinary], e)  # type: ignore[attr-defined]
+            new = self.combiner.head_gradient([g / s for g in hp.ordinary], e)
             for p, g in zip(hp.own, new):
                 if g is not None:
                     accumulate_grad(p, (g * s).to(p.dtype))

@@ -55,7 +55,7 @@ global RNG, so a combiner never perturbs the data order or initialisation of a r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -111,6 +111,15 @@ class Combiner(nn.Module):
     def before_backward(self, ctx: Any) -> None:
         """Called once per step before the backward when ``extra_batches > 0``; ``ctx``: a
         :class:`mtl_bench.step_context.StepContext`."""
+
+    def head_terms(self, deltas: Sequence[Sequence[torch.Tensor]], weights: torch.Tensor) -> list[torch.Tensor | None]:
+        """``head_input_term`` methods: each head's extra loss from the δ_k (see the module docstring)."""
+        raise NotImplementedError(f"combiner '{self.name}' declares no head-level term")
+
+    def head_gradient(self, ordinary: Sequence[torch.Tensor | None],
+                      extra: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """``head_input_term`` methods: a head's gradient from its ordinary one and its extra loss's gradient."""
+        raise NotImplementedError(f"combiner '{self.name}' declares no head-level term")
 
     def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
         """Hook for methods with epoch-level state (e.g. DWA); ``train_losses`` are epoch means."""
